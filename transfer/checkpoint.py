@@ -1,0 +1,62 @@
+"""Per-epoch checkpoints under output_dir/checkpoints/epoch_NNN, written by
+`accelerator.save_state` into a temporary folder and renamed into place when complete, so the
+newest folder with that name is always whole."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .config import ConfigError
+
+STATE_FILE = "trainer_state.json"  # written last: epoch and metric history
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("epoch_*") if (p / STATE_FILE).is_file())
+
+
+def save_checkpoint(accelerator, output_dir: Path, epoch: int, state: dict, keep: int) -> Path:
+    root = checkpoint_dir(output_dir)
+    final, tmp = root / f"epoch_{epoch:03d}", root / f".tmp_epoch_{epoch:03d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed mid-save
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every process writes its own RNG state here
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({"epoch": epoch, **state}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """`train.resume`: None, 'auto' (newest complete checkpoint, or none yet) or a path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if not (path / STATE_FILE).is_file():
+        raise ConfigError(f"train.resume={resume!r} is not a complete checkpoint folder "
+                          f"(no {STATE_FILE} in it); use train.resume=auto or a checkpoints/epoch_NNN folder")
+    return path
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    """Restore model, optimizer, scheduler and RNG states; return the saved trainer state."""
+    accelerator.load_state(str(path))
+    return json.loads((Path(path) / STATE_FILE).read_text())

@@ -1,0 +1,49 @@
+"""Command line: `run_transfer.py --config FILE [key=value ...]`, under python, accelerate or torchrun."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, dump_yaml, load_config, Config
+
+USAGE_EXIT = 2  # bad settings or bad input data: a one-line message, no traceback
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="run_transfer.py",
+        description="Train a timm model on an image folder, from ImageNet weights or from scratch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings and their defaults (override any with key=value):\n"
+               + "\n".join(f"  {line}" for line in dump_yaml(Config()).splitlines()))
+    parser.add_argument("--config", help="YAML file of settings (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides typed as YAML, e.g. train.epochs=3 data.url=null")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    return parser.parse_args(argv)
+
+
+def one_line(error: Exception) -> str:
+    """The message of an error, even one re-raised from a DataLoader worker with its traceback."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from .data import DataError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(dump_yaml(cfg), end="")
+            return 0
+        from .train import run
+
+        run(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return USAGE_EXIT
+    return 0

@@ -1,0 +1,204 @@
+"""Typed, strict settings: frozen dataclasses mirrored by the YAML configs.
+
+`load_config(path, overrides)` is the only way in. An unknown key, a wrong type or an invalid
+value raises `ConfigError` with one line naming the key and the valid choices; the CLI turns
+that into exit code 2. Derived values (steps per epoch, device, ...) are never stored here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message is one line that names the key and says what is valid."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/imagewoof2-160"  # folder with train/ and val/, one subfolder per class
+    url: Optional[str] = None  # archive fetched when `root` does not exist; null never fetches
+    image_size: int = 160
+    hflip: bool = True  # off for data where mirroring changes the class (digits, text)
+    num_workers: int = 4
+    skip_bad_images: bool = False  # false: a corrupt image is an error naming the file
+
+    def __post_init__(self):
+        _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet50"  # any timm model name
+    pretrained: bool = True  # ImageNet weights (downloaded by timm unless weights_file is set)
+    weights_file: Optional[str] = None  # local .safetensors / state dict / saved model/ folder
+
+    def __post_init__(self):
+        if self.weights_file is not None and not self.pretrained:
+            raise ConfigError("model.weights_file is set but model.pretrained is false; "
+                              "set model.pretrained=true to load it, or model.weights_file=null")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1.0e-4  # one-cycle peak learning rate
+    weight_decay: float = 1.0e-4
+    momentum: float = 0.9  # sgd only
+    grad_clip: Optional[float] = 0.1  # clip gradients by value; null = off
+
+    def __post_init__(self):
+        _check(self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "a number in [0, 1)")
+        _check(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip,
+               "a number > 0, or null for no clipping")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # 0 = evaluate the model as loaded, no training
+    batch_size: int = 64  # per process
+    freeze_epochs: int = 0  # backbone frozen (weights and batch-norm statistics) for these epochs
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, no on CPU
+    grad_accum_steps: int = 1
+    seed: int = 0
+    resume: Optional[str] = None  # null, "auto" (newest checkpoint in output_dir) or a checkpoint path
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    time_budget_s: Optional[float] = None  # stop training after this many seconds; LR schedule sized to fit
+    log_with: Literal["none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"] = "none"
+
+    def __post_init__(self):
+        _check(self.epochs >= 0, "train.epochs", self.epochs, "an integer >= 0 (0 = evaluate only)")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _check(0 <= self.freeze_epochs, "train.freeze_epochs", self.freeze_epochs, "an integer >= 0")
+        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "an integer >= 1")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
+        _check(self.time_budget_s is None or self.time_budget_s > 0, "train.time_budget_s",
+               self.time_budget_s, "a number of seconds > 0, or null")
+
+
+@dataclass(frozen=True)
+class Config:
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check(ok: bool, key: str, value, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {valid}")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (optional) and apply dotted `key=value` overrides typed as YAML values."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}: fix the syntax") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(raw).__name__}")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=3)")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(raw, key.strip(), value)
+    return from_dict(raw)
+
+
+def _set_dotted(tree: dict, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def from_dict(raw: dict, cls=Config, prefix: str = "") -> Config:
+    """Build a (nested) settings dataclass from plain data, strictly."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            where = f"in {prefix[:-1]}" if prefix else "at the top level"
+            raise ConfigError(f"unknown key {full!r}; valid keys {where}: {', '.join(names)}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full} must be a section with keys: "
+                                  f"{', '.join(f.name for f in dataclasses.fields(kind))}")
+            kwargs[key] = from_dict(value, kind, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, kind)
+    return cls(**kwargs)  # __post_init__ checks name their keys in full
+
+
+def _coerce(key: str, value, kind):
+    """Check `value` against a type hint; ints become floats, and '1e-4' strings become numbers."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [t for t in options if t is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is invalid; choose one of: {', '.join(map(str, choices))}")
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"unsupported config type {kind} for {key}")
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+    raise ConfigError(f"{key}={value!r} has the wrong type: expected {expected}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,75 @@
+"""Plots, drawn from saved data only (a history list, arrays), so they can be redrawn later."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .outputs import save_figure  # noqa: E402
+
+
+def _epoch_plot(history: list[dict], series: dict[str, str], ylabel: str, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    for key, label in series.items():
+        ax.plot(epochs, [h[key] for h in history], "-x", label=label)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_accuracy(history: list[dict], path: Path) -> None:
+    _epoch_plot(history, {"val_acc": "validation"}, "accuracy", "Accuracy vs. epochs", path)
+
+
+def plot_loss(history: list[dict], path: Path) -> None:
+    _epoch_plot(history, {"train_loss": "train", "val_loss": "validation"}, "loss", "Loss vs. epochs", path)
+
+
+def plot_lr(lrs: list[float], steps_per_epoch: int, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.arange(1, len(lrs) + 1) / max(steps_per_epoch, 1), lrs)
+    ax.set(xlabel="epoch", ylabel="learning rate", title="One-cycle learning rate (per optimizer step)")
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, suptitle: str = "") -> None:
+    """uint8 NCHW images (already de-normalised) in a grid with a title each."""
+    n = len(images)
+    cols = min(8, n)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(np.transpose(image, (1, 2, 0)))
+        ax.set_title(title, fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, y=1.0 + 0.12 / rows)
+    save_figure(fig, path)
+
+
+def plot_confusion(counts: np.ndarray, names: list[str], path: Path) -> None:
+    """counts[true, predicted], each row shown as a fraction of that class."""
+    n = len(names)
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.55 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (validation)")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if fractions[i, j] > 0.5 else "black")
+    save_figure(fig, path)

@@ -1,0 +1,110 @@
+"""What a run leaves in output_dir: config.yaml, metrics.json, plots/, model/.
+
+    output_dir/
+      config.yaml            resolved settings; `--config output_dir/config.yaml` reruns it
+      metrics.json           history per epoch, best/final accuracy, per-class accuracy, versions
+      plots/                 accuracy.png loss.png lr.png samples.png confusion.png mistakes.png
+      model/                 timm Hub layout: config.json (labels, mean/std, input size) + model.safetensors
+      checkpoints/epoch_NNN  accelerate state of the newest epochs (train.resume)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .config import Config, ConfigError, dump_yaml
+from .metrics import confusion_matrix, per_class_accuracy
+from .model import save_model
+from .optim import schedule_lrs
+from .outputs import versions, write_atomic, write_json
+
+GRID_SIZE = 16  # images in samples.png and mistakes.png
+
+
+def check_fresh_output_dir(out: Path, resumable: bool) -> None:
+    """Never train over a finished run or someone else's checkpoints."""
+    if (out / "metrics.json").exists() or (out / "checkpoints").exists():
+        hint = "" if resumable else ", pass train.resume=auto to continue it"
+        raise ConfigError(f"output_dir {out} already holds a run; choose another output_dir{hint}, "
+                          f"or delete the folder to start over")
+
+
+def read_metrics(out: Path) -> dict:
+    return json.loads((Path(out) / "metrics.json").read_text())
+
+
+def flat_config(tree: dict, prefix: str = "") -> dict:
+    """{'train': {'epochs': 3}} -> {'train.epochs': 3}, for trackers' hyper-parameter tables."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = "null" if value is None else value
+    return flat
+
+
+def epoch_line(record: dict) -> str:
+    """The article's per-epoch line."""
+    return (f"Epoch [{record['epoch']}], last_lr: {record['lr']:.5f}, train_loss: {record['train_loss']:.4f}, "
+            f"val_loss: {record['val_loss']:.4f}, val_acc: {record['val_acc']:.4f}")
+
+
+def metrics(history: list[dict], final: dict, classes: list[str], train_seconds: float, run_info: dict) -> dict:
+    best = max(history, key=lambda h: h["val_acc"]) if history else None
+    per_class = per_class_accuracy(final["predictions"], final["references"], len(classes))
+    return {
+        "history": history,
+        "best_val_acc": best["val_acc"] if best else final["val_acc"],
+        "best_epoch": best["epoch"] if best else 0,
+        "final_val_acc": final["val_acc"],
+        "final_val_loss": final["val_loss"],
+        "val_samples": final["val_samples"],
+        "train_seconds": train_seconds,
+        "per_class_val_acc": dict(zip(classes, per_class)),
+        **run_info,
+        "versions": versions(),
+    }
+
+
+def write_start(out: Path, cfg: Config, train_ds, classes: list[str]) -> None:
+    """config.yaml and a grid of augmented training images, before the first step."""
+    from .data import class_display_names
+
+    write_atomic(out / "config.yaml", dump_yaml(cfg))
+    batch = train_ds[np.linspace(0, len(train_ds) - 1, min(GRID_SIZE, len(train_ds))).astype(int).tolist()]
+    names = class_display_names(classes)
+    images = [p.numpy() for p in batch["pixel_values"] if p is not None]
+    plots.plot_image_grid(np.stack(images), [names[label] for label in batch["labels"]],
+                          out / "plots" / "samples.png", "training samples, as augmented")
+
+
+def write_final(out: Path, metrics_: dict, final: dict, model, classes: list[str], names: list[str], cfg: Config,
+                val_ds, steps_per_epoch: int) -> None:
+    write_json(out / "metrics.json", metrics_)
+    history = metrics_["history"]
+    if history:
+        plots.plot_accuracy(history, out / "plots" / "accuracy.png")
+        plots.plot_loss(history, out / "plots" / "loss.png")
+        plots.plot_lr(schedule_lrs(cfg.optim, cfg.train.epochs * steps_per_epoch), steps_per_epoch,
+                      out / "plots" / "lr.png")
+    counts = confusion_matrix(final["predictions"], final["references"], len(classes))
+    plots.plot_confusion(counts, names, out / "plots" / "confusion.png")
+    _plot_mistakes(final, val_ds, names, out / "plots" / "mistakes.png")
+    save_model(model, out / "model", classes, names, cfg.data.image_size)
+
+
+def _plot_mistakes(final: dict, val_ds, names: list[str], path: Path) -> None:
+    """The most confident wrong predictions, as the model saw them."""
+    wrong = np.flatnonzero(final["predictions"] != final["references"])
+    wrong = wrong[np.argsort(-final["confidence"][wrong])][:GRID_SIZE]
+    if len(wrong) == 0:
+        return
+    images = [val_ds[int(i)]["pixel_values"].numpy() for i in wrong]
+    titles = [f"{names[final['references'][i]]}\n→ {names[final['predictions'][i]]} "
+              f"({final['confidence'][i]:.0%})" for i in wrong]
+    plots.plot_image_grid(np.stack(images), titles, path, "most confident mistakes (true → predicted)")
+
