@@ -68,6 +68,7 @@ def load_splits(root: Path):
     """
     import datasets
 
+    datasets.disable_progress_bars()  # listing a local folder is no download worth a bar
     classes = check_layout(root)
     features = datasets.Features({"image": datasets.Image(decode=False),
                                   "label": datasets.ClassLabel(names=classes)})

@@ -58,17 +58,20 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     state = read_state_dict(path)
     own = model.state_dict()
     head = head_prefixes(model)
-    dropped = [k for k, v in state.items()
-               if k.startswith(head) and k in own and own[k].shape != v.shape]
-    for k in dropped:
-        del state[k]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(head)]  # a missing head keeps its fresh init
-    if missing or unexpected:
-        parts = [f"{what} keys {_few(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected))
-                 if keys]
-        raise ConfigError(f"model.weights_file {path} does not fit model {type(model).__name__}: "
-                          f"{'; '.join(parts)}; check model.name")
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    for k in mismatched:
+        if k.startswith(head):
+            del state[k]  # another number of classes: the fresh head stays
+    problems = {
+        "missing": [k for k in own if k not in state and not k.startswith(head)],
+        "unexpected": [k for k in state if k not in own],
+        "wrong-shape": [k for k in mismatched if not k.startswith(head)],
+    }
+    if any(problems.values()):
+        detail = "; ".join(f"{what} keys {_few(keys)}" for what, keys in problems.items() if keys)
+        raise ConfigError(f"model.weights_file {path} does not fit model {type(model).__name__}: {detail}; "
+                          f"check model.name")
+    model.load_state_dict(state, strict=False)
 
 
 def _few(keys: list[str], n: int = 4) -> str:

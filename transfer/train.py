@@ -24,9 +24,13 @@ from .optim import build_optimizer, build_scheduler
 LOG_EVERY = 10  # optimizer steps between tracker/progress-bar updates (each costs a device sync)
 
 
+def use_cuda() -> bool:
+    return torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+
+
 def resolve_precision(requested: str) -> str:
     """`auto`: bf16 on a GPU that has it, else fp16 on a GPU, else fp32 (bf16 is slow on most CPUs)."""
-    cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+    cuda = use_cuda()
     if requested == "auto":
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
     if requested == "fp16" and not cuda:
@@ -95,6 +99,7 @@ def run(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     precision = resolve_precision(cfg.train.mixed_precision)
     accelerator = Accelerator(
+        cpu=not use_cuda() and not torch.backends.mps.is_available(),  # lets torchrun on CPUs use gloo
         mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with=None if cfg.train.log_with == "none" else cfg.train.log_with, project_dir=str(out),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

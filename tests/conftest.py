@@ -1,0 +1,35 @@
+"""Offline, CPU-only test set-up: HF caches in a temp folder, no Hub access, tiny data."""
+import os
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="transfer-test-hf-")
+os.environ.update({"HF_HOME": _CACHE, "HF_DATASETS_CACHE": os.path.join(_CACHE, "datasets"),
+                   "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                   "HF_EVALUATE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""})
+
+import pytest  # noqa: E402
+
+from transfer.config import load_config  # noqa: E402
+from transfer.synthetic import make_image_folder  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """3 classes x (16 train + 6 val) PNGs of about 40 px."""
+    return make_image_folder(tmp_path_factory.mktemp("data") / "shapes")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Each in-process run builds its own Accelerator; accelerate keeps process-wide singletons."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def tiny_config(root, output_dir, *overrides):
+    """A seconds-long run: resnet10t at 32 px, no workers."""
+    return load_config("configs/smoke.yaml", [f"data.root={root}", f"output_dir={output_dir}", "train.epochs=2",
+                                              *overrides])

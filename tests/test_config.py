@@ -1,0 +1,84 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from transfer.cli import main
+from transfer.config import Config, ConfigError, dump_yaml, load_config
+
+CONFIGS = sorted(Path("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_yaml(cfg))
+    assert load_config(saved) == cfg
+
+
+def test_shipped_arms_differ_only_in_what_the_experiment_varies():
+    pretrained, scratch = load_config("configs/pretrained.yaml"), load_config("configs/scratch.yaml")
+    assert pretrained.model.name == scratch.model.name == "resnet50"
+    assert pretrained.model.pretrained and not scratch.model.pretrained
+    assert pretrained.data == scratch.data
+    same = lambda a, b, skip: {k for k in a.__dataclass_fields__ if k not in skip and getattr(a, k) != getattr(b, k)}
+    assert same(pretrained.optim, scratch.optim, {"lr"}) == set()
+    assert same(pretrained.train, scratch.train, {"freeze_epochs"}) == set()
+
+
+def test_overrides_are_typed_as_yaml():
+    cfg = load_config("configs/smoke.yaml", ["train.epochs=7", "optim.lr=1e-3", "data.url=null",
+                                              "data.hflip=false", "optim.grad_clip=null", "train.resume=auto"])
+    assert cfg.train.epochs == 7 and cfg.optim.lr == 1e-3 and cfg.data.url is None
+    assert cfg.data.hflip is False and cfg.optim.grad_clip is None and cfg.train.resume == "auto"
+    assert isinstance(load_config(None, ["optim.lr=1"]).optim.lr, float)
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().train.epochs = 3
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epoch=3", ["unknown key 'train.epoch'", "epochs", "batch_size"]),
+    ("trian.epochs=3", ["unknown key 'trian'", "train"]),
+    ("train.epochs=three", ["train.epochs", "integer"]),
+    ("train.epochs=true", ["train.epochs", "integer"]),
+    ("train.epochs=-1", ["train.epochs", ">= 0"]),
+    ("optim.lr=-0.1", ["optim.lr", "> 0"]),
+    ("optim.name=lamb", ["optim.name", "adam, adamw, sgd"]),
+    ("train.mixed_precision=fp8", ["train.mixed_precision", "auto, no, fp16, bf16"]),
+    ("data.hflip=maybe", ["data.hflip", "true or false"]),
+    ("train=3", ["train must be a section", "epochs"]),
+    ("epochs", ["key=value"]),
+    ("model.pretrained=false", ["model.weights_file"]),  # with a weights file set below
+])
+def test_bad_settings_name_the_key(override, words):
+    extra = ["model.weights_file=w.safetensors"] if override.startswith("model.") else []
+    with pytest.raises(ConfigError) as error:
+        load_config("configs/smoke.yaml", extra + [override])
+    message = str(error.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_cli_exits_2_with_one_line(capsys):
+    assert main(["--config", "configs/smoke.yaml", "train.batchsize=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown key 'train.batchsize'") and err.count("\n") == 1
+
+
+def test_cli_missing_config_and_bad_yaml(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    assert main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml does not exist" in err and "bad.yaml is not valid YAML" in err
+
+
+def test_print_config(capsys):
+    assert main(["--config", "configs/smoke.yaml", "--print-config", "train.epochs=9"]) == 0
+    assert "epochs: 9" in capsys.readouterr().out

@@ -1,0 +1,31 @@
+"""Two processes (torchrun, gloo on CPU): sharded training, every validation image scored once."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import tiny_config
+from transfer.train import run
+
+
+def test_two_process_run_scores_each_val_image_exactly_once(image_folder, tmp_path):
+    out = tmp_path / "ddp"
+    # 18 val images in batches of 2 x 8: the last step is padded, and the padding must not be scored
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "run_transfer.py", "--config", "configs/smoke.yaml", f"data.root={image_folder}",
+               f"output_dir={out}", "train.epochs=2", "train.freeze_epochs=1", "train.batch_size=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["val_samples"] == 18
+    # 48 train images / (2 processes x 4) = 6 steps per process per epoch
+    assert metrics["steps_per_epoch"] == 6
+    assert result.stdout.count("Epoch [") == 2  # printed by the main process only
+
+    # The same weights scored by one process give the same accuracy and loss: nothing counted twice.
+    single = run(tiny_config(image_folder, tmp_path / "single", "train.epochs=0", "model.pretrained=true",
+                             f"model.weights_file={out / 'model'}"))
+    assert single["val_samples"] == 18
+    assert single["final_val_acc"] == metrics["final_val_acc"]
+    assert abs(single["final_val_loss"] - metrics["final_val_loss"]) < 1e-4

@@ -1,0 +1,89 @@
+"""data.url: archives from a local path or an http server on loopback, unpacked safely."""
+import functools
+import http.server
+import io
+import tarfile
+import threading
+import zipfile
+
+import pytest
+
+from transfer.data import DataError, check_layout
+from transfer.download import fetch_dataset
+
+
+def make_tgz(folder, path, top="imagewoof2-160"):
+    with tarfile.open(path, "w:gz") as tf:
+        tf.add(folder, arcname=top)
+    return path
+
+
+def test_local_tgz_is_extracted_into_root(image_folder, tmp_path):
+    archive = make_tgz(image_folder, tmp_path / "shapes.tgz")
+    root = tmp_path / "data" / "shapes"
+    fetch_dataset(str(archive), root)
+    assert check_layout(root) == ["circle", "square", "triangle"]
+    assert [p.name for p in root.parent.iterdir()] == ["shapes"]  # no temporary leftovers
+
+
+def test_local_zip_without_top_folder(image_folder, tmp_path):
+    archive = tmp_path / "shapes.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in image_folder.rglob("*.png"):
+            zf.write(f, f.relative_to(image_folder))
+    fetch_dataset(str(archive), tmp_path / "d")
+    assert check_layout(tmp_path / "d") == ["circle", "square", "triangle"]
+
+
+def test_http_download_lands_atomically_and_is_reused(image_folder, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    make_tgz(image_folder, served / "imagewoof2-160.tgz")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/imagewoof2-160.tgz"
+        root = tmp_path / "data" / "imagewoof2-160"
+        fetch_dataset(url, root)
+    finally:
+        server.shutdown()
+    assert check_layout(root) == ["circle", "square", "triangle"]
+    assert (root.parent / "imagewoof2-160.tgz").stat().st_size == (served / "imagewoof2-160.tgz").stat().st_size
+    assert not list(root.parent.glob("*.part"))
+    # a second fetch (e.g. after the folder was deleted) reuses the archive: the server is gone
+    import shutil
+    shutil.rmtree(root)
+    fetch_dataset(url, root)
+    assert check_layout(root)
+
+
+def tar_with(path, member: tarfile.TarInfo, data=b""):
+    with tarfile.open(path, "w") as tf:
+        tf.addfile(member, io.BytesIO(data) if data else None)
+    return path
+
+
+@pytest.mark.parametrize("member", [
+    tarfile.TarInfo("../evil.txt"),
+    tarfile.TarInfo("/tmp/evil.txt"),
+    (lambda m: (setattr(m, "type", tarfile.SYMTYPE), setattr(m, "linkname", "/etc/passwd"), m)[-1])(
+        tarfile.TarInfo("data/train/a/link.png")),
+    (lambda m: (setattr(m, "type", tarfile.CHRTYPE), m)[-1])(tarfile.TarInfo("data/dev")),
+], ids=["traversal", "absolute", "symlink", "device"])
+def test_unsafe_archives_are_refused_and_nothing_is_written(tmp_path, member):
+    if member.isfile():
+        member.size = 4
+    archive = tar_with(tmp_path / "evil.tar", member, b"evil" if member.isfile() else b"")
+    target = tmp_path / "out" / "data"
+    with pytest.raises(DataError, match="refusing to extract"):
+        fetch_dataset(str(archive), target)
+    assert not target.exists() and not (tmp_path / "evil.txt").exists()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_missing_local_archive_and_non_archive_url(tmp_path):
+    with pytest.raises(DataError, match="neither an http"):
+        fetch_dataset(str(tmp_path / "none.tgz"), tmp_path / "d")
+    with pytest.raises(DataError, match="not a .tgz"):
+        fetch_dataset("https://example.com/data.rar", tmp_path / "d")

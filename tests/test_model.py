@@ -1,0 +1,93 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from transfer.config import ConfigError, ModelConfig, OptimConfig
+from transfer.model import build_model, head_prefixes, set_backbone_frozen, train_mode
+from transfer.optim import build_optimizer, build_scheduler, schedule_lrs
+
+
+def imagenet_like_weights(tmp_path, name="resnet10t", fmt="safetensors"):
+    """A stand-in for downloaded ImageNet weights: a 1000-class model's state dict, saved locally."""
+    import timm
+
+    torch.manual_seed(123)
+    state = timm.create_model(name, num_classes=1000).state_dict()
+    path = tmp_path / f"{name}.{fmt}"
+    save_file(state, str(path)) if fmt == "safetensors" else torch.save({"state_dict": state}, path)
+    return path, state
+
+
+def test_random_init_has_a_head_sized_to_the_data():
+    model = build_model(ModelConfig(name="resnet10t", pretrained=False), num_classes=7)
+    assert model.get_classifier().out_features == 7
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_local_weights_load_and_the_head_is_replaced(tmp_path, fmt):
+    path, state = imagenet_like_weights(tmp_path, fmt=fmt)
+    model = build_model(ModelConfig(name="resnet10t", pretrained=True, weights_file=str(path)), num_classes=5)
+    own = model.state_dict()
+    assert head_prefixes(model) == ("fc.",)
+    assert own["fc.weight"].shape == (5, 512)
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            torch.testing.assert_close(own[key], value)
+
+
+def test_weights_of_another_architecture_name_the_missing_keys(tmp_path):
+    path, _ = imagenet_like_weights(tmp_path, name="resnet18")
+    with pytest.raises(ConfigError, match=r"does not fit model .*(missing|unexpected) keys .*check model.name"):
+        build_model(ModelConfig(name="resnet10t", weights_file=str(path)), num_classes=3)
+
+
+def test_unreadable_weights_and_unknown_model_are_config_errors(tmp_path):
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        build_model(ModelConfig(name="resnet10t", weights_file=str(bad)), num_classes=3)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_model(ModelConfig(name="resnet10t", weights_file=str(tmp_path / "none.safetensors")), num_classes=3)
+    with pytest.raises(ConfigError, match="not a timm model"):
+        build_model(ModelConfig(name="resnet5000", pretrained=False), num_classes=3)
+
+
+def test_frozen_backbone_really_does_not_change():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet10t", pretrained=False), num_classes=3)
+    optimizer = build_optimizer(OptimConfig(name="adam", lr=1e-2, weight_decay=1e-2), model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_backbone_frozen(model, True)
+    train_mode(model, frozen=True)
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}  # batch-norm running stats included in "unchanged"
+    set_backbone_frozen(model, False)
+    train_mode(model, frozen=False)
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
+def test_one_cycle_schedule_shape():
+    lrs = schedule_lrs(OptimConfig(lr=1e-3), total_steps=100)
+    assert len(lrs) == 100
+    assert lrs[0] == pytest.approx(1e-3 / 25)
+    assert max(lrs) == pytest.approx(1e-3) and 25 <= lrs.index(max(lrs)) <= 31  # 30% warm-up
+    assert lrs[-1] == pytest.approx(1e-3 / 25 / 1e4, rel=1e-3)
+
+
+def test_scheduler_accepts_exactly_total_steps():
+    optimizer = build_optimizer(OptimConfig(), [torch.zeros(1, requires_grad=True)])
+    scheduler = build_scheduler(optimizer, 1e-3, total_steps=5)
+    for _ in range(5 - 1):
+        optimizer.step()
+        scheduler.step()
+    with pytest.raises(ValueError):  # one more than planned: the run would crash, so totals must be exact
+        optimizer.step()
+        scheduler.step()
+        scheduler.step()
