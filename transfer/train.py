@@ -52,6 +52,7 @@ def make_loaders(cfg: Config, train_ds, val_ds, num_processes: int) -> tuple[Dat
 def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Config, mean, std, frozen: bool,
                     step: int) -> dict:
     train_mode(accelerator.unwrap_model(model), frozen)
+    lr = scheduler.get_last_lr()[0]
     loss_sum = torch.zeros((), device=accelerator.device)
     seen = torch.zeros((), device=accelerator.device)
     bar = tqdm(loader, desc="train", leave=False, disable=not accelerator.is_local_main_process)
@@ -65,16 +66,18 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Confi
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
+            lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used (the article's last_lr)
             scheduler.step()
             step += 1
             if step % LOG_EVERY == 0:
-                stats = {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}
+                stats = {"train/loss": loss.item(), "train/lr": lr}
                 accelerator.log(stats, step=step)
                 bar.set_postfix(loss=f"{stats['train/loss']:.3f}")
         loss_sum += loss.detach().float() * len(labels)
         seen += len(labels)
     loss_sum, seen = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(seen, "sum")
-    return {"train_loss": (loss_sum / seen.clamp(min=1)).item(), "train_images": int(seen.item()), "step": step}
+    return {"train_loss": (loss_sum / seen.clamp(min=1)).item(), "train_images": int(seen.item()), "step": step,
+            "lr": lr}
 
 
 @torch.inference_mode()
@@ -132,7 +135,7 @@ def run(cfg: Config) -> dict:
         accelerator.print(f"resumed from {resume_from} (epoch {start_epoch} done)")
     if accelerator.is_main_process:
         report.write_start(out, cfg, train_ds, classes)
-    accelerator.init_trackers("transfer", config=report.flat_config(to_dict(cfg)))
+    accelerator.init_trackers("logs", config=report.flat_config(to_dict(cfg)))
 
     final = None
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -145,7 +148,7 @@ def run(cfg: Config) -> dict:
                                  step=epoch * steps_per_epoch)
         train_time = time.perf_counter() - start
         final = evaluate(model, val_dl, accelerator, mean, std)
-        record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": result["train_loss"],
+        record = {"epoch": epoch + 1, "lr": result["lr"], "train_loss": result["train_loss"],
                   "val_loss": final["val_loss"], "val_acc": final["val_acc"], "frozen": frozen,
                   "epoch_seconds": time.perf_counter() - start,
                   "train_images_per_s": result["train_images"] / train_time}
