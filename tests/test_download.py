@@ -87,3 +87,67 @@ def test_missing_local_archive_and_non_archive_url(tmp_path):
         fetch_dataset(str(tmp_path / "none.tgz"), tmp_path / "d")
     with pytest.raises(DataError, match="not a .tgz"):
         fetch_dataset("https://example.com/data.rar", tmp_path / "d")
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves byte ranges, and drops the first full response half-way, like a flaky network."""
+    requests = []
+
+    def do_GET(self):
+        path = self.translate_path(self.path)
+        data = open(path, "rb").read()
+        header = self.headers.get("Range")
+        RangeHandler.requests.append(header)
+        start = int(header.split("=")[1].split("-")[0]) if header else 0
+        body = data[start:]
+        self.send_response(206 if header else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if len(RangeHandler.requests) == 1:
+            self.wfile.write(body[: len(body) // 2])  # then the connection breaks
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(folder, handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_broken_download_resumes_with_a_range_request(image_folder, tmp_path, monkeypatch):
+    import hashlib
+
+    import transfer.download as download
+    monkeypatch.setattr(download.time, "sleep", lambda s: None)
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = make_tgz(image_folder, served / "shapes.tgz")
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    server = serve(served, RangeHandler)
+    try:
+        fetch_dataset(f"http://127.0.0.1:{server.server_port}/shapes.tgz", tmp_path / "d" / "shapes", sha256=sha)
+    finally:
+        server.shutdown()
+    assert RangeHandler.requests[0] is None and RangeHandler.requests[1].startswith("bytes=")
+    assert int(RangeHandler.requests[1].split("=")[1].rstrip("-")) > 0  # continued, not restarted
+    assert check_layout(tmp_path / "d" / "shapes")
+
+
+def test_checksum_mismatch_is_refused_and_the_bad_download_removed(image_folder, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    make_tgz(image_folder, served / "shapes.tgz")
+    server = serve(served, http.server.SimpleHTTPRequestHandler)
+    try:
+        with pytest.raises(DataError, match="sha256 .* expected data.sha256=0{64}; it was deleted"):
+            fetch_dataset(f"http://127.0.0.1:{server.server_port}/shapes.tgz", tmp_path / "d" / "shapes",
+                          sha256="0" * 64)
+    finally:
+        server.shutdown()
+    assert list((tmp_path / "d").iterdir()) == []

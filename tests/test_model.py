@@ -4,7 +4,7 @@ from safetensors.torch import save_file
 
 from transfer.config import ConfigError, ModelConfig, OptimConfig
 from transfer.model import build_model, head_prefixes, set_backbone_frozen, train_mode
-from transfer.optim import build_optimizer, build_scheduler, schedule_lrs
+from transfer.optim import OneCycle, build_optimizer
 
 
 def imagenet_like_weights(tmp_path, name="resnet10t", fmt="safetensors"):
@@ -73,21 +73,30 @@ def test_frozen_backbone_really_does_not_change():
     assert all(p.requires_grad for p in model.parameters()) and model.training
 
 
-def test_one_cycle_schedule_shape():
-    lrs = schedule_lrs(OptimConfig(lr=1e-3), total_steps=100)
-    assert len(lrs) == 100
-    assert lrs[0] == pytest.approx(1e-3 / 25)
-    assert max(lrs) == pytest.approx(1e-3) and 25 <= lrs.index(max(lrs)) <= 31  # 30% warm-up
-    assert lrs[-1] == pytest.approx(1e-3 / 25 / 1e4, rel=1e-3)
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+@pytest.mark.parametrize("total", [2, 7, 100])
+def test_one_cycle_equals_torch_one_cycle_lr(name, total):
+    make = lambda: build_optimizer(OptimConfig(name=name, lr=1e-3), [torch.zeros(1, requires_grad=True)])
+    reference_opt, our_opt = make(), make()
+    reference = torch.optim.lr_scheduler.OneCycleLR(reference_opt, max_lr=1e-3, total_steps=total)
+    ours = OneCycle(our_opt, 1e-3, total)
+    key = "betas" if name == "adam" else "momentum"
+    for step in range(total):
+        a, b = reference_opt.param_groups[0], our_opt.param_groups[0]
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-9, abs=1e-15) and b[key] == pytest.approx(a[key])
+        if step < total - 1:
+            reference_opt.step(), our_opt.step()
+            reference.step(), ours.step()
+    assert ours.get_last_lr()[0] == pytest.approx(1e-3 / 25 / 1e4)
 
 
-def test_scheduler_accepts_exactly_total_steps():
-    optimizer = build_optimizer(OptimConfig(), [torch.zeros(1, requires_grad=True)])
-    scheduler = build_scheduler(optimizer, 1e-3, total_steps=5)
-    for _ in range(5 - 1):
-        optimizer.step()
-        scheduler.step()
-    with pytest.raises(ValueError):  # one more than planned: the run would crash, so totals must be exact
-        optimizer.step()
-        scheduler.step()
-        scheduler.step()
+def test_one_cycle_follows_a_time_budget():
+    optimizer = build_optimizer(OptimConfig(lr=1e-3), [torch.zeros(1, requires_grad=True)])
+    schedule = OneCycle(optimizer, 1e-3, total_steps=1000, time_budget_s=10.0)
+    schedule.step(elapsed=3.0)  # 1 step, but 30% of the time: at the peak
+    assert schedule.get_last_lr()[0] == pytest.approx(1e-3, rel=1e-2)
+    schedule.step(elapsed=10.0)  # budget spent: fully annealed long before 1000 steps
+    assert schedule.get_last_lr()[0] == pytest.approx(1e-3 / 25 / 1e4)
+    restored = OneCycle(optimizer, 1e-3, total_steps=1000, time_budget_s=10.0)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.position() == schedule.position() == 999

@@ -1,6 +1,7 @@
-"""Per-epoch checkpoints under output_dir/checkpoints/epoch_NNN, written by
-`accelerator.save_state` into a temporary folder and renamed into place when complete, so the
-newest folder with that name is always whole."""
+"""Checkpoints under output_dir/checkpoints/: `epoch_NNN` after NNN whole epochs, and
+`epoch_NNN_batch_BBBBBB` when a stop signal came BBBBBB batches into the next one. Each is
+written by `accelerator.save_state` into a temporary folder and renamed into place when
+complete, so a folder with such a name is always whole, even after `kill -9` mid-save."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .config import ConfigError
 
-STATE_FILE = "trainer_state.json"  # written last: epoch and metric history
+STATE_FILE = "trainer_state.json"  # written last: epoch, position and metric history
 
 
 def checkpoint_dir(output_dir: Path) -> Path:
@@ -17,27 +18,29 @@ def checkpoint_dir(output_dir: Path) -> Path:
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints, oldest first (the names sort in training order)."""
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("epoch_*") if (p / STATE_FILE).is_file())
 
 
-def save_checkpoint(accelerator, output_dir: Path, epoch: int, state: dict, keep: int) -> Path:
+def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, keep: int) -> Path:
     root = checkpoint_dir(output_dir)
-    final, tmp = root / f"epoch_{epoch:03d}", root / f".tmp_epoch_{epoch:03d}"
+    final, tmp = root / name, root / f".tmp_{name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed mid-save
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # every process writes its own RNG state here
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"epoch": epoch, **state}, indent=2))
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        for leftover in root.glob(".tmp_*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 

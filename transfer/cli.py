@@ -34,6 +34,7 @@ def one_line(error: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from .data import DataError
+    from .watch import TrainingStopped
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -46,4 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return USAGE_EXIT
+    except TrainingStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     return 0

@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 class DataConfig:
     root: str = "data/imagewoof2-160"  # folder with train/ and val/, one subfolder per class
     url: Optional[str] = None  # archive fetched when `root` does not exist; null never fetches
+    sha256: Optional[str] = None  # checksum of the archive at `url`, checked when given
     image_size: int = 160
     hflip: bool = True  # off for data where mirroring changes the class (digits, text)
     num_workers: int = 4
@@ -33,6 +34,8 @@ class DataConfig:
     def __post_init__(self):
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _check(self.sha256 is None or (len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256)),
+               "data.sha256", self.sha256, "64 lower-case hex digits, or null")
 
 
 @dataclass(frozen=True)

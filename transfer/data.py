@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+from torch.utils.data import DataLoader
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .config import DataConfig
@@ -103,8 +104,7 @@ def open_rgb(path: str) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read image {path} ({e}); delete or replace it, "
-                        f"or set data.skip_bad_images=true") from None
+        raise DataError(f"cannot read image {path} ({e}); delete or replace it") from None
 
 
 def _to_uint8(img: Image.Image) -> torch.Tensor:
@@ -158,24 +158,13 @@ class EvalTransform:
 class BatchTransform:
     """`datasets.with_transform` hook: a batch of {'image': {'path'}, 'label'} -> uint8 tensors."""
     image_transform: TrainTransform | EvalTransform
-    skip_bad_images: bool = False
 
     def __call__(self, batch: dict) -> dict:
-        pixels, labels, paths = [], [], []
-        for image, label in zip(batch["image"], batch["label"]):
-            try:
-                pixels.append(self.image_transform(open_rgb(image["path"])))
-            except DataError:
-                if not self.skip_bad_images:
-                    raise
-                pixels.append(None)  # dropped by `collate`
-            labels.append(label)
-            paths.append(image["path"])
-        return {"pixel_values": pixels, "labels": labels, "path": paths}
+        return {"pixel_values": [self.image_transform(open_rgb(image["path"])) for image in batch["image"]],
+                "labels": batch["label"]}
 
 
 def collate(examples: list[dict]) -> dict:
-    examples = [e for e in examples if e["pixel_values"] is not None]
     return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
             "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long)}
 
@@ -188,12 +177,54 @@ def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def image_error(path: str) -> str | None:
+    """Why the file does not decode, or None. JPEGs are decoded at 1/8 scale: all the data is
+    still read (so truncation shows) at a fraction of the cost."""
+    try:
+        with Image.open(path) as img:
+            img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+        return None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        return str(e) or type(e).__name__
+
+
+def drop_bad_images(ds, split: str, skip: bool, num_proc: int):
+    """Decode every image once before training (the result is cached by `datasets`):
+    a bad one stops the run naming the file, or is dropped with `skip`."""
+    checked = ds.map(lambda batch: {"error": [image_error(i["path"]) for i in batch["image"]]},
+                     batched=True, num_proc=num_proc if len(ds) >= 2000 and num_proc > 1 else None)
+    errors = checked["error"]
+    bad = [i for i, e in enumerate(errors) if e is not None]
+    if bad and not skip:
+        first = bad[0]
+        raise DataError(f"{len(bad)} unreadable image(s) in {split}/, first {checked[first]['image']['path']} "
+                        f"({errors[first]}); delete or replace them, or set data.skip_bad_images=true")
+    if bad:
+        ds = ds.select([i for i, e in enumerate(errors) if e is None])
+    return ds, len(bad)
+
+
 def build_datasets(cfg: DataConfig, root: Path):
-    """Train and validation datasets with on-the-fly transforms, plus the class names."""
+    """Train and validation datasets with on-the-fly transforms, the class names, and how many
+    bad images were skipped."""
     train, val, classes = load_splits(root)
-    train = train.with_transform(BatchTransform(TrainTransform(cfg.image_size, cfg.hflip), cfg.skip_bad_images))
-    val = val.with_transform(BatchTransform(EvalTransform(cfg.image_size), cfg.skip_bad_images))
-    return train, val, classes
+    train, bad_train = drop_bad_images(train, "train", cfg.skip_bad_images, cfg.num_workers)
+    val, bad_val = drop_bad_images(val, "val", cfg.skip_bad_images, cfg.num_workers)
+    train = train.with_transform(BatchTransform(TrainTransform(cfg.image_size, cfg.hflip)))
+    val = val.with_transform(BatchTransform(EvalTransform(cfg.image_size)))
+    return train, val, classes, bad_train + bad_val
+
+
+def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_processes: int):
+    # No persistent workers: each epoch's workers are seeded from the (per-epoch reseeded) main
+    # RNG, so augmentation depends on the seed and epoch alone and a resumed run is exact.
+    common = dict(num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())
+    # Drop the ragged last batch (a batch of one breaks batch norm) unless that is all there is.
+    drop_last = len(train_ds) >= batch_size * num_processes
+    train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last, **common)
+    val_dl = DataLoader(val_ds, batch_size=batch_size * 2, shuffle=False, **common)
+    return train_dl, val_dl
 
 
 def resolve_root(cfg: DataConfig) -> Path:
@@ -201,7 +232,7 @@ def resolve_root(cfg: DataConfig) -> Path:
     root = Path(cfg.root).expanduser()
     if not root.exists() and cfg.url:
         from .download import fetch_dataset
-        fetch_dataset(cfg.url, root)
+        fetch_dataset(cfg.url, root, cfg.sha256)
     check_layout(root)
     return root
 

@@ -7,6 +7,8 @@ files and folders inside the target; links, devices, absolute paths and `..` are
 """
 from __future__ import annotations
 
+import hashlib
+import http.client
 import shutil
 import tarfile
 import tempfile
@@ -24,7 +26,7 @@ ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 RETRIES = 4
 
 
-def fetch_dataset(url: str, root: Path) -> Path:
+def fetch_dataset(url: str, root: Path, sha256: str | None = None) -> Path:
     """Make `root` hold the dataset in the archive at `url` (http(s) URL or local path)."""
     root = Path(root)
     name = url.rstrip("/").split("/")[-1].split("?")[0]
@@ -39,6 +41,8 @@ def fetch_dataset(url: str, root: Path) -> Path:
         archive = Path(url.removeprefix("file://")).expanduser()
         if not archive.is_file():
             raise DataError(f"data.url {url} is neither an http(s) URL nor an existing archive file")
+    if sha256 is not None:
+        check_sha256(archive, sha256, remove=url.startswith(("http://", "https://")))
     extract(archive, root)
     return root
 
@@ -50,11 +54,23 @@ def download(url: str, dest: Path) -> None:
             _download_once(url, part)
             part.replace(dest)
             return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # OSError: connection, timeout
             if attempt == RETRIES:
                 raise DataError(f"download of {url} failed after {RETRIES} tries ({e}); check the network, "
                                 f"or download it yourself and set data.url to the local file") from None
             time.sleep(2 ** attempt)
+
+
+def check_sha256(archive: Path, expected: str, remove: bool) -> None:
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        if remove:  # a bad download must not be reused by the next run
+            archive.unlink()
+        raise DataError(f"archive {archive} has sha256 {digest.hexdigest()}, expected data.sha256={expected}; "
+                        f"{'it was deleted, run again to download it anew' if remove else 'check the file'}")
 
 
 def _download_once(url: str, part: Path) -> None:

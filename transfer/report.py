@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import plots
 from .config import Config, ConfigError, dump_yaml
 from .metrics import confusion_matrix, per_class_accuracy
 from .model import save_model
-from .optim import schedule_lrs
 from .outputs import versions, write_atomic, write_json
 
 GRID_SIZE = 16  # images in samples.png and mistakes.png
@@ -75,7 +75,8 @@ def write_start(out: Path, cfg: Config, train_ds, classes: list[str]) -> None:
     from .data import class_display_names
 
     write_atomic(out / "config.yaml", dump_yaml(cfg))
-    batch = train_ds[np.linspace(0, len(train_ds) - 1, min(GRID_SIZE, len(train_ds))).astype(int).tolist()]
+    with torch.random.fork_rng():  # drawing these crops must not shift the training run's random numbers
+        batch = train_ds[np.linspace(0, len(train_ds) - 1, min(GRID_SIZE, len(train_ds))).astype(int).tolist()]
     names = class_display_names(classes)
     images = [p.numpy() for p in batch["pixel_values"] if p is not None]
     plots.plot_image_grid(np.stack(images), [names[label] for label in batch["labels"]],
@@ -83,14 +84,13 @@ def write_start(out: Path, cfg: Config, train_ds, classes: list[str]) -> None:
 
 
 def write_final(out: Path, metrics_: dict, final: dict, model, classes: list[str], names: list[str], cfg: Config,
-                val_ds, steps_per_epoch: int) -> None:
+                val_ds) -> None:
     write_json(out / "metrics.json", metrics_)
     history = metrics_["history"]
     if history:
         plots.plot_accuracy(history, out / "plots" / "accuracy.png")
         plots.plot_loss(history, out / "plots" / "loss.png")
-        plots.plot_lr(schedule_lrs(cfg.optim, cfg.train.epochs * steps_per_epoch), steps_per_epoch,
-                      out / "plots" / "lr.png")
+        plots.plot_lr(metrics_["lr_per_step"], metrics_["steps_per_epoch"], out / "plots" / "lr.png")
     counts = confusion_matrix(final["predictions"], final["references"], len(classes))
     plots.plot_confusion(counts, names, out / "plots" / "confusion.png")
     _plot_mistakes(final, val_ds, names, out / "plots" / "mistakes.png")

@@ -11,17 +11,17 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import checkpoint, report
 from .config import Config, ConfigError, to_dict
-from .data import build_datasets, class_display_names, collate, normalize, resolve_root
+from .data import build_datasets, class_display_names, make_loaders, normalize, resolve_root
 from .metrics import accuracy
 from .model import build_model, data_config, set_backbone_frozen, train_mode
-from .optim import build_optimizer, build_scheduler
+from .optim import OneCycle, build_optimizer
+from .watch import Watch
 
-LOG_EVERY = 10  # optimizer steps between tracker/progress-bar updates (each costs a device sync)
+LOG_EVERY = 10  # optimizer steps between syncs: tracker, progress bar, stop/NaN/budget checks
 
 
 def use_cuda() -> bool:
@@ -38,25 +38,26 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
-def make_loaders(cfg: Config, train_ds, val_ds, num_processes: int) -> tuple[DataLoader, DataLoader]:
-    workers = cfg.data.num_workers
-    common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=workers > 0)
-    # Drop the ragged last batch (a batch of one breaks batch norm) unless that is all there is.
-    drop_last = len(train_ds) >= cfg.train.batch_size * num_processes
-    train_dl = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=drop_last, **common)
-    val_dl = DataLoader(val_ds, batch_size=cfg.train.batch_size * 2, shuffle=False, **common)
-    return train_dl, val_dl
+def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Config, mean, std, watch: Watch,
+                    frozen: bool, epoch: int, lrs: list, batches_done: int = 0, partial=(0.0, 0)) -> dict:
+    """Train until the loader ends or `watch` says stop; `batches_done`/`partial` continue a
+    half-finished epoch. Appends each optimizer step's learning rate to `lrs`. Returns the
+    epoch's mean loss and where it stopped.
 
-
-def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Config, mean, std, frozen: bool,
-                    step: int) -> dict:
+    A half-finished epoch is continued by replaying its first `batches_done` batches through the
+    loader without training on them: loading draws the same random numbers as the first time
+    (crops, flips, worker seeds), so the rest of the epoch sees exactly the same batches."""
     train_mode(accelerator.unwrap_model(model), frozen)
     lr = scheduler.get_last_lr()[0]
-    loss_sum = torch.zeros((), device=accelerator.device)
-    seen = torch.zeros((), device=accelerator.device)
-    bar = tqdm(loader, desc="train", leave=False, disable=not accelerator.is_local_main_process)
+    mine = accelerator.is_main_process  # a half epoch's global totals restart on one process only
+    loss_sum = torch.tensor(float(partial[0]) if mine else 0.0, device=accelerator.device)
+    seen = torch.tensor(float(partial[1]) if mine else 0.0, device=accelerator.device)
+    batch_index, stop = 0, None
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not accelerator.is_local_main_process)
     for batch in bar:
+        if batch_index < batches_done:  # replay (see above)
+            batch_index += 1
+            continue
         with accelerator.accumulate(model):
             labels = batch["labels"]
             loss = F.cross_entropy(model(normalize(batch["pixel_values"], mean, std)), labels)  # logits, no sigmoid
@@ -65,19 +66,24 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Confi
                 accelerator.clip_grad_value_(model.parameters(), cfg.optim.grad_clip)  # unscales fp16 first
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
-            lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used (the article's last_lr)
-            scheduler.step()
-            step += 1
-            if step % LOG_EVERY == 0:
-                stats = {"train/loss": loss.item(), "train/lr": lr}
-                accelerator.log(stats, step=step)
-                bar.set_postfix(loss=f"{stats['train/loss']:.3f}")
+        batch_index += 1
+        watch.observe(loss, batch_index)
         loss_sum += loss.detach().float() * len(labels)
         seen += len(labels)
-    loss_sum, seen = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(seen, "sum")
-    return {"train_loss": (loss_sum / seen.clamp(min=1)).item(), "train_images": int(seen.item()), "step": step,
-            "lr": lr}
+        if accelerator.sync_gradients:
+            lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used (the article's last_lr)
+            lrs.append(lr)
+            if scheduler.steps % LOG_EVERY == 0:
+                stop = watch.check(epoch)  # raises NonFiniteLoss; one sync across processes
+                accelerator.log({"train/loss": loss.item(), "train/lr": lr}, step=scheduler.steps)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            scheduler.step(watch.elapsed)
+            if stop:
+                break
+    stop = stop or watch.check(epoch)
+    totals = accelerator.reduce(torch.stack([loss_sum, seen]), "sum")
+    return {"train_loss": (totals[0] / totals[1].clamp(min=1)).item(), "train_images": int(totals[1].item()),
+            "lr": lr, "stop": stop, "batches_done": batch_index, "partial": (totals[0].item(), int(totals[1].item()))}
 
 
 @torch.inference_mode()
@@ -109,66 +115,90 @@ def run(cfg: Config) -> dict:
         # DDP must tolerate parameters that get no gradient while the backbone is frozen.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.freeze_epochs > 0)])
     resume_from = checkpoint.resolve_resume(cfg.train.resume, out)
+    if (out / "metrics.json").is_file() and cfg.train.resume is not None:
+        accelerator.print(f"{out} holds a finished run; nothing to resume")
+        return report.read_metrics(out)
     if resume_from is None:
         report.check_fresh_output_dir(out, resumable=cfg.train.resume == "auto")
-    elif (out / "metrics.json").is_file() and cfg.train.resume == "auto":
-        accelerator.print(f"{out} holds a finished run; nothing to resume (delete metrics.json to redo the end)")
-        return report.read_metrics(out)
 
     set_seed(cfg.train.seed)  # before the model's random init
     with accelerator.main_process_first():  # one download / cache build, then the others reuse it
         root = resolve_root(cfg.data)
-        train_ds, val_ds, classes = build_datasets(cfg.data, root)
+        train_ds, val_ds, classes, skipped = build_datasets(cfg.data, root)
+    if skipped:
+        accelerator.print(f"skipping {skipped} unreadable image(s) (data.skip_bad_images=true)")
     model = build_model(cfg.model, len(classes)).to(memory_format=torch.channels_last)
     mean, std = data_config(model).values()
-    train_dl, val_dl = make_loaders(cfg, train_ds, val_ds, accelerator.num_processes)
+    train_dl, val_dl = make_loaders(train_ds, val_ds, cfg.train.batch_size, cfg.data.num_workers,
+                                    accelerator.num_processes)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
     steps_per_epoch = math.ceil(len(train_dl) / cfg.train.grad_accum_steps)  # per process, after sharding
-    scheduler = build_scheduler(optimizer.optimizer, cfg.optim.lr, cfg.train.epochs * steps_per_epoch)
+    scheduler = OneCycle(optimizer.optimizer, cfg.optim.lr, cfg.train.epochs * steps_per_epoch,
+                         cfg.train.time_budget_s)
     accelerator.register_for_checkpointing(scheduler)
 
-    history, start_epoch, train_seconds = [], 0, 0.0
+    state = {"epoch": 0, "history": [], "lrs": [], "train_seconds": 0.0, "batches_done": 0, "partial": (0.0, 0)}
     if resume_from is not None:
-        state = checkpoint.load_checkpoint(accelerator, resume_from)
-        history, start_epoch, train_seconds = state["history"], state["epoch"], state["train_seconds"]
-        accelerator.print(f"resumed from {resume_from} (epoch {start_epoch} done)")
+        state.update(checkpoint.load_checkpoint(accelerator, resume_from))
+        accelerator.print(f"resumed from {resume_from}")
+    history, lrs, train_seconds = state["history"], state["lrs"], state["train_seconds"]
     if accelerator.is_main_process:
         report.write_start(out, cfg, train_ds, classes)
     accelerator.init_trackers("logs", config=report.flat_config(to_dict(cfg)))
+    watch = Watch(accelerator, cfg.train.time_budget_s)
 
-    final = None
-    for epoch in range(start_epoch, cfg.train.epochs):
-        set_seed(cfg.train.seed + epoch)  # shuffling and augmentation depend on the epoch alone: exact resume
-        train_dl.set_epoch(epoch)
-        frozen = epoch < cfg.train.freeze_epochs
-        set_backbone_frozen(accelerator.unwrap_model(model), frozen)
-        start = time.perf_counter()
-        result = train_one_epoch(model, train_dl, optimizer, scheduler, accelerator, cfg, mean, std, frozen,
-                                 step=epoch * steps_per_epoch)
-        train_time = time.perf_counter() - start
-        final = evaluate(model, val_dl, accelerator, mean, std)
-        record = {"epoch": epoch + 1, "lr": result["lr"], "train_loss": result["train_loss"],
-                  "val_loss": final["val_loss"], "val_acc": final["val_acc"], "frozen": frozen,
-                  "epoch_seconds": time.perf_counter() - start,
-                  "train_images_per_s": result["train_images"] / train_time}
-        history.append(record)
-        train_seconds += record["epoch_seconds"]
-        accelerator.log({f"epoch/{k}": record[k] for k in ("train_loss", "val_loss", "val_acc", "lr")},
-                        step=result["step"])
-        accelerator.print(report.epoch_line(record))
-        checkpoint.save_checkpoint(accelerator, out, epoch + 1,
-                                   {"history": history, "train_seconds": train_seconds},
-                                   keep=cfg.train.keep_checkpoints)
+    final, stop = None, None
+    with watch.signals():
+        for epoch in range(state["epoch"], cfg.train.epochs):
+            batches_done = state["batches_done"] if epoch == state["epoch"] else 0
+            set_seed(cfg.train.seed + epoch)  # shuffling and augmentation depend on seed and epoch alone
+            train_dl.set_epoch(epoch)
+            frozen = epoch < cfg.train.freeze_epochs
+            set_backbone_frozen(accelerator.unwrap_model(model), frozen)
+            watch.start(train_seconds)
+            result = train_one_epoch(model, train_dl, optimizer, scheduler, accelerator, cfg, mean, std, watch, frozen,
+                                     epoch, lrs, batches_done, state["partial"] if batches_done else (0.0, 0))
+            train_time, stop = watch.seconds(), result["stop"]
+            if stop == "signal":  # preempted: save where we are, finish nothing else
+                train_seconds += watch.seconds()
+                path = checkpoint.save_checkpoint(
+                    accelerator, out, f"epoch_{epoch:03d}_batch_{result['batches_done']:06d}",
+                    {"epoch": epoch, "batches_done": result["batches_done"], "partial": result["partial"],
+                     "history": history, "lrs": lrs, "train_seconds": train_seconds}, keep=cfg.train.keep_checkpoints)
+                watch.raise_stopped(path)
+            final = evaluate(model, val_dl, accelerator, mean, std)
+            epoch_seconds = watch.seconds()
+            train_seconds += epoch_seconds
+            done = result["batches_done"]
+            record = {"epoch": epoch + 1 if done == len(train_dl) else round(epoch + done / len(train_dl), 3),
+                      "lr": result["lr"], "train_loss": result["train_loss"], "val_loss": final["val_loss"],
+                      "val_acc": final["val_acc"], "frozen": frozen, "epoch_seconds": epoch_seconds,
+                      "train_images_per_s": result["train_images"] / train_time}
+            history.append(record)
+            accelerator.log({f"epoch/{k}": record[k] for k in ("train_loss", "val_loss", "val_acc", "lr")},
+                            step=scheduler.steps)
+            accelerator.print(report.epoch_line(record))
+            checkpoint.save_checkpoint(accelerator, out, f"epoch_{epoch + 1:03d}",
+                                       {"epoch": epoch + 1, "history": history, "lrs": lrs,
+                                        "train_seconds": train_seconds},
+                                       keep=cfg.train.keep_checkpoints)
+            if stop == "budget":
+                accelerator.print(f"time budget of {cfg.train.time_budget_s:g} s spent: stopping after "
+                                  f"{record['epoch']:.2f} epochs")
+                break
     if final is None:  # evaluate-only run, or resumed after the last epoch
         final = evaluate(model, val_dl, accelerator, mean, std)
 
     metrics = report.metrics(history, final, classes, train_seconds,
                              {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
-                              "mixed_precision": precision, "steps_per_epoch": steps_per_epoch})
+                              "mixed_precision": precision, "steps_per_epoch": steps_per_epoch,
+                              "optimizer_steps": scheduler.steps, "stopped_by_time_budget": stop == "budget",
+                              "skipped_images": skipped, "lr_per_step": lrs})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         report.write_final(out, metrics, final, accelerator.unwrap_model(model), classes,
-                           class_display_names(classes), cfg, val_ds, steps_per_epoch)
+                           class_display_names(classes), cfg, val_ds)
     accelerator.end_training()
     return metrics
+
