@@ -22,6 +22,10 @@ def test_two_process_run_scores_each_val_image_exactly_once(image_folder, tmp_pa
     # 48 train images / (2 processes x 4) = 6 steps per process per epoch
     assert metrics["steps_per_epoch"] == 6
     assert result.stdout.count("Epoch [") == 2  # printed by the main process only
+    # gathered predictions come back in dataset order: each row's label is its file's folder
+    rows = (out / "val_predictions.csv").read_text().splitlines()[1:]
+    assert len(rows) == 18
+    assert all(row.split(",")[0].strip('"').split("/")[-2] == row.split(",")[1] for row in rows)
 
     # The same weights scored by one process give the same accuracy and loss: nothing counted twice.
     single = run(tiny_config(image_folder, tmp_path / "single", "train.epochs=0", "model.pretrained=true",

@@ -126,3 +126,18 @@ def test_corrupt_image_names_the_file(image_folder, tmp_path, capsys):
 def test_config_yaml_is_plain_yaml(finished_run):
     _, out, _ = finished_run
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["name"] == "resnet10t"
+
+
+def test_images_unseen_by_imagenet_are_scored_separately(finished_run, image_folder, tmp_path):
+    _, out, _ = finished_run
+    root = tmp_path / "data"
+    shutil.copytree(image_folder, root)
+    for i, f in enumerate(sorted((root / "val" / "square").iterdir())[:2]):
+        f.rename(f.with_name(f"ILSVRC2012_val_{i:08d}.png"))
+    metrics = run(tiny_config(root, tmp_path / "eval", "train.epochs=0", "model.pretrained=true",
+                              f"model.weights_file={out / 'model'}"))
+    rows = [r.split(",") for r in (tmp_path / "eval" / "val_predictions.csv").read_text().splitlines()[1:]]
+    unseen = [r for r in rows if "ILSVRC2012_val_" in r[0]]
+    subset = metrics["val_subsets"]["unseen_by_imagenet"]
+    assert subset["samples"] == len(unseen) == 2
+    assert subset["val_acc"] == sum(r[1] == r[2] for r in unseen) / 2

@@ -42,12 +42,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "resnet50"  # any timm model name
     pretrained: bool = True  # ImageNet weights (downloaded by timm unless weights_file is set)
-    weights_file: Optional[str] = None  # local .safetensors / state dict / saved model/ folder
-
-    def __post_init__(self):
-        if self.weights_file is not None and not self.pretrained:
-            raise ConfigError("model.weights_file is set but model.pretrained is false; "
-                              "set model.pretrained=true to load it, or model.weights_file=null")
+    weights_file: Optional[str] = None  # local .safetensors / state dict / model/ folder; used when pretrained
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,16 @@ class DataError(ValueError):
 
 # ---------------------------------------------------------------------------- layout and loading
 
+def class_images(class_dir: Path) -> list[str]:
+    """The image files directly in a class folder, sorted (other files are ignored)."""
+    return sorted(str(f) for f in class_dir.iterdir()
+                  if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() and not f.name.startswith("."))
+
+
 def find_classes(split_dir: Path) -> dict[str, int]:
-    """Class folder name -> number of image files in it (non-image files are ignored)."""
-    return {d.name: sum(1 for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-            for d in sorted(split_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    """Class folder name -> number of image files in it."""
+    return {d.name: len(class_images(d)) for d in sorted(split_dir.iterdir())
+            if d.is_dir() and not d.name.startswith(".")}
 
 
 def check_layout(root: Path) -> list[str]:
@@ -75,9 +81,10 @@ def load_splits(root: Path):
                                   "label": datasets.ClassLabel(names=classes)})
     splits = {}
     for name, folder in (("train", "train"), ("validation", "val")):
-        ds = datasets.load_dataset("imagefolder", data_dir=str(root / folder), split="train",
-                                   features=features)
-        splits[name] = ds
+        # Explicit file lists: with data_dir, `datasets` would guess splits from file names, and
+        # Imagewoof's val/ holds files named ILSVRC2012_val_*.
+        files = [f for c in classes if (root / folder / c).is_dir() for f in class_images(root / folder / c)]
+        splits[name] = datasets.load_dataset("imagefolder", data_files={name: files}, split=name, features=features)
     return splits["train"], splits["validation"], classes
 
 

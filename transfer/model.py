@@ -20,9 +20,9 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         close = timm.list_models(f"*{cfg.name.split('.')[0][:6]}*")[:8]
         raise ConfigError(f"model.name={cfg.name!r} is not a timm model; "
                           f"similar names: {', '.join(close) or 'none'} (see timm.list_models())")
-    from_hub = cfg.pretrained and cfg.weights_file is None
-    model = timm.create_model(cfg.name, pretrained=from_hub, num_classes=num_classes)
-    if cfg.weights_file is not None:
+    local = cfg.pretrained and cfg.weights_file is not None
+    model = timm.create_model(cfg.name, pretrained=cfg.pretrained and not local, num_classes=num_classes)
+    if local:
         load_weights(model, cfg.weights_file)
     return model
 

@@ -3,6 +3,7 @@
     output_dir/
       config.yaml            resolved settings; `--config output_dir/config.yaml` reruns it
       metrics.json           history per epoch, best/final accuracy, per-class accuracy, versions
+      val_predictions.csv    path, label, predicted, confidence of each validation image
       plots/                 accuracy.png loss.png lr.png samples.png confusion.png mistakes.png
       model/                 timm Hub layout: config.json (labels, mean/std, input size) + model.safetensors
       checkpoints/epoch_NNN  accelerate state of the newest epochs (train.resume)
@@ -22,6 +23,9 @@ from .model import save_model
 from .outputs import versions, write_atomic, write_json
 
 GRID_SIZE = 16  # images in samples.png and mistakes.png
+# Imagewoof's validation files named so come from ImageNet's own validation set; the others are
+# ImageNet *training* images, which ImageNet-pretrained weights have already seen.
+UNSEEN_PREFIX = "ILSVRC2012_val_"
 
 
 def check_fresh_output_dir(out: Path, resumable: bool) -> None:
@@ -53,7 +57,23 @@ def epoch_line(record: dict) -> str:
             f"val_loss: {record['val_loss']:.4f}, val_acc: {record['val_acc']:.4f}")
 
 
-def metrics(history: list[dict], final: dict, classes: list[str], train_seconds: float, run_info: dict) -> dict:
+def val_paths(val_ds) -> list[str]:
+    """File of each validation sample, in evaluation order."""
+    return [image["path"] for image in val_ds.with_format(None)["image"]]
+
+
+def subset_scores(paths: list[str], final: dict) -> dict:
+    """Accuracy on the validation images ImageNet's training set does not contain, when there are any."""
+    unseen = np.array([Path(p).name.startswith(UNSEEN_PREFIX) for p in paths])
+    if not unseen.any():
+        return {}
+    correct = final["predictions"][unseen] == final["references"][unseen]
+    return {"unseen_by_imagenet": {"prefix": UNSEEN_PREFIX, "samples": int(unseen.sum()),
+                                   "val_acc": float(correct.mean())}}
+
+
+def metrics(history: list[dict], final: dict, classes: list[str], train_seconds: float, run_info: dict,
+            paths: list[str]) -> dict:
     best = max(history, key=lambda h: h["val_acc"]) if history else None
     per_class = per_class_accuracy(final["predictions"], final["references"], len(classes))
     return {
@@ -65,6 +85,7 @@ def metrics(history: list[dict], final: dict, classes: list[str], train_seconds:
         "val_samples": final["val_samples"],
         "train_seconds": train_seconds,
         "per_class_val_acc": dict(zip(classes, per_class)),
+        "val_subsets": subset_scores(paths, final),
         **run_info,
         "versions": versions(),
     }
@@ -83,8 +104,16 @@ def write_start(out: Path, cfg: Config, train_ds, classes: list[str]) -> None:
                           out / "plots" / "samples.png", "training samples, as augmented")
 
 
+def predictions_csv(paths: list[str], final: dict, classes: list[str]) -> str:
+    rows = ["path,label,predicted,confidence"]
+    rows += [f'"{p}",{classes[t]},{classes[y]},{c:.4f}'
+             for p, t, y, c in zip(paths, final["references"], final["predictions"], final["confidence"])]
+    return "\n".join(rows) + "\n"
+
+
 def write_final(out: Path, metrics_: dict, final: dict, model, classes: list[str], names: list[str], cfg: Config,
-                val_ds) -> None:
+                val_ds, paths: list[str]) -> None:
+    write_atomic(out / "val_predictions.csv", predictions_csv(paths, final, classes))
     write_json(out / "metrics.json", metrics_)
     history = metrics_["history"]
     if history:

@@ -190,15 +190,16 @@ def run(cfg: Config) -> dict:
     if final is None:  # evaluate-only run, or resumed after the last epoch
         final = evaluate(model, val_dl, accelerator, mean, std)
 
+    paths = report.val_paths(val_ds)
     metrics = report.metrics(history, final, classes, train_seconds,
                              {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
                               "mixed_precision": precision, "steps_per_epoch": steps_per_epoch,
                               "optimizer_steps": scheduler.steps, "stopped_by_time_budget": stop == "budget",
-                              "skipped_images": skipped, "lr_per_step": lrs})
+                              "skipped_images": skipped, "lr_per_step": lrs}, paths)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         report.write_final(out, metrics, final, accelerator.unwrap_model(model), classes,
-                           class_display_names(classes), cfg, val_ds)
+                           class_display_names(classes), cfg, val_ds, paths)
     accelerator.end_training()
     return metrics
 
