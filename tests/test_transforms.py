@@ -14,7 +14,7 @@ def random_image(w, h, seed=0):
 
 
 def ours(transform, img):
-    return normalize(transform(img).unsqueeze(0), MEAN, STD)[0]
+    return normalize(transform(img).unsqueeze(0), MEAN, STD)[0]  # HWC uint8 -> CHW float
 
 
 @pytest.mark.parametrize("w, h", [(160, 160), (240, 160), (160, 213), (300, 200), (50, 37)])
@@ -42,7 +42,7 @@ def test_eval_transform_keeps_aspect_and_equals_torchvision(w, h):
 
 def test_transforms_return_uint8_and_normalize_returns_channels_last():
     x = TrainTransform(32)(random_image(40, 40))
-    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32)
+    assert x.dtype == torch.uint8 and x.shape == (32, 32, 3)
     batch = normalize(torch.stack([x, x]), MEAN, STD)
     assert batch.dtype == torch.float32 and batch.is_contiguous(memory_format=torch.channels_last)
 
@@ -53,4 +53,4 @@ def test_any_image_mode_becomes_rgb(tmp_path, mode):
     random_image(20, 20).convert(mode).save(path)
     img = open_rgb(str(path))
     assert img.mode == "RGB" and img.size == (20, 20)
-    assert EvalTransform(16)(img).shape == (3, 16, 16)
+    assert EvalTransform(16)(img).shape == (16, 16, 3)

@@ -29,6 +29,7 @@ class DataConfig:
     image_size: int = 160
     hflip: bool = True  # off for data where mirroring changes the class (digits, text)
     num_workers: int = 4
+    cache: Literal["auto", "none", "memory"] = "auto"  # memory: decode once, crop on the device; auto: on a GPU
     skip_bad_images: bool = False  # false: a corrupt image is an error naming the file
 
     def __post_init__(self):
@@ -72,6 +73,7 @@ class TrainConfig:
     resume: Optional[str] = None  # null, "auto" (newest checkpoint in output_dir) or a checkpoint path
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     time_budget_s: Optional[float] = None  # stop training after this many seconds; LR schedule sized to fit
+    compile: bool = False  # torch.compile the model (minutes of compiling on first use)
     log_with: Literal["none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"] = "none"
 
     def __post_init__(self):

@@ -1,6 +1,6 @@
 """Data: find or fetch the image folder, load it with `datasets`, transform on the fly.
 
-Transforms return uint8 CHW tensors; `normalize` turns a batch into model input on the device.
+Transforms return uint8 HWC tensors; `normalize` turns a batch into model input on the device.
 That keeps the float conversion off the CPU workers and makes host-to-device copies 4x smaller,
 while computing exactly what torchvision's pipeline computes:
   train: Resize(short side) + RandomCrop(size, padding=4, reflect) + RandomHorizontalFlip + ToTensor + Normalize
@@ -114,51 +114,59 @@ def open_rgb(path: str) -> Image.Image:
         raise DataError(f"cannot read image {path} ({e}); delete or replace it") from None
 
 
-def _to_uint8(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # HWC -> CHW (as ToTensor, a copy)
+def _window(a: np.ndarray, axis: int, start: int, size: int) -> np.ndarray:
+    """a[start:start+size] along `axis`, reflecting (numpy 'reflect', no edge repeat) where the
+    window overhangs by at most PAD. Slices and one concatenate: no index arrays, no full pad."""
+    n, end = a.shape[axis], start + size
+    at = lambda s: (slice(None),) * axis + (s,)  # noqa: E731
+    if start >= 0 and end <= n:
+        return a[at(slice(start, end))]
+    pieces = [a[at(slice(-start, 0, -1))]] if start < 0 else []  # rows -start .. 1
+    pieces.append(a[at(slice(max(start, 0), min(end, n)))])
+    if end > n:
+        pieces.append(a[at(slice(n - 2, 2 * n - 2 - end, -1))])  # rows n-2 .. 2n-1-end
+    return np.concatenate(pieces, axis)
 
 
-def _reflect(index: torch.Tensor, n: int) -> torch.Tensor:
-    """Positions in a reflect-padded axis of length n (numpy/torch 'reflect': no edge repeat)."""
-    index = index.abs()
-    return torch.where(index >= n, 2 * (n - 1) - index, index)
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, order="C"))  # a writable copy of the (read-only) PIL pixels
 
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """RandomCrop(size, padding=4, reflect) + optional flip, drawing torch RNG like torchvision does."""
+    """RandomCrop(size, padding=4, reflect) + optional flip, drawing torch RNG like torchvision
+    does. Returns HWC uint8: a stacked batch of these, permuted to NCHW, is channels_last."""
     size: int
     hflip: bool = True
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if min(img.size) != self.size:
             img = TF.resize(img, self.size)
-        x = _to_uint8(img)
-        h, w = x.shape[1:]
+        a = np.asarray(img)
+        h, w = a.shape[:2]
         ph, pw = h + 2 * PAD, w + 2 * PAD
         i = j = 0
         if (ph, pw) != (self.size, self.size):  # torchvision's get_params draws nothing in that case
             i = int(torch.randint(0, ph - self.size + 1, size=(1,)).item())
             j = int(torch.randint(0, pw - self.size + 1, size=(1,)).item())
-        rows = _reflect(torch.arange(i - PAD, i - PAD + self.size), h)
-        cols = _reflect(torch.arange(j - PAD, j - PAD + self.size), w)
+        crop = _window(_window(a, 0, i - PAD, self.size), 1, j - PAD, self.size)
         if self.hflip and torch.rand(1) < 0.5:
-            cols = cols.flip(0)
-        return x[:, rows][:, :, cols].contiguous()
+            crop = crop[:, ::-1]
+        return _tensor(crop)
 
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """Resize the short side, then centre-crop: keeps the aspect ratio (the article squashed)."""
+    """Resize the short side, then centre-crop: keeps the aspect ratio (the article squashed). HWC uint8."""
     size: int
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if min(img.size) != self.size:
             img = TF.resize(img, self.size)
-        x = _to_uint8(img)
-        h, w = x.shape[1:]
+        a = np.asarray(img)
+        h, w = a.shape[:2]
         top, left = int(round((h - self.size) / 2.0)), int(round((w - self.size) / 2.0))
-        return x[:, top:top + self.size, left:left + self.size].contiguous()
+        return _tensor(a[top:top + self.size, left:left + self.size])
 
 
 @dataclass(frozen=True)
@@ -177,11 +185,11 @@ def collate(examples: list[dict]) -> dict:
 
 
 def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 NCHW batch -> normalised float, channels_last; same arithmetic as ToTensor + Normalize."""
+    """uint8 NHWC batch -> normalised float NCHW in channels_last memory (a permuted view, no
+    copy); the same arithmetic as ToTensor + Normalize."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
-    x = pixels.float().div_(255).sub_(mean).div_(std)
-    return x.contiguous(memory_format=torch.channels_last)
+    return pixels.permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
 
 
 def image_error(path: str) -> str | None:
@@ -223,15 +231,21 @@ def build_datasets(cfg: DataConfig, root: Path):
     return train, val, classes, bad_train + bad_val
 
 
-def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_processes: int):
+def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_processes: int, collate_fn=collate):
     # No persistent workers: each epoch's workers are seeded from the (per-epoch reseeded) main
     # RNG, so augmentation depends on the seed and epoch alone and a resumed run is exact.
-    common = dict(num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())
+    common = dict(num_workers=num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
     # Drop the ragged last batch (a batch of one breaks batch norm) unless that is all there is.
     drop_last = len(train_ds) >= batch_size * num_processes
     train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last, **common)
     val_dl = DataLoader(val_ds, batch_size=batch_size * 2, shuffle=False, **common)
     return train_dl, val_dl
+
+
+def paths_and_labels(ds) -> tuple[list[str], list[int]]:
+    """File and label of each sample of a split, in order."""
+    raw = ds.with_format(None)
+    return [image["path"] for image in raw["image"]], raw["label"]
 
 
 def resolve_root(cfg: DataConfig) -> Path:

@@ -41,7 +41,7 @@ def plot_lr(lrs: list[float], steps_per_epoch: int, path: Path) -> None:
 
 
 def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, suptitle: str = "") -> None:
-    """uint8 NCHW images (already de-normalised) in a grid with a title each."""
+    """uint8 NHWC images (already de-normalised) in a grid with a title each."""
     n = len(images)
     cols = min(8, n)
     rows = max(1, -(-n // cols))
@@ -49,7 +49,7 @@ def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, suptitle:
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
-        ax.imshow(np.transpose(image, (1, 2, 0)))
+        ax.imshow(image)
         ax.set_title(title, fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, y=1.0 + 0.12 / rows)

@@ -57,11 +57,6 @@ def epoch_line(record: dict) -> str:
             f"val_loss: {record['val_loss']:.4f}, val_acc: {record['val_acc']:.4f}")
 
 
-def val_paths(val_ds) -> list[str]:
-    """File of each validation sample, in evaluation order."""
-    return [image["path"] for image in val_ds.with_format(None)["image"]]
-
-
 def subset_scores(paths: list[str], final: dict) -> dict:
     """Accuracy on the validation images ImageNet's training set does not contain, when there are any."""
     unseen = np.array([Path(p).name.startswith(UNSEEN_PREFIX) for p in paths])

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, report
 from .config import Config, ConfigError, to_dict
-from .data import build_datasets, class_display_names, make_loaders, normalize, resolve_root
+from .cache import CachedBatches, DecodedImages, IndexDataset
+from .data import build_datasets, class_display_names, make_loaders, normalize, paths_and_labels, resolve_root
 from .metrics import accuracy
 from .model import build_model, data_config, set_backbone_frozen, train_mode
 from .optim import OneCycle, build_optimizer
@@ -103,14 +104,24 @@ def evaluate(model, loader, accelerator, mean, std) -> dict:
             "predictions": preds, "references": labels, "confidence": confidence}
 
 
+def decode(ds, cfg: Config, accelerator) -> DecodedImages:
+    start = time.perf_counter()
+    images = DecodedImages(*paths_and_labels(ds), cfg.data.image_size, accelerator.device, cfg.data.num_workers)
+    accelerator.print(f"decoded {len(ds)} images into {images.nbytes / 2**30:.2f} GiB on {accelerator.device} "
+                      f"in {time.perf_counter() - start:.1f} s")
+    return images
+
+
 def run(cfg: Config) -> dict:
     """Train and evaluate as `cfg` says; write every output into `cfg.output_dir`; return metrics."""
+    launched = time.perf_counter()
     out = Path(cfg.output_dir)
     precision = resolve_precision(cfg.train.mixed_precision)
     accelerator = Accelerator(
         cpu=not use_cuda() and not torch.backends.mps.is_available(),  # lets torchrun on CPUs use gloo
         mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with=None if cfg.train.log_with == "none" else cfg.train.log_with, project_dir=str(out),
+        dynamo_backend="inductor" if cfg.train.compile else None,  # None: accelerate launch's setting
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # DDP must tolerate parameters that get no gradient while the backbone is frozen.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.freeze_epochs > 0)])
@@ -129,10 +140,18 @@ def run(cfg: Config) -> dict:
         accelerator.print(f"skipping {skipped} unreadable image(s) (data.skip_bad_images=true)")
     model = build_model(cfg.model, len(classes)).to(memory_format=torch.channels_last)
     mean, std = data_config(model).values()
-    train_dl, val_dl = make_loaders(train_ds, val_ds, cfg.train.batch_size, cfg.data.num_workers,
-                                    accelerator.num_processes)
+    cached = cfg.data.cache == "memory" or (cfg.data.cache == "auto" and use_cuda())
+    if cached:  # loaders of indices; the images are cropped on the device (see cache.py)
+        train_dl, val_dl = make_loaders(IndexDataset(len(train_ds)), IndexDataset(len(val_ds)), cfg.train.batch_size,
+                                        0, accelerator.num_processes, collate_fn=None)
+    else:
+        train_dl, val_dl = make_loaders(train_ds, val_ds, cfg.train.batch_size, cfg.data.num_workers,
+                                        accelerator.num_processes)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
+    if cached:
+        train_dl, val_dl = (CachedBatches(loader, decode(ds, cfg, accelerator), train, cfg.data.hflip)
+                            for loader, ds, train in ((train_dl, train_ds, True), (val_dl, val_ds, False)))
     steps_per_epoch = math.ceil(len(train_dl) / cfg.train.grad_accum_steps)  # per process, after sharding
     scheduler = OneCycle(optimizer.optimizer, cfg.optim.lr, cfg.train.epochs * steps_per_epoch,
                          cfg.train.time_budget_s)
@@ -149,6 +168,7 @@ def run(cfg: Config) -> dict:
     watch = Watch(accelerator, cfg.train.time_budget_s)
 
     final, stop = None, None
+    startup_seconds = time.perf_counter() - launched  # data checked, model built, loaders ready
     with watch.signals():
         for epoch in range(state["epoch"], cfg.train.epochs):
             batches_done = state["batches_done"] if epoch == state["epoch"] else 0
@@ -190,11 +210,12 @@ def run(cfg: Config) -> dict:
     if final is None:  # evaluate-only run, or resumed after the last epoch
         final = evaluate(model, val_dl, accelerator, mean, std)
 
-    paths = report.val_paths(val_ds)
+    paths = paths_and_labels(val_ds)[0]
     metrics = report.metrics(history, final, classes, train_seconds,
                              {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
                               "mixed_precision": precision, "steps_per_epoch": steps_per_epoch,
-                              "optimizer_steps": scheduler.steps, "stopped_by_time_budget": stop == "budget",
+                              "optimizer_steps": scheduler.steps,
+                              "startup_seconds": startup_seconds, "decoded_cache": cached, "stopped_by_time_budget": stop == "budget",
                               "skipped_images": skipped, "lr_per_step": lrs}, paths)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

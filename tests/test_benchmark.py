@@ -1,0 +1,18 @@
+"""The benchmark runs end to end on a tiny setting and writes its JSON (no timing asserted)."""
+import json
+import subprocess
+import sys
+
+
+def test_benchmark_runs_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "scripts/benchmark.py", "--model", "resnet10t", "--size", "32",
+                             "--batch", "8", "--train-images", "40", "--steps", "1", "--workers", "0",
+                             "--device", "cpu", "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert set(data["ratios"]) == {"pipeline (ours / article)", "train step (ours / plain)",
+                                   "eval step (ours / plain)", "epoch speed (article time / ours)"}
+    assert all(v > 0 for v in data["ratios"].values())
+    assert data["epoch"]["ours"]["peak_memory_mb"] > 0 and data["setting"]["model"] == "resnet10t"
+    assert "| input pipeline, images/s" in result.stdout

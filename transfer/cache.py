@@ -1,0 +1,122 @@
+"""Decode once, crop on the device: the loader for a GPU that JPEG decoding cannot keep busy.
+
+Every image is decoded once (in parallel), resized so its short side is `image_size` (a no-op
+for Imagewoof-160), and kept as uint8 in one flat buffer on the device (Imagewoof-160: ~1.3 GB).
+Each batch is then one gather on the device: RandomCrop(size, padding=4, reflect) + flip for
+training, a centre crop for evaluation. The crop offsets and flips are drawn from torch's RNG
+in the same order as `TrainTransform`, so for the same random state both paths give identical
+pixels (tested); `normalize` runs on the device as on the other path.
+
+Sharding, shuffling and `set_epoch` stay with the (accelerate-prepared) loader of indices that
+this wraps, so multi-GPU, resume and `gather_for_metrics` work unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from torch.utils.data import DataLoader, Dataset
+
+from .data import PAD, open_rgb
+
+
+class _Decode(Dataset):
+    def __init__(self, paths: list[str], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        img = open_rgb(self.paths[i])
+        if min(img.size) != self.size:
+            img = TF.resize(img, self.size)
+        return np.asarray(img)
+
+
+class DecodedImages:
+    """All images of a split as one flat uint8 buffer, with each image's offset, height and width."""
+
+    def __init__(self, paths: list[str], labels: list[int], size: int, device, num_workers: int = 0):
+        self.size, self.device = size, torch.device(device)
+        arrays = []
+        decode = DataLoader(_Decode(paths, size), batch_size=64, num_workers=num_workers, collate_fn=list)
+        for chunk in decode:
+            arrays += chunk
+        shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long)
+        sizes = shapes[:, 0] * shapes[:, 1] * 3
+        self.offsets = (torch.cumsum(sizes, 0) - sizes).to(self.device)
+        self.heights, self.widths = shapes[:, 0].to(self.device), shapes[:, 1].to(self.device)
+        self._heights, self._widths = shapes[:, 0].tolist(), shapes[:, 1].tolist()  # for drawing crops on the CPU
+        self.buffer = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])).to(self.device)
+        self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel()
+
+    def crops(self, index: torch.Tensor, train: bool, hflip: bool) -> torch.Tensor:
+        """uint8 NHWC crops of the images at `index`."""
+        s = self.size
+        if train:  # the same draws, in the same order, as TrainTransform for each image in turn
+            tops, lefts, flips = [], [], []
+            for k in index.tolist():
+                ph, pw = self._heights[k] + 2 * PAD, self._widths[k] + 2 * PAD
+                i = j = 0
+                if (ph, pw) != (s, s):
+                    i = int(torch.randint(0, ph - s + 1, size=(1,)).item())
+                    j = int(torch.randint(0, pw - s + 1, size=(1,)).item())
+                tops.append(i - PAD), lefts.append(j - PAD)
+                flips.append(bool(hflip and torch.rand(1) < 0.5))
+            top, left = (torch.tensor(v, device=self.device) for v in (tops, lefts))
+            flip = torch.tensor(flips, device=self.device)
+        else:
+            index_cpu = index.cpu()
+            h, w = torch.tensor(self._heights)[index_cpu], torch.tensor(self._widths)[index_cpu]
+            top = torch.round((h - s) / 2.0).long().to(self.device)  # as torchvision's CenterCrop
+            left = torch.round((w - s) / 2.0).long().to(self.device)
+            flip = torch.zeros(len(index), dtype=torch.bool, device=self.device)
+        index = index.to(self.device)
+        h, w = self.heights[index], self.widths[index]
+        steps = torch.arange(s, device=self.device)
+        rows = _reflect(top[:, None] + steps, h[:, None])  # (B, s)
+        cols = _reflect(left[:, None] + steps, w[:, None])
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        pixel = self.offsets[index][:, None, None] + (rows[:, :, None] * w[:, None, None] + cols[:, None, :]) * 3
+        channels = torch.arange(3, device=self.device)
+        return self.buffer[pixel[..., None] + channels]  # (B, s, s, 3)
+
+
+def _reflect(position: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """numpy's 'reflect' padding (no edge repeat) for overhangs shorter than the axis."""
+    position = position.abs()
+    return torch.where(position >= n, 2 * (n - 1) - position, position)
+
+
+class IndexDataset(Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+
+class CachedBatches:
+    """Iterates a (prepared) loader of indices and yields {'pixel_values', 'labels'} on the device."""
+
+    def __init__(self, index_loader, images: DecodedImages, train: bool, hflip: bool):
+        self.index_loader, self.images, self.train, self.hflip = index_loader, images, train, hflip
+
+    def __len__(self):
+        return len(self.index_loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.index_loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for index in self.index_loader:
+            yield {"pixel_values": self.images.crops(index, self.train, self.hflip),
+                   "labels": self.images.labels[index.to(self.images.device)]}
