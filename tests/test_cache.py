@@ -55,3 +55,11 @@ def test_cached_run_trains_exactly_like_the_loader_run(image_folder, tmp_path):
     wb = load_file(tmp_path / "cached" / "model" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["history"][-1]["val_acc"] == b["history"][-1]["val_acc"]
+
+
+def test_compiled_model_trains_and_saves_a_plain_model(image_folder, tmp_path):
+    from transfer.model import load_saved_model
+
+    metrics = run(tiny_config(image_folder, tmp_path / "compiled", "train.epochs=1", "train.compile=true"))
+    model, config = load_saved_model(tmp_path / "compiled" / "model")
+    assert metrics["val_samples"] == 18 and config["num_classes"] == 3

@@ -128,6 +128,7 @@ def save_model(model: nn.Module, directory: Path, classes: list[str], display_na
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    model = getattr(model, "_orig_mod", model)  # the module behind torch.compile
     dense = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # safetensors wants dense tensors
     save_for_hf(dense, str(tmp), safe_serialization=True,
                 model_config={"label_names": classes, "label_descriptions": dict(zip(classes, display_names))},
