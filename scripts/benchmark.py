@@ -328,7 +328,7 @@ def table(r: dict) -> str:
     s = r["setting"]
     lines = [f"{s['model']} @ {s['size']} px, batch {s['batch']}, {s['workers']} workers, {s['device']} "
              f"({s['cpus']} CPUs), precision {s['precision']}, torch {s['torch']}", "",
-             f"| measure | ours | baseline | ratio |", "|---|---|---|---|",
+             "| measure | ours | baseline | ratio |", "|---|---|---|---|",
              f"| input pipeline, images/s (baseline: article's loader) | {r['pipeline']['ours']:.0f} | "
              f"{r['pipeline']['article']:.0f} | {r['ratios']['pipeline (ours / article)']:.2f}x |",
              f"| training step, images/s (baseline: plain PyTorch) | {r['train_step']['ours']:.1f} | "

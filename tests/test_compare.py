@@ -4,7 +4,6 @@ import os
 import subprocess
 
 import pytest
-import torch
 import yaml
 from PIL import Image
 from safetensors.torch import save_file
