@@ -46,7 +46,8 @@ def find_classes(split_dir: Path) -> dict[str, int]:
 def check_layout(root: Path) -> list[str]:
     """Fail early, naming the folder, unless root/train and root/val are matching class folders."""
     if not root.is_dir():
-        raise DataError(f"data.root {root} does not exist; point data.root at a folder with train/ and val/, "
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data.root {root} {what}; point data.root at a folder with train/ and val/, "
                         f"or set data.url to an archive to fetch")
     counts = {}
     for split in ("train", "val"):

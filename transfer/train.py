@@ -76,8 +76,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Confi
             lrs.append(lr)
             if scheduler.steps % LOG_EVERY == 0:
                 stop = watch.check(epoch)  # raises NonFiniteLoss; one sync across processes
-                accelerator.log({"train/loss": loss.item(), "train/lr": lr}, step=scheduler.steps)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                step_loss = loss.item()
+                accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=scheduler.steps)
+                bar.set_postfix(loss=f"{step_loss:.3f}")
             scheduler.step(watch.elapsed)
             if stop:
                 break
@@ -181,7 +182,7 @@ def run(cfg: Config) -> dict:
                                      epoch, lrs, batches_done, state["partial"] if batches_done else (0.0, 0))
             train_time, stop = watch.seconds(), result["stop"]
             if stop == "signal":  # preempted: save where we are, finish nothing else
-                train_seconds += watch.seconds()
+                train_seconds += train_time
                 path = checkpoint.save_checkpoint(
                     accelerator, out, f"epoch_{epoch:03d}_batch_{result['batches_done']:06d}",
                     {"epoch": epoch, "batches_done": result["batches_done"], "partial": result["partial"],
