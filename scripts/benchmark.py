@@ -320,7 +320,9 @@ def main(argv=None) -> int:
     results["ratios"] = ratios
     print(table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        from transfer.outputs import write_json
+
+        write_json(args.json, results)
     return 0
 
 

@@ -11,7 +11,9 @@
 # them); interrupted ones resume. The report is rebuilt from the saved runs alone:
 #   python -m transfer.compare "$OUT"
 # Environment: OUT (runs/compare), ARMS ("pretrained scratch"), SEEDS (empty: the config's seed),
-# OVERWRITE (0), LAUNCH ("accelerate launch": your accelerate config picks GPUs and processes).
+# OVERWRITE (0), PYTHON (the python that has this project installed: python3 on PATH),
+# LAUNCH ("$PYTHON -m accelerate.commands.launch", i.e. `accelerate launch`: your accelerate
+# config picks GPUs and processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +21,16 @@ OUT=${OUT:-runs/compare}
 ARMS=${ARMS:-pretrained scratch}
 SEEDS=${SEEDS:-}
 OVERWRITE=${OVERWRITE:-0}
-read -r -a LAUNCH <<< "${LAUNCH:-accelerate launch}"
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
+if ! "$PYTHON" -c 'import transfer, accelerate' 2>/dev/null; then
+  echo "error: PYTHON=$PYTHON cannot import this project (transfer, accelerate); activate its environment or set PYTHON=/path/to/venv/bin/python" >&2
+  exit 2
+fi
+read -r -a LAUNCH <<< "${LAUNCH:-$PYTHON -m accelerate.commands.launch}"
+if ! command -v "${LAUNCH[0]}" >/dev/null; then
+  echo "error: launcher '${LAUNCH[0]}' (LAUNCH=${LAUNCH[*]}) not found; install it or set LAUNCH, e.g. LAUNCH=\"$PYTHON -m accelerate.commands.launch\"" >&2
+  exit 2
+fi
 
 config_of() {  # arm -> config file (the probe is the pretrained arm with the backbone always frozen)
   case "$1" in

@@ -19,6 +19,21 @@ def image_folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data") / "shapes")
 
 
+# Names the file system allows that glob patterns, URLs, YAML or CSV could misread.
+ODD_CLASSES = ("digit [0]", "a*b?", "{x} #1 %20", "ünï cödé, \"q\"")
+
+
+@pytest.fixture(scope="session")
+def odd_folder(tmp_path_factory):
+    """4 classes named with glob/URL/CSV characters; some files in an ordinary-looking class too."""
+    root = make_image_folder(tmp_path_factory.mktemp("odd") / "odd names", train_per_class=6, val_per_class=3,
+                             classes=ODD_CLASSES)
+    for split in ("train", "val"):
+        first = sorted((root / split / "digit [0]").iterdir())[0]
+        first.rename(first.with_name("x[1]*?.png"))
+    return root
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerator_state():
     """Each in-process run builds its own Accelerator; accelerate keeps process-wide singletons."""
@@ -27,6 +42,15 @@ def fresh_accelerator_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_config(root, output_dir, *overrides):

@@ -141,3 +141,36 @@ def test_images_unseen_by_imagenet_are_scored_separately(finished_run, image_fol
     subset = metrics["val_subsets"]["unseen_by_imagenet"]
     assert subset["samples"] == len(unseen) == 2
     assert subset["val_acc"] == sum(r[1] == r[2] for r in unseen) / 2
+
+
+def test_names_with_glob_url_and_csv_characters_lose_no_image(odd_folder, tmp_path, capsys):
+    import csv
+
+    from transfer.predict import main as predict_main
+
+    files = {split: sorted(str(p) for p in (odd_folder / split).rglob("*.png")) for split in ("train", "val")}
+    assert any("[1]*?" in f for f in files["train"]) and len(files["val"]) == 12
+    for cache in ("none", "memory"):  # the loader path and the decoded cache
+        out = tmp_path / cache
+        metrics = run(tiny_config(odd_folder, out, "train.epochs=1", f"data.cache={cache}"))
+        assert metrics["train_samples"] == len(files["train"]) == 24
+        assert metrics["val_samples"] == len(files["val"])
+        assert sorted(metrics["per_class_val_acc"]) == sorted(p.name for p in (odd_folder / "train").iterdir())
+        with open(out / "val_predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert sorted(r["path"] for r in rows) == files["val"]
+        assert all(r["path"].split("/")[-2] == r["label"] for r in rows)
+    assert "train: 24 images in 4 classes; val: 12 images" in capsys.readouterr().out
+    assert predict_main([str(tmp_path / "none" / "model"), str(odd_folder / "val"), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert sorted(r["path"] for r in predicted) == files["val"] and all("predictions" in r for r in predicted)
+
+
+def test_a_single_class_is_refused_before_any_work(image_folder, tmp_path, capsys):
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        shutil.copytree(image_folder / split / "circle", root / split / "circle")
+    assert main(["--config", "configs/smoke.yaml", f"data.root={root}", f"output_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "one class ('circle')" in err and "at least two" in err, err
+    assert not (tmp_path / "o").exists()

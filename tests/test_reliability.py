@@ -116,7 +116,8 @@ def test_bad_images_are_named_or_skipped(image_folder, tmp_path, capsys):
     assert main(args + [f"output_dir={tmp_path / 'b'}", "data.skip_bad_images=true"]) == 0
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["skipped_images"] == 2 and metrics["val_samples"] == 18
-    assert "skipping 2 unreadable image(s)" in capsys.readouterr().out
+    assert ("train: 48 images (1 unreadable skipped) in 3 classes; val: 18 images (1 unreadable skipped)"
+            in capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("override, words", [
@@ -134,15 +135,18 @@ def test_bad_settings_exit_2_before_any_work(image_folder, tmp_path, capsys, ove
 
 
 class Evil:
+    marker = None  # the file that unpickling would create: set per test, so no leftover can fail a later run
+
     def __reduce__(self):
-        return (os.system, ("touch /tmp/transfer-pwned",))
+        return (os.system, (f"touch '{Evil.marker}'",))
 
 
-def test_weights_are_never_unpickled_as_code(image_folder, tmp_path, capsys):
+def test_weights_are_never_unpickled_as_code(image_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Evil, "marker", str(tmp_path / "pwned"))
     weights = tmp_path / "evil.pth"
     with open(weights, "wb") as f:
         pickle.dump({"conv1.0.weight": Evil()}, f)
     code = main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={tmp_path / 'o'}",
                  "model.pretrained=true", f"model.weights_file={weights}"])
     assert code == 2 and "cannot be read" in capsys.readouterr().err
-    assert not os.path.exists("/tmp/transfer-pwned")
+    assert not os.path.exists(Evil.marker)

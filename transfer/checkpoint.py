@@ -8,7 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError
+from .outputs import guard_write, publish_folder, write_json
 
 STATE_FILE = "trainer_state.json"  # written last: epoch, position and metric history
 
@@ -25,16 +26,25 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("epoch_*") if (p / STATE_FILE).is_file())
 
 
-def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, keep: int) -> Path:
+def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, keep: int, size: int | None = None) -> Path:
+    """`size`: the expected bytes, for the message when the disk is full. A failed save leaves
+    no temporary folder and the previous checkpoints untouched."""
     root = checkpoint_dir(output_dir)
     final, tmp = root / name, root / f".tmp_{name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed mid-save
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its own RNG state here
-    accelerator.wait_for_everyone()
+    try:
+        with guard_write(tmp, size):
+            accelerator.save_state(str(tmp))  # every process writes its own RNG state here
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                write_json(tmp / STATE_FILE, state)
+                publish_folder(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in list_checkpoints(output_dir)[:-keep]:
@@ -43,6 +53,14 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, keep:
             shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def checkpoint_bytes(model, optimizer_name: str) -> int:
+    """About what one checkpoint takes on disk: the weights and buffers, plus the optimizer's
+    state per parameter (Adam: two moments; SGD: one momentum buffer)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + params * (1 if optimizer_name == "sgd" else 2)
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:

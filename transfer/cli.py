@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, dump_yaml, load_config, Config
+from .config import dump_yaml, load_config, Config
+from .errors import ConfigError, DataError, OutputError
 
 USAGE_EXIT = 2  # bad settings or bad input data: a one-line message, no traceback
 
@@ -33,7 +34,7 @@ def one_line(error: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from .data import DataError
+    from .outputs import as_output_error
     from .watch import TrainingStopped
 
     try:
@@ -47,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return USAGE_EXIT
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except TrainingStopped as e:
         print(f"stopped: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a write outside the guarded ones: a full disk or an unwritable folder
+        mapped = as_output_error(e, e.filename or "output_dir")
+        if mapped is None:
+            raise
+        print(f"error: {mapped}", file=sys.stderr)
+        return mapped.exit_code
     return 0

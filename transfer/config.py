@@ -16,9 +16,7 @@ from typing import Literal, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad setting: the message is one line that names the key and says what is valid."""
+from .errors import ConfigError  # noqa: F401  (raised here; re-exported for callers)
 
 
 @dataclass(frozen=True)
@@ -44,6 +42,9 @@ class ModelConfig:
     name: str = "resnet50"  # any timm model name
     pretrained: bool = True  # ImageNet weights (downloaded by timm unless weights_file is set)
     weights_file: Optional[str] = None  # local .safetensors / state dict / model/ folder; used when pretrained
+    # the weights file's classifier: auto keeps it only when it comes with label names equal to
+    # the data's classes (same order); new: always a fresh head; keep: always keep it
+    head: Literal["auto", "new", "keep"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
             value = yaml.safe_load(text) if text else None
         except yaml.YAMLError:
             value = text
+        if isinstance(value, str) and text.strip()[:1] not in ("'", '"'):
+            value = text.strip()  # a path stays as typed: YAML would cut `data.root=/d/h #1` at the '#'
         _set_dotted(raw, key.strip(), value)
     return from_dict(raw)
 

@@ -9,6 +9,7 @@ while computing exactly what torchvision's pipeline computes:
 """
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +20,14 @@ from torch.utils.data import DataLoader
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .config import DataConfig
+from .errors import DataError
 
 PAD = 4  # the article's RandomCrop padding
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
-
-
-class DataError(ValueError):
-    """Bad data on disk: the message names the file or folder and what to do."""
+# What Pillow raises for a file it cannot decode; a decompression bomb (more pixels than
+# Image.MAX_IMAGE_PIXELS allows) is no OSError but is just as unusable.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 # ---------------------------------------------------------------------------- layout and loading
@@ -66,6 +67,9 @@ def check_layout(root: Path) -> list[str]:
     if extra:
         raise DataError(f"class {extra[0]!r} is in {root / 'val'} but not in {root / 'train'}; "
                         f"every validation class needs training images")
+    if len(counts["train"]) < 2:
+        raise DataError(f"{root / 'train'} has one class ({next(iter(counts['train']))!r}); a classifier needs at "
+                        f"least two class folders")
     return sorted(counts["train"])
 
 
@@ -83,8 +87,9 @@ def load_splits(root: Path):
     splits = {}
     for name, folder in (("train", "train"), ("validation", "val")):
         # Explicit file lists: with data_dir, `datasets` would guess splits from file names, and
-        # Imagewoof's val/ holds files named ILSVRC2012_val_*.
-        files = [f for c in classes if (root / folder / c).is_dir() for f in class_images(root / folder / c)]
+        # Imagewoof's val/ holds files named ILSVRC2012_val_*. `datasets` reads each entry as a
+        # glob pattern, so names with [ ] * ? are escaped to match only themselves.
+        files = [glob.escape(f) for c in classes if (root / folder / c).is_dir() for f in class_images(root / folder / c)]
         splits[name] = datasets.load_dataset("imagefolder", data_files={name: files}, split=name, features=features)
     return splits["train"], splits["validation"], classes
 
@@ -111,7 +116,7 @@ def open_rgb(path: str) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except DECODE_ERRORS as e:
         raise DataError(f"cannot read image {path} ({e}); delete or replace it") from None
 
 
@@ -201,7 +206,7 @@ def image_error(path: str) -> str | None:
             img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
             img.load()
         return None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except DECODE_ERRORS as e:
         return str(e) or type(e).__name__
 
 
@@ -223,13 +228,20 @@ def drop_bad_images(ds, split: str, skip: bool, num_proc: int):
 
 def build_datasets(cfg: DataConfig, root: Path):
     """Train and validation datasets with on-the-fly transforms, the class names, and how many
-    bad images were skipped."""
+    bad images each split skipped ({"train": n, "val": m})."""
     train, val, classes = load_splits(root)
     train, bad_train = drop_bad_images(train, "train", cfg.skip_bad_images, cfg.num_workers)
     val, bad_val = drop_bad_images(val, "val", cfg.skip_bad_images, cfg.num_workers)
     train = train.with_transform(BatchTransform(TrainTransform(cfg.image_size, cfg.hflip)))
     val = val.with_transform(BatchTransform(EvalTransform(cfg.image_size)))
-    return train, val, classes, bad_train + bad_val
+    return train, val, classes, {"train": bad_train, "val": bad_val}
+
+
+def splits_line(train_images: int, val_images: int, classes: int, skipped: dict[str, int]) -> str:
+    """`train: 9,025 images in 10 classes; val: 3,929 images`, and what was skipped."""
+    def part(split, n):
+        return f"{n:,} images" + (f" ({skipped[split]:,} unreadable skipped)" if skipped.get(split) else "")
+    return f"train: {part('train', train_images)} in {classes} classes; val: {part('val', val_images)}"
 
 
 def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_processes: int, collate_fn=collate):

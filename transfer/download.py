@@ -20,7 +20,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from .data import DataError
+from .errors import DataError
+from .outputs import dir_mode
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 RETRIES = 4
@@ -134,6 +135,7 @@ def extract(archive: Path, root: Path) -> None:
         if dataset is None:
             raise DataError(f"archive {archive} holds no folder with train/ and val/ inside; "
                             f"it is not an image-folder dataset")
+        dataset.chmod(dir_mode())  # mkdtemp's folder is private; the data set is not
         dataset.rename(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,12 +8,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig
+from .errors import ConfigError
+from .outputs import guard_write, publish_folder
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """`timm.create_model` with a fresh `num_classes` head; ImageNet weights come from the Hub
-    (`model.pretrained`) or from `model.weights_file`, in which case nothing is downloaded."""
+def build_model(cfg: ModelConfig, classes: list[str]) -> tuple[nn.Module, str | None]:
+    """`timm.create_model` with a fresh head for `classes`; ImageNet weights come from the Hub
+    (`model.pretrained`) or from `model.weights_file`, in which case nothing is downloaded.
+    Returns the model and, for a weights file, one line saying what became of its classifier."""
     import timm
 
     if not timm.is_model(cfg.name) and not timm.is_model(cfg.name.split(".")[0]):
@@ -21,10 +24,9 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         raise ConfigError(f"model.name={cfg.name!r} is not a timm model; "
                           f"similar names: {', '.join(close) or 'none'} (see timm.list_models())")
     local = cfg.pretrained and cfg.weights_file is not None
-    model = timm.create_model(cfg.name, pretrained=cfg.pretrained and not local, num_classes=num_classes)
-    if local:
-        load_weights(model, cfg.weights_file)
-    return model
+    model = timm.create_model(cfg.name, pretrained=cfg.pretrained and not local, num_classes=len(classes))
+    note = load_weights(model, cfg.weights_file, cfg.head, classes) if local else None
+    return model, note
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -52,26 +54,68 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict; a classifier of another size is dropped (the fresh head stays).
-    Anything else that does not fit is an error naming the keys."""
+def saved_labels(path: str | Path) -> list[str] | None:
+    """The label names that came with the weights: a run's model/ folder, or a weights file
+    beside the config.json that names its labels; None for a bare weights file."""
+    path = Path(path).expanduser()
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    try:
+        labels = json.loads(config.read_text()).get("label_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return labels if isinstance(labels, list) else None
+
+
+def head_decision(mode: str, labels: list[str] | None, classes: list[str] | None, sizes: tuple[int, int] | None,
+                  path) -> tuple[bool, str]:
+    """Keep the weights' classifier? (`model.head`: auto | new | keep), and one line saying why.
+    `sizes`: (the weights' classes, the model's) when the two classifiers differ in shape."""
+    if mode == "new":
+        return False, "fresh classifier (model.head=new)"
+    if mode == "keep":
+        if sizes is not None:
+            raise ConfigError(f"model.head=keep, but the classifier in {path} has {sizes[0]} classes and the data "
+                              f"{sizes[1]}; use model.head=auto or new for a fresh classifier")
+        return True, f"kept the classifier of {path} (model.head=keep)"
+    if labels is None:
+        return False, (f"fresh classifier: {path} comes without label names, so its classifier means nothing "
+                       f"for these classes (model.head=keep keeps it)")
+    if sizes is None and labels == classes:
+        return True, "kept the classifier: its labels equal the data's classes, in the same order"
+    other = ("the same labels in another order" if sorted(labels) == sorted(classes or []) else
+             f"other labels ({_few(labels, 3)})")
+    return False, f"fresh classifier: the weights were trained on {other} (model.head=keep keeps it)"
+
+
+def load_weights(model: nn.Module, path: str | Path, head: str = "keep",
+                 classes: list[str] | None = None) -> str:
+    """Load a state dict and decide on its classifier with `head_decision`. Anything else that
+    does not fit is an error naming the keys. Returns the decision's line."""
     state = read_state_dict(path)
     own = model.state_dict()
-    head = head_prefixes(model)
+    prefixes = head_prefixes(model)
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    for k in mismatched:
-        if k.startswith(head):
-            del state[k]  # another number of classes: the fresh head stays
+    head_keys = [k for k in state if k.startswith(prefixes)]
+    wrong_head = [k for k in mismatched if k.startswith(prefixes)]
+    sizes = None
+    if wrong_head:
+        out = lambda k, d: d[k].shape[0]  # noqa: E731 - classes are the first dimension of weight and bias
+        sizes = (out(wrong_head[0], state), out(wrong_head[0], own))
+    keep, note = head_decision(head, saved_labels(path), classes, sizes, path)
+    if not keep:
+        for k in head_keys:
+            del state[k]  # the model's fresh head stays
     problems = {
-        "missing": [k for k in own if k not in state and not k.startswith(head)],
+        "missing": [k for k in own if k not in state and not k.startswith(prefixes)],
         "unexpected": [k for k in state if k not in own],
-        "wrong-shape": [k for k in mismatched if not k.startswith(head)],
+        "wrong-shape": [k for k in mismatched if not k.startswith(prefixes)],
     }
     if any(problems.values()):
         detail = "; ".join(f"{what} keys {_few(keys)}" for what, keys in problems.items() if keys)
         raise ConfigError(f"model.weights_file {path} does not fit model {type(model).__name__}: {detail}; "
                           f"check model.name")
     model.load_state_dict(state, strict=False)
+    return note
 
 
 def _few(keys: list[str], n: int = 4) -> str:
@@ -130,12 +174,24 @@ def save_model(model: nn.Module, directory: Path, classes: list[str], display_na
     shutil.rmtree(tmp, ignore_errors=True)
     model = getattr(model, "_orig_mod", model)  # the module behind torch.compile
     dense = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # safetensors wants dense tensors
-    save_for_hf(dense, str(tmp), safe_serialization=True,
-                model_config={"label_names": classes, "label_descriptions": dict(zip(classes, display_names))},
-                data_config={"input_size": (3, image_size, image_size), "crop_pct": 1.0, "interpolation": "bilinear",
-                             **data_config(model)})
+    try:
+        with guard_write(tmp, state_bytes(dense)):
+            save_for_hf(dense, str(tmp), safe_serialization=True,
+                        model_config={"label_names": classes,
+                                      "label_descriptions": dict(zip(classes, display_names))},
+                        data_config={"input_size": (3, image_size, image_size), "crop_pct": 1.0,
+                                     "interpolation": "bilinear", **data_config(model)})
+            publish_folder(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of the model's saved weights and buffers."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def load_saved_model(directory: Path) -> tuple[nn.Module, dict]:
@@ -144,5 +200,5 @@ def load_saved_model(directory: Path) -> tuple[nn.Module, dict]:
 
     config = json.loads((Path(directory) / "config.json").read_text())
     model = timm.create_model(config["architecture"], pretrained=False, num_classes=config["num_classes"])
-    load_weights(model, directory)
+    load_weights(model, directory, head="keep")
     return model, config

@@ -100,10 +100,16 @@ def write_start(out: Path, cfg: Config, train_ds, classes: list[str]) -> None:
 
 
 def predictions_csv(paths: list[str], final: dict, classes: list[str]) -> str:
-    rows = ["path,label,predicted,confidence"]
-    rows += [f'"{p}",{classes[t]},{classes[y]},{c:.4f}'
-             for p, t, y, c in zip(paths, final["references"], final["predictions"], final["confidence"])]
-    return "\n".join(rows) + "\n"
+    """One row per validation image; quoted as CSV, so any file or class name reads back."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "label", "predicted", "confidence"])
+    writer.writerows([p, classes[t], classes[y], f"{c:.4f}"]
+                     for p, t, y, c in zip(paths, final["references"], final["predictions"], final["confidence"]))
+    return text.getvalue()
 
 
 def write_final(out: Path, metrics_: dict, final: dict, model, classes: list[str], names: list[str], cfg: Config,

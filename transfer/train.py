@@ -14,12 +14,14 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from . import checkpoint, report
-from .config import Config, ConfigError, to_dict
+from .config import Config, to_dict
 from .cache import CachedBatches, DecodedImages, IndexDataset
-from .data import build_datasets, class_display_names, make_loaders, normalize, paths_and_labels, resolve_root
+from .data import build_datasets, class_display_names, make_loaders, normalize, paths_and_labels, resolve_root, splits_line
+from .errors import ConfigError, OutputError
 from .metrics import accuracy
-from .model import build_model, data_config, set_backbone_frozen, train_mode
+from .model import build_model, data_config, set_backbone_frozen, state_bytes, train_mode
 from .optim import OneCycle, build_optimizer
+from .outputs import check_space
 from .watch import Watch
 
 LOG_EVERY = 10  # optimizer steps between syncs: tracker, progress bar, stop/NaN/budget checks
@@ -137,9 +139,11 @@ def run(cfg: Config) -> dict:
     with accelerator.main_process_first():  # one download / cache build, then the others reuse it
         root = resolve_root(cfg.data)
         train_ds, val_ds, classes, skipped = build_datasets(cfg.data, root)
-    if skipped:
-        accelerator.print(f"skipping {skipped} unreadable image(s) (data.skip_bad_images=true)")
-    model = build_model(cfg.model, len(classes)).to(memory_format=torch.channels_last)
+    accelerator.print(splits_line(len(train_ds), len(val_ds), len(classes), skipped))
+    model, head_note = build_model(cfg.model, classes)
+    model = model.to(memory_format=torch.channels_last)
+    if head_note:
+        accelerator.print(head_note)
     mean, std = data_config(model).values()
     cached = cfg.data.cache == "memory" or (cfg.data.cache == "auto" and use_cuda())
     if cached:  # loaders of indices; the images are cropped on the device (see cache.py)
@@ -149,6 +153,9 @@ def run(cfg: Config) -> dict:
         train_dl, val_dl = make_loaders(train_ds, val_ds, cfg.train.batch_size, cfg.data.num_workers,
                                         accelerator.num_processes)
     optimizer = build_optimizer(cfg.optim, model.parameters())
+    checkpoint_size = checkpoint.checkpoint_bytes(model, cfg.optim.name)
+    if accelerator.is_main_process and cfg.train.epochs:  # a new checkpoint lands before the old goes; then model/
+        check_space(out, checkpoint_size + state_bytes(model))
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
     if cached:
         train_dl, val_dl = (CachedBatches(loader, decode(ds, cfg, accelerator), train, cfg.data.hflip)
@@ -164,7 +171,11 @@ def run(cfg: Config) -> dict:
         accelerator.print(f"resumed from {resume_from}")
     history, lrs, train_seconds = state["history"], state["lrs"], state["train_seconds"]
     if accelerator.is_main_process:
-        report.write_start(out, cfg, train_ds, classes)
+        try:
+            report.write_start(out, cfg, train_ds, classes)
+        except OutputError as e:  # nothing trained yet: a setting to change, like a bad key
+            e.exit_code = 2
+            raise
     accelerator.init_trackers("logs", config=report.flat_config(to_dict(cfg)))
     watch = Watch(accelerator, cfg.train.time_budget_s)
 
@@ -186,7 +197,7 @@ def run(cfg: Config) -> dict:
                 path = checkpoint.save_checkpoint(
                     accelerator, out, f"epoch_{epoch:03d}_batch_{result['batches_done']:06d}",
                     {"epoch": epoch, "batches_done": result["batches_done"], "partial": result["partial"],
-                     "history": history, "lrs": lrs, "train_seconds": train_seconds}, keep=cfg.train.keep_checkpoints)
+                     "history": history, "lrs": lrs, "train_seconds": train_seconds}, keep=cfg.train.keep_checkpoints, size=checkpoint_size)
                 watch.raise_stopped(path)
             final = evaluate(model, val_dl, accelerator, mean, std)
             epoch_seconds = watch.seconds()
@@ -203,7 +214,7 @@ def run(cfg: Config) -> dict:
             checkpoint.save_checkpoint(accelerator, out, f"epoch_{epoch + 1:03d}",
                                        {"epoch": epoch + 1, "history": history, "lrs": lrs,
                                         "train_seconds": train_seconds},
-                                       keep=cfg.train.keep_checkpoints)
+                                       keep=cfg.train.keep_checkpoints, size=checkpoint_size)
             if stop == "budget":
                 accelerator.print(f"time budget of {cfg.train.time_budget_s:g} s spent: stopping after "
                                   f"{record['epoch']:.2f} epochs")
@@ -217,7 +228,8 @@ def run(cfg: Config) -> dict:
                               "mixed_precision": precision, "steps_per_epoch": steps_per_epoch,
                               "optimizer_steps": scheduler.steps,
                               "startup_seconds": startup_seconds, "decoded_cache": cached, "stopped_by_time_budget": stop == "budget",
-                              "skipped_images": skipped, "lr_per_step": lrs}, paths)
+                              "skipped_images": sum(skipped.values()), "train_samples": len(train_ds),
+                              "lr_per_step": lrs}, paths)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         report.write_final(out, metrics, final, accelerator.unwrap_model(model), classes,
