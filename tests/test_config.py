@@ -6,7 +6,8 @@ import pytest
 from transfer.cli import main
 from transfer.config import Config, ConfigError, dump_yaml, load_config
 
-CONFIGS = sorted(Path("configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+assert CONFIGS, "no shipped configs found"  # collecting nothing must fail, not pass
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -4,14 +4,14 @@ import os
 import subprocess
 import sys
 
-from conftest import tiny_config
+from conftest import free_port, tiny_config
 from transfer.train import run
 
 
 def test_two_process_run_scores_each_val_image_exactly_once(image_folder, tmp_path):
     out = tmp_path / "ddp"
     # 18 val images in batches of 2 x 8: the last step is padded, and the padding must not be scored
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "run_transfer.py", "--config", "configs/smoke.yaml", f"data.root={image_folder}",
                f"output_dir={out}", "train.epochs=2", "train.freeze_epochs=1", "train.batch_size=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,5 @@
 """data.url: archives from a local path or an http server on loopback, unpacked safely."""
+import contextlib
 import functools
 import http.server
 import io
@@ -39,15 +40,10 @@ def test_http_download_lands_atomically_and_is_reused(image_folder, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
     make_tgz(image_folder, served / "imagewoof2-160.tgz")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serve(served, http.server.SimpleHTTPRequestHandler) as server:
         url = f"http://127.0.0.1:{server.server_port}/imagewoof2-160.tgz"
         root = tmp_path / "data" / "imagewoof2-160"
         fetch_dataset(url, root)
-    finally:
-        server.shutdown()
     assert check_layout(root) == ["circle", "square", "triangle"]
     assert (root.parent / "imagewoof2-160.tgz").stat().st_size == (served / "imagewoof2-160.tgz").stat().st_size
     assert not list(root.parent.glob("*.part"))
@@ -82,6 +78,20 @@ def test_unsafe_archives_are_refused_and_nothing_is_written(tmp_path, member):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.parametrize("name, mode", [("../evil.txt", 0o100644), ("data/train/a/link.png", 0o120777)],
+                         ids=["traversal", "symlink"])
+def test_unsafe_zip_archives_are_refused(tmp_path, name, mode):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo(name)
+        info.external_attr = mode << 16
+        zf.writestr(info, "/etc/passwd")
+    target = tmp_path / "out" / "data"
+    with pytest.raises(DataError, match="refusing to extract"):
+        fetch_dataset(str(archive), target)
+    assert not target.exists() and not (tmp_path / "evil.txt").exists()
+
+
 def test_missing_local_archive_and_non_archive_url(tmp_path):
     with pytest.raises(DataError, match="neither an http"):
         fetch_dataset(str(tmp_path / "none.tgz"), tmp_path / "d")
@@ -114,10 +124,18 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
 def serve(folder, handler):
+    """An HTTP server on loopback for the duration; closed even when the test fails, so a
+    regression fails at once instead of hanging on an open socket."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server.timeout = 30
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_broken_download_resumes_with_a_range_request(image_folder, tmp_path, monkeypatch):
@@ -129,11 +147,9 @@ def test_broken_download_resumes_with_a_range_request(image_folder, tmp_path, mo
     served.mkdir()
     archive = make_tgz(image_folder, served / "shapes.tgz")
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
-    server = serve(served, RangeHandler)
-    try:
+    monkeypatch.setattr(RangeHandler, "requests", [])  # this test's requests only
+    with serve(served, RangeHandler) as server:
         fetch_dataset(f"http://127.0.0.1:{server.server_port}/shapes.tgz", tmp_path / "d" / "shapes", sha256=sha)
-    finally:
-        server.shutdown()
     assert RangeHandler.requests[0] is None and RangeHandler.requests[1].startswith("bytes=")
     assert int(RangeHandler.requests[1].split("=")[1].rstrip("-")) > 0  # continued, not restarted
     assert check_layout(tmp_path / "d" / "shapes")
@@ -143,11 +159,8 @@ def test_checksum_mismatch_is_refused_and_the_bad_download_removed(image_folder,
     served = tmp_path / "served"
     served.mkdir()
     make_tgz(image_folder, served / "shapes.tgz")
-    server = serve(served, http.server.SimpleHTTPRequestHandler)
-    try:
+    with serve(served, http.server.SimpleHTTPRequestHandler) as server:
         with pytest.raises(DataError, match="sha256 .* expected data.sha256=0{64}; it was deleted"):
             fetch_dataset(f"http://127.0.0.1:{server.server_port}/shapes.tgz", tmp_path / "d" / "shapes",
                           sha256="0" * 64)
-    finally:
-        server.shutdown()
     assert list((tmp_path / "d").iterdir()) == []
