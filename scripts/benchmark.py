@@ -160,7 +160,7 @@ def our_steps(model, pixels, y, steps, precision, device_name):
     optimizer = build_optimizer(Config().optim, model.parameters())
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = OneCycle(optimizer.optimizer, 1e-4, 100 * steps)
-    watch = Watch(accelerator, None)
+    watch = Watch(accelerator)
     batch = {"pixel_values": pixels.to(accelerator.device), "labels": y.to(accelerator.device)}
     cfg = Config()
 

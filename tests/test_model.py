@@ -154,13 +154,19 @@ def test_one_cycle_equals_torch_one_cycle_lr(name, total):
     assert ours.get_last_lr()[0] == pytest.approx(1e-3 / 25 / 1e4)
 
 
-def test_one_cycle_follows_a_time_budget():
+def test_one_cycle_plans_the_rest_of_a_time_budget_and_restores_the_plan():
     optimizer = build_optimizer(OptimConfig(lr=1e-3), [torch.zeros(1, requires_grad=True)])
     schedule = OneCycle(optimizer, 1e-3, total_steps=1000, time_budget_s=10.0)
-    schedule.step(elapsed=3.0)  # 1 step, but 30% of the time: at the peak
-    assert schedule.get_last_lr()[0] == pytest.approx(1e-3, rel=1e-2)
-    schedule.step(elapsed=10.0)  # budget spent: fully annealed long before 1000 steps
-    assert schedule.get_last_lr()[0] == pytest.approx(1e-3 / 25 / 1e4)
-    restored = OneCycle(optimizer, 1e-3, total_steps=1000, time_budget_s=10.0)
+    schedule.step()
+    schedule.plan(1.0)  # 1 s a step: 9 more steps fit, so the cycle is squeezed into them
+    assert schedule.stride == pytest.approx(998 / 8)
+    for _ in range(3):
+        schedule.step()
+    restored = OneCycle(build_optimizer(OptimConfig(lr=1e-3), [torch.zeros(1, requires_grad=True)]), 1e-3,
+                        total_steps=1000, time_budget_s=10.0)
     restored.load_state_dict(schedule.state_dict())
-    assert restored.position() == schedule.position() == 999
+    assert restored.position() == schedule.position() and restored.get_last_lr() == schedule.get_last_lr()
+    schedule.plan(12.0)  # over budget: the next step is the last, at the final value
+    assert schedule.get_last_lr()[0] == pytest.approx(1e-3 / 25 / 1e4) and not schedule.finished
+    schedule.step()
+    assert schedule.finished

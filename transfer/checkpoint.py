@@ -77,6 +77,20 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     return path
 
 
+def saved_config(path: Path, output_dir: Path) -> dict | None:
+    """The settings a checkpoint was made with: stored in it, or (older checkpoints) the run's
+    config.yaml; None when neither exists."""
+    state = json.loads((Path(path) / STATE_FILE).read_text())
+    if "config" in state:
+        return state["config"]
+    saved = Path(output_dir) / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        return yaml.safe_load(saved.read_text())
+    return None
+
+
 def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore model, optimizer, scheduler and RNG states; return the saved trainer state."""
     accelerator.load_state(str(path))

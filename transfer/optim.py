@@ -39,10 +39,14 @@ def one_cycle(position: float, total_steps: int, max_lr: float) -> tuple[float, 
 class OneCycle:
     """One cycle over the whole run, stepped once per optimizer step: 30% warm-up from max_lr/25,
     cosine annealing to max_lr/25e4, beta1 (or SGD momentum) cycled 0.95 -> 0.85 -> 0.95.
+    Same values as torch.optim.lr_scheduler.OneCycleLR without a budget (tested).
 
-    With a time budget the position is the further of the step count and the fraction of the
-    budget spent, so the cycle completes when the budget does, however fast training runs.
-    Same values as torch.optim.lr_scheduler.OneCycleLR when there is no budget (tested).
+    With a time budget the cycle must end when the budget does, at any step time. Each step
+    moves the position by `stride` (at least 1, so never past the step-count schedule); at each
+    synced check `plan(elapsed)` projects how many steps the rest of the budget holds from the
+    time per step so far, and sets the stride so the final value is used by the last of them.
+    Between checks the schedule follows steps alone, so every process uses the same rate at every
+    step. `finished` says the step at the final value has been taken: the run stops there.
     """
 
     def __init__(self, optimizer, max_lr: float, total_steps: int, time_budget_s: float | None = None):
@@ -50,16 +54,25 @@ class OneCycle:
         self.total_steps = max(2, total_steps)
         self.time_budget_s = time_budget_s
         self.steps, self.elapsed = 0, 0.0
+        self.next_position, self.stride = 0.0, 1.0
+        self.warm = None  # (steps, elapsed) at the first plan: the first step pays for warm-up and is left out
+        self._used = 0.0  # the position the last step used
         self._apply()
 
+    @property
+    def end(self) -> int:
+        return self.total_steps - 1
+
+    @property
+    def finished(self) -> bool:
+        return self.steps > 0 and self._used >= self.end
+
     def position(self) -> float:
-        position = float(self.steps)
-        if self.time_budget_s:
-            position = max(position, self.elapsed / self.time_budget_s * (self.total_steps - 1))
-        return min(position, self.total_steps - 1)
+        """Where the next optimizer step sits on the cycle."""
+        return self.next_position
 
     def _apply(self) -> None:
-        lr, momentum = one_cycle(self.position(), self.total_steps, self.max_lr)
+        lr, momentum = one_cycle(self.next_position, self.total_steps, self.max_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             if "betas" in group:
@@ -67,19 +80,38 @@ class OneCycle:
             else:
                 group["momentum"] = momentum
 
-    def step(self, elapsed: float | None = None) -> None:
-        """After an optimizer step; `elapsed` (seconds of the budget spent) must agree across processes."""
+    def step(self) -> None:
+        """After an optimizer step."""
+        self._used = self.next_position
         self.steps += 1
-        if elapsed is not None:
-            self.elapsed = elapsed
+        self.next_position = min(self.next_position + self.stride, self.end)
+        self._apply()
+
+    def plan(self, elapsed: float) -> None:
+        """At a check: `elapsed` seconds of the budget are spent (the same on every process)."""
+        self.elapsed = elapsed
+        if not self.time_budget_s or self.steps == 0:
+            return
+        if self.warm is None:
+            self.warm = (self.steps, elapsed)
+        steps, seconds = self.steps - self.warm[0], elapsed - self.warm[1]
+        per_step = seconds / steps if steps > 0 else elapsed / self.steps
+        left = int((self.time_budget_s - elapsed) / max(per_step, 1e-9))  # steps the budget still holds
+        if left <= 1:
+            self.stride, self.next_position = 0.0, float(self.end)  # the next step is the last
+        else:
+            self.stride = max(1.0, (self.end - self.next_position) / (left - 1))
         self._apply()
 
     def get_last_lr(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "elapsed": self.elapsed}
+        return {"steps": self.steps, "elapsed": self.elapsed, "next_position": self.next_position,
+                "stride": self.stride, "warm": self.warm, "used": self._used}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.elapsed = state["steps"], state["elapsed"]
+        self.next_position = state.get("next_position", float(min(self.steps, self.end)))
+        self.stride, self.warm, self._used = state.get("stride", 1.0), state.get("warm"), state.get("used", 0.0)
         self._apply()

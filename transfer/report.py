@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import plots
-from .config import Config, ConfigError, dump_yaml
+from .config import Config, dump_yaml
 from .metrics import confusion_matrix, per_class_accuracy
 from .model import save_model
 from .outputs import versions, write_atomic, write_json
@@ -26,14 +26,6 @@ GRID_SIZE = 16  # images in samples.png and mistakes.png
 # Imagewoof's validation files named so come from ImageNet's own validation set; the others are
 # ImageNet *training* images, which ImageNet-pretrained weights have already seen.
 UNSEEN_PREFIX = "ILSVRC2012_val_"
-
-
-def check_fresh_output_dir(out: Path, resumable: bool) -> None:
-    """Never train over a finished run or someone else's checkpoints."""
-    if (out / "metrics.json").exists() or (out / "checkpoints").exists():
-        hint = "" if resumable else ", pass train.resume=auto to continue it"
-        raise ConfigError(f"output_dir {out} already holds a run; choose another output_dir{hint}, "
-                          f"or delete the folder to start over")
 
 
 def read_metrics(out: Path) -> dict:

@@ -13,7 +13,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataPara
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from . import checkpoint, report
+from . import checkpoint, report, rundir
 from .config import Config, to_dict
 from .cache import CachedBatches, DecodedImages, IndexDataset
 from .data import build_datasets, class_display_names, make_loaders, normalize, paths_and_labels, resolve_root, splits_line
@@ -76,15 +76,20 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Confi
         if accelerator.sync_gradients:
             lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used (the article's last_lr)
             lrs.append(lr)
-            if scheduler.steps % LOG_EVERY == 0:
+            scheduler.step()
+            if scheduler.steps % LOG_EVERY == 0 or scheduler.steps == 1:  # step 1: a first time per step
                 stop = watch.check(epoch)  # raises NonFiniteLoss; one sync across processes
+                scheduler.plan(watch.elapsed)  # the budget's remaining steps, from the synced clock
                 step_loss = loss.item()
                 accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=scheduler.steps)
                 bar.set_postfix(loss=f"{step_loss:.3f}")
-            scheduler.step(watch.elapsed)
+            if scheduler.finished and cfg.train.time_budget_s:
+                stop = stop or "budget"  # the step at the schedule's final value is done
             if stop:
                 break
-    stop = stop or watch.check(epoch)
+    if stop != "budget":
+        stop = watch.check(epoch) or stop
+        scheduler.plan(watch.elapsed)
     totals = accelerator.reduce(torch.stack([loss_sum, seen]), "sum")
     return {"train_loss": (totals[0] / totals[1].clamp(min=1)).item(), "train_images": int(totals[1].item()),
             "lr": lr, "stop": stop, "batches_done": batch_index, "partial": (totals[0].item(), int(totals[1].item()))}
@@ -115,12 +120,8 @@ def decode(ds, cfg: Config, accelerator) -> DecodedImages:
     return images
 
 
-def run(cfg: Config) -> dict:
-    """Train and evaluate as `cfg` says; write every output into `cfg.output_dir`; return metrics."""
-    launched = time.perf_counter()
-    out = Path(cfg.output_dir)
-    precision = resolve_precision(cfg.train.mixed_precision)
-    accelerator = Accelerator(
+def make_accelerator(cfg: Config, out: Path, precision: str) -> Accelerator:
+    return Accelerator(
         cpu=not use_cuda() and not torch.backends.mps.is_available(),  # lets torchrun on CPUs use gloo
         mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with=None if cfg.train.log_with == "none" else cfg.train.log_with, project_dir=str(out),
@@ -128,12 +129,29 @@ def run(cfg: Config) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # DDP must tolerate parameters that get no gradient while the backbone is frozen.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.freeze_epochs > 0)])
+
+
+def run(cfg: Config) -> dict:
+    """Train and evaluate as `cfg` says; write every output into `cfg.output_dir`; return metrics.
+    The folder is locked for the run's lifetime: a second run into it is refused."""
+    launched = time.perf_counter()
+    out = Path(cfg.output_dir)
+    precision = resolve_precision(cfg.train.mixed_precision)
+    accelerator = make_accelerator(cfg, out, precision)
+    with rundir.locked(out, hold=accelerator.is_main_process):
+        return _run(cfg, accelerator, out, precision, launched)
+
+
+def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launched: float) -> dict:
     resume_from = checkpoint.resolve_resume(cfg.train.resume, out)
     if (out / "metrics.json").is_file() and cfg.train.resume is not None:
         accelerator.print(f"{out} holds a finished run; nothing to resume")
         return report.read_metrics(out)
+    changed = {}
     if resume_from is None:
-        report.check_fresh_output_dir(out, resumable=cfg.train.resume == "auto")
+        rundir.check_fresh(out, resumable=cfg.train.resume == "auto")
+    else:  # before any work: a run resumed with other settings would be a run that never existed
+        changed = rundir.check_resume(checkpoint.saved_config(resume_from, out), to_dict(cfg), out)
 
     set_seed(cfg.train.seed)  # before the model's random init
     with accelerator.main_process_first():  # one download / cache build, then the others reuse it
@@ -165,11 +183,20 @@ def run(cfg: Config) -> dict:
                          cfg.train.time_budget_s)
     accelerator.register_for_checkpointing(scheduler)
 
-    state = {"epoch": 0, "history": [], "lrs": [], "train_seconds": 0.0, "batches_done": 0, "partial": (0.0, 0)}
+    # What a checkpoint holds besides accelerate's states; the settings travel with it so that a
+    # resume can be checked against them, and each resume is recorded with what it changed.
+    state = {"epoch": 0, "history": [], "lrs": [], "train_seconds": 0.0, "batches_done": 0, "partial": (0.0, 0),
+             "resumes": [], "config": to_dict(cfg)}
     if resume_from is not None:
-        state.update(checkpoint.load_checkpoint(accelerator, resume_from))
-        accelerator.print(f"resumed from {resume_from}")
-    history, lrs, train_seconds = state["history"], state["lrs"], state["train_seconds"]
+        state.update(checkpoint.load_checkpoint(accelerator, resume_from), config=to_dict(cfg))
+        state["resumes"] = [*state.get("resumes", []),
+                            {"from": str(resume_from), "changed": {k: list(v) for k, v in changed.items()}}]
+        accelerator.print(f"resumed from {resume_from}" + "".join(f"; {k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+
+    def save(name: str, **position) -> Path:
+        return checkpoint.save_checkpoint(accelerator, out, name, {**state, **position},
+                                          keep=cfg.train.keep_checkpoints, size=checkpoint_size)
+
     if accelerator.is_main_process:
         try:
             report.write_start(out, cfg, train_ds, classes)
@@ -177,31 +204,29 @@ def run(cfg: Config) -> dict:
             e.exit_code = 2
             raise
     accelerator.init_trackers("logs", config=report.flat_config(to_dict(cfg)))
-    watch = Watch(accelerator, cfg.train.time_budget_s)
+    watch = Watch(accelerator)
 
-    final, stop = None, None
+    final, stop, first_epoch = None, None, state["epoch"]
+    history, lrs = state["history"], state["lrs"]
     startup_seconds = time.perf_counter() - launched  # data checked, model built, loaders ready
     with watch.signals():
-        for epoch in range(state["epoch"], cfg.train.epochs):
-            batches_done = state["batches_done"] if epoch == state["epoch"] else 0
+        for epoch in range(first_epoch, cfg.train.epochs):
+            batches_done = state["batches_done"] if epoch == first_epoch else 0
             set_seed(cfg.train.seed + epoch)  # shuffling and augmentation depend on seed and epoch alone
             train_dl.set_epoch(epoch)
             frozen = epoch < cfg.train.freeze_epochs
             set_backbone_frozen(accelerator.unwrap_model(model), frozen)
-            watch.start(train_seconds)
+            watch.start(state["train_seconds"])
             result = train_one_epoch(model, train_dl, optimizer, scheduler, accelerator, cfg, mean, std, watch, frozen,
                                      epoch, lrs, batches_done, state["partial"] if batches_done else (0.0, 0))
             train_time, stop = watch.seconds(), result["stop"]
             if stop == "signal":  # preempted: save where we are, finish nothing else
-                train_seconds += train_time
-                path = checkpoint.save_checkpoint(
-                    accelerator, out, f"epoch_{epoch:03d}_batch_{result['batches_done']:06d}",
-                    {"epoch": epoch, "batches_done": result["batches_done"], "partial": result["partial"],
-                     "history": history, "lrs": lrs, "train_seconds": train_seconds}, keep=cfg.train.keep_checkpoints, size=checkpoint_size)
-                watch.raise_stopped(path)
+                state["train_seconds"] += train_time
+                watch.raise_stopped(save(f"epoch_{epoch:03d}_batch_{result['batches_done']:06d}", epoch=epoch,
+                                         batches_done=result["batches_done"], partial=result["partial"]))
             final = evaluate(model, val_dl, accelerator, mean, std)
             epoch_seconds = watch.seconds()
-            train_seconds += epoch_seconds
+            state["train_seconds"] += epoch_seconds
             done = result["batches_done"]
             record = {"epoch": epoch + 1 if done == len(train_dl) else round(epoch + done / len(train_dl), 3),
                       "lr": result["lr"], "train_loss": result["train_loss"], "val_loss": final["val_loss"],
@@ -211,29 +236,25 @@ def run(cfg: Config) -> dict:
             accelerator.log({f"epoch/{k}": record[k] for k in ("train_loss", "val_loss", "val_acc", "lr")},
                             step=scheduler.steps)
             accelerator.print(report.epoch_line(record))
-            checkpoint.save_checkpoint(accelerator, out, f"epoch_{epoch + 1:03d}",
-                                       {"epoch": epoch + 1, "history": history, "lrs": lrs,
-                                        "train_seconds": train_seconds},
-                                       keep=cfg.train.keep_checkpoints, size=checkpoint_size)
+            save(f"epoch_{epoch + 1:03d}", epoch=epoch + 1, batches_done=0, partial=(0.0, 0))
             if stop == "budget":
-                accelerator.print(f"time budget of {cfg.train.time_budget_s:g} s spent: stopping after "
-                                  f"{record['epoch']:.2f} epochs")
+                accelerator.print(f"time budget of {cfg.train.time_budget_s:g} s spent: the schedule ended after "
+                                  f"{record['epoch']:.2f} epochs ({scheduler.steps} optimizer steps)")
                 break
     if final is None:  # evaluate-only run, or resumed after the last epoch
         final = evaluate(model, val_dl, accelerator, mean, std)
 
     paths = paths_and_labels(val_ds)[0]
-    metrics = report.metrics(history, final, classes, train_seconds,
+    metrics = report.metrics(history, final, classes, state["train_seconds"],
                              {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
                               "mixed_precision": precision, "steps_per_epoch": steps_per_epoch,
-                              "optimizer_steps": scheduler.steps,
-                              "startup_seconds": startup_seconds, "decoded_cache": cached, "stopped_by_time_budget": stop == "budget",
+                              "optimizer_steps": scheduler.steps, "startup_seconds": startup_seconds,
+                              "decoded_cache": cached, "stopped_by_time_budget": stop == "budget",
                               "skipped_images": sum(skipped.values()), "train_samples": len(train_ds),
-                              "lr_per_step": lrs}, paths)
+                              "resumes": state["resumes"], "lr_per_step": lrs}, paths)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         report.write_final(out, metrics, final, accelerator.unwrap_model(model), classes,
                            class_display_names(classes), cfg, val_ds, paths)
     accelerator.end_training()
     return metrics
-

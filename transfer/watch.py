@@ -1,4 +1,5 @@
-"""Stopping a run cleanly: a stop signal (SIGTERM, Ctrl-C), a non-finite loss, a spent time budget.
+"""Stopping a run cleanly: a stop signal (SIGTERM, Ctrl-C), a non-finite loss; and the synced
+clock that a time budget is measured by.
 
 Checks cost one small all-reduce every few optimizer steps (no per-step device sync), and every
 process sees the same verdict at the same step, so they all stop together.
@@ -28,8 +29,8 @@ class NonFiniteLoss(TrainingStopped):
 
 
 class Watch:
-    def __init__(self, accelerator, time_budget_s: float | None):
-        self.accelerator, self.time_budget_s = accelerator, time_budget_s
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
         self.signal_name = None
         self.elapsed = 0.0  # budget clock (seconds of the run so far), the same on every process
         self._offset, self._t0 = 0.0, time.perf_counter()
@@ -51,7 +52,8 @@ class Watch:
 
     # ---- every few steps: one sync
     def check(self, epoch: int) -> str | None:
-        """None, "signal" or "budget"; raises NonFiniteLoss."""
+        """None or "signal"; raises NonFiniteLoss. Updates `elapsed`, the synced budget clock
+        (the schedule, not this check, decides when the budget is spent: see OneCycle.plan)."""
         local = torch.tensor([float(self.signal_name is not None), self._offset + self.seconds()],
                              device=self.accelerator.device)
         stop_signal, self.elapsed = self.accelerator.reduce(local, "max").tolist()
@@ -61,11 +63,7 @@ class Watch:
                 f"non-finite loss at epoch {epoch + 1}, batch {first_bad}: the learning rate is likely too high "
                 f"(lower optim.lr) or fp16 overflowed (use train.mixed_precision=bf16 or no); the newest complete "
                 f"checkpoint is intact, resume from it with train.resume=auto after changing the setting")
-        if stop_signal:
-            return "signal"
-        if self.time_budget_s is not None and self.elapsed >= self.time_budget_s:
-            return "budget"
-        return None
+        return "signal" if stop_signal else None
 
     # ---- signals
     @contextlib.contextmanager

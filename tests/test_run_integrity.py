@@ -1,0 +1,238 @@
+"""A run's record is how it was made: equal-time schedules that finish, resumes that cannot mix
+settings, one run per folder, and the promises of the README that only a real run can break."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import free_port, tiny_config
+from transfer.cli import main
+from transfer.config import OptimConfig, load_config
+from transfer.optim import OneCycle, build_optimizer, one_cycle
+from transfer.train import LOG_EVERY, run
+
+FINAL_LR = 3e-3 / 25 / 1e4  # the smoke config's one-cycle end: peak / 25 / 1e4
+
+
+# ---------------------------------------------------------------------------- equal time
+
+def simulate(step_seconds, budget, total_steps=100_000, eval_seconds=0.0, steps_per_epoch=None):
+    """Drive the schedule as the loop does: a synced check (and re-plan) at step 1 and every
+    LOG_EVERY steps, on a clock that advances by `step_seconds` (plus an evaluation per epoch)."""
+    optimizer = build_optimizer(OptimConfig(lr=1e-3), [torch.zeros(1, requires_grad=True)])
+    schedule = OneCycle(optimizer, 1e-3, total_steps, budget)
+    clock, lrs = 0.0, []
+    while not schedule.finished:
+        lrs.append(schedule.get_last_lr()[0])
+        clock += step_seconds
+        schedule.step()
+        if steps_per_epoch and schedule.steps % steps_per_epoch == 0:
+            clock += eval_seconds
+        if schedule.steps == 1 or schedule.steps % LOG_EVERY == 0:
+            schedule.plan(clock)
+    return lrs, clock
+
+
+@pytest.mark.parametrize("step_seconds", [0.01, 0.7, 15.0, 45.0])
+def test_budget_schedule_ends_with_the_budget_at_any_step_time(step_seconds):
+    lrs, clock = simulate(step_seconds, budget=60.0)
+    assert lrs[-1] == pytest.approx(1e-3 / 25 / 1e4, rel=1e-9)  # the last step used the final value
+    if len(lrs) >= 3:  # (two 45 s steps: the first, unplanned, and the last)
+        assert max(lrs) > 0.3e-3  # the cycle was squeezed, not cut: it passed near its peak
+    assert abs(clock - 60.0) <= step_seconds + 1e-9  # ends when the budget does, within one step
+
+
+def test_budget_schedule_with_evaluations_stays_within_a_check_interval():
+    lrs, clock = simulate(0.05, budget=30.0, eval_seconds=2.0, steps_per_epoch=37)
+    assert lrs[-1] == pytest.approx(1e-3 / 25 / 1e4, rel=1e-9)
+    assert clock <= 30.0 + LOG_EVERY * 0.05 + 2.0
+
+
+def test_a_generous_budget_leaves_the_step_schedule_alone():
+    lrs, _ = simulate(0.01, budget=1e6, total_steps=50)
+    assert lrs == pytest.approx([one_cycle(i, 50, 1e-3)[0] for i in range(50)], rel=1e-12)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_equal_time_run_anneals_fully_with_slow_steps(image_folder, tmp_path, processes):
+    # resnet18 at 96 px: steps of about 0.1-0.5 s here, so one check interval (10 steps) is a good
+    # part of the 6 s budget: the old schedule stopped unannealed at the first check past it.
+    out = tmp_path / "budget"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", str(free_port()), "run_transfer.py", "--config", "configs/smoke.yaml",
+               f"data.root={image_folder}", f"output_dir={out}", "model.name=resnet18", "data.image_size=96",
+               "train.epochs=100", "train.time_budget_s=6"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": str(2 // processes)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_by_time_budget"] and metrics["num_processes"] == processes
+    lrs = metrics["lr_per_step"]
+    assert lrs[-1] == pytest.approx(FINAL_LR, rel=1e-6) and max(lrs) > 0.5 * 3e-3
+    step = metrics["train_seconds"] / metrics["optimizer_steps"]  # training and evaluation, per step
+    assert metrics["train_seconds"] <= 6 + LOG_EVERY * step + max(h["epoch_seconds"] for h in metrics["history"])
+
+
+# ---------------------------------------------------------------------------- resume
+
+@pytest.fixture(scope="module")
+def reference(image_folder, tmp_path_factory):
+    """3 uninterrupted epochs, every checkpoint kept."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run(tiny_config(image_folder, out, "train.epochs=3", "train.keep_checkpoints=5"))
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return out
+
+
+def killed_after_epoch_1(reference, folder):
+    shutil.copytree(reference, folder)
+    for name in ("epoch_002", "epoch_003"):
+        shutil.rmtree(folder / "checkpoints" / name)
+    shutil.rmtree(folder / "model")
+    (folder / "metrics.json").unlink()
+    return folder
+
+
+def same_weights(a, b):
+    wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_with_result_changing_settings_is_refused(reference, tmp_path, capsys):
+    out = killed_after_epoch_1(reference, tmp_path / "run")
+    before = (out / "config.yaml").read_text()
+    code = main(["--config", str(out / "config.yaml"), f"output_dir={out}", "train.resume=auto", "optim.lr=0.05",
+                 "train.batch_size=32"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "optim.lr 0.003 -> 0.05" in err and "train.batch_size 8 -> 32" in err
+    assert "start a fresh run in another output_dir" in err
+    assert (out / "config.yaml").read_text() == before
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_001"]
+
+
+def test_resume_may_change_what_cannot_change_the_result(reference, tmp_path, capsys):
+    out = killed_after_epoch_1(reference, tmp_path / "run")
+    checkpoint = out / "checkpoints" / "epoch_001"
+    code = main(["--config", str(out / "config.yaml"), f"output_dir={out}", f"train.resume={checkpoint}",
+                 "train.keep_checkpoints=1",
+                 "data.num_workers=1", "data.cache=memory"])
+    assert code == 0
+    assert f"resumed from {checkpoint}" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    (resume,) = metrics["resumes"]
+    assert resume["from"] == str(checkpoint) and resume["changed"] == {
+        "data.cache": ["auto", "memory"], "data.num_workers": [0, 1], "train.keep_checkpoints": [5, 1]}
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_003"]  # keep_checkpoints=1 deletes
+    assert same_weights(out, reference)
+
+
+def test_sigterm_mid_epoch_checkpoints_there_and_the_replay_is_exact(reference, image_folder, tmp_path, capsys,
+                                                                    monkeypatch):
+    from transfer.watch import Preempted, Watch
+
+    observe, calls = Watch.observe, []
+
+    def observe_then_signal(self, loss, batch_index):  # 6 batches an epoch: the 9th is epoch 2, batch 3
+        observe(self, loss, batch_index)
+        calls.append(batch_index)
+        if len(calls) == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(Watch, "observe", observe_then_signal)
+    out = tmp_path / "run"
+    cfg = tiny_config(image_folder, out, "train.epochs=3", "train.keep_checkpoints=5")
+    with pytest.raises(Preempted):
+        run(cfg)
+    # the check after optimizer step 10 (epoch 2, batch 4) saw the signal
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_001", "epoch_001_batch_000004"]
+    monkeypatch.undo()
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run(load_config(out / "config.yaml", ["train.resume=auto"]))  # (its own output_dir)
+    assert "resumed from" in capsys.readouterr().out
+    assert same_weights(out, reference)  # batches 1-4 of epoch 2 replayed without training, 5-6 trained
+
+
+# ---------------------------------------------------------------------------- one run per folder
+
+def test_one_run_per_output_dir_and_the_lock_dies_with_its_run(image_folder, tmp_path, capsys):
+    out = tmp_path / "busy"
+    args = [f"data.root={image_folder}", f"output_dir={out}", "train.epochs=30"]
+    first = subprocess.Popen([sys.executable, "run_transfer.py", "--config", "configs/smoke.yaml", *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    start = time.monotonic()
+    while not (out / "checkpoints" / "epoch_001").is_dir():
+        assert first.poll() is None and time.monotonic() - start < 300, first.stderr.read()[-2000:]
+        time.sleep(0.05)
+    assert main(["--config", "configs/smoke.yaml", *args, "train.resume=auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"output_dir {out} is in use by another run (pid {first.pid} on " in err, err
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert main(["--config", "configs/smoke.yaml", *args, "train.resume=auto", "train.epochs=30"]) == 0
+
+
+# ---------------------------------------------------------------------------- promises of the README
+
+@pytest.mark.parametrize("epochs, freeze", [(1, 1), (2, 2)], ids=["frozen-epoch", "probe"])
+def test_frozen_backbone_in_a_real_run(image_folder, tmp_path, epochs, freeze):
+    import timm
+
+    torch.manual_seed(5)
+    weights = tmp_path / "w.safetensors"
+    initial = timm.create_model("resnet10t", num_classes=3).state_dict()
+    save_file(initial, str(weights))
+    out = tmp_path / "run"
+    run(tiny_config(image_folder, out, f"train.epochs={epochs}", f"train.freeze_epochs={freeze}",
+                    "model.pretrained=true", f"model.weights_file={weights}", "model.head=keep"))
+    trained = load_file(out / "model" / "model.safetensors")
+    moved = sorted(k for k in initial if not torch.equal(initial[k], trained[k]))
+    assert moved == ["fc.bias", "fc.weight"]  # weights, running means/vars and batch counts of the backbone held
+
+
+def test_gradient_accumulation_takes_the_right_number_of_optimizer_steps(image_folder, tmp_path):
+    # 48 images / batch 8 = 6 batches an epoch; 4 per optimizer step -> 2 steps (the last one short)
+    metrics = run(tiny_config(image_folder, tmp_path / "accum", "train.grad_accum_steps=4"))
+    assert metrics["steps_per_epoch"] == 2 and metrics["optimizer_steps"] == 4 == len(metrics["lr_per_step"])
+    assert metrics["lr_per_step"][-1] == pytest.approx(FINAL_LR, rel=1e-6)
+
+
+def test_breed_names_in_plots_and_model_config(image_folder, tmp_path, monkeypatch):
+    import transfer.plots
+
+    root = tmp_path / "woof"
+    for split in ("train", "val"):
+        for shape, wnid in (("circle", "n02086240"), ("square", "n02087394")):
+            shutil.copytree(image_folder / split / shape, root / split / wnid)
+    drawn = {}
+    confusion = transfer.plots.plot_confusion
+    monkeypatch.setattr(transfer.plots, "plot_confusion",
+                        lambda counts, names, path: (drawn.setdefault("names", names), confusion(counts, names, path)))
+    run(tiny_config(root, tmp_path / "run", "train.epochs=0"))
+    assert drawn["names"] == ["Shih-Tzu", "Rhodesian ridgeback"]
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["label_names"] == ["n02086240", "n02087394"]
+    assert config["label_descriptions"] == {"n02086240": "Shih-Tzu", "n02087394": "Rhodesian ridgeback"}
+
+
+def test_a_second_ctrl_c_quits_at_once():
+    from types import SimpleNamespace
+
+    from transfer.watch import Watch
+
+    printed = []
+    watch = Watch(SimpleNamespace(device="cpu", print=printed.append))
+    with watch.signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert watch.signal_name == "SIGINT" and "saving a checkpoint" in printed[0]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
