@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -69,15 +70,17 @@ def test_time_budget_stops_anneals_and_writes_everything(image_folder, tmp_path)
         assert (out / name).is_file(), name
 
 
-def test_compare_sh_end_to_end_offline(image_folder, tmp_path):
+def test_compare_sh_end_to_end_offline(odd_folder, tmp_path):
     import timm
 
     weights = tmp_path / "imagenet.safetensors"  # a stand-in for downloaded ImageNet weights
     save_file(timm.create_model("resnet10t", num_classes=1000).state_dict(), str(weights))
     out = tmp_path / "cmp"
-    overrides = [f"data.root={image_folder}", "data.url=null", "model.name=resnet10t", "data.image_size=32",
+    # a root with a space in it, classes named with [ ] * ? # % , "
+    overrides = [f"data.root={odd_folder}", "data.url=null", "model.name=resnet10t", "data.image_size=32",
                  "train.epochs=2", "train.batch_size=8", "data.num_workers=0", f"model.weights_file={weights}"]
-    env = {**os.environ, "OUT": str(out), "ARMS": "pretrained scratch probe", "SEEDS": "7"}
+    env = {**os.environ, "OUT": str(out), "ARMS": "pretrained scratch probe", "SEEDS": "7",
+           "PYTHON": sys.executable}  # the interpreter running the tests, activated or not
     result = subprocess.run(["scripts/compare.sh", *overrides], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
