@@ -84,7 +84,7 @@ def our_loaders(root: Path, batch: int, workers: int, size: int):
     from transfer.config import DataConfig
     from transfer.data import build_datasets, make_loaders
 
-    train, val, classes, _ = build_datasets(DataConfig(root=str(root), image_size=size, num_workers=workers), root)
+    train, val, _, _ = build_datasets(DataConfig(root=str(root), image_size=size, num_workers=workers))
     return make_loaders(train, val, batch, workers, 1)
 
 

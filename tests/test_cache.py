@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from transfer.cache import DecodedImages
-from transfer.data import EvalTransform, TrainTransform, open_rgb
+from transfer.images import open_rgb
+from transfer.transforms import EvalTransform, TrainTransform
 from transfer.train import run
 
 

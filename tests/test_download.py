@@ -9,7 +9,8 @@ import zipfile
 
 import pytest
 
-from transfer.data import DataError, check_layout
+from transfer.errors import DataError
+from transfer.sources import check_layout
 from transfer.download import fetch_dataset
 
 

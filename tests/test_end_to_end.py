@@ -158,8 +158,8 @@ def test_names_with_glob_url_and_csv_characters_lose_no_image(odd_folder, tmp_pa
         assert sorted(metrics["per_class_val_acc"]) == sorted(p.name for p in (odd_folder / "train").iterdir())
         with open(out / "val_predictions.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-        assert sorted(r["path"] for r in rows) == files["val"]
-        assert all(r["path"].split("/")[-2] == r["label"] for r in rows)
+        assert sorted(r["id"] for r in rows) == files["val"]
+        assert all(r["id"].split("/")[-2] == r["label"] for r in rows)
     assert "train: 24 images in 4 classes; val: 12 images" in capsys.readouterr().out
     assert predict_main([str(tmp_path / "none" / "model"), str(odd_folder / "val"), "--json"]) == 0
     predicted = json.loads(capsys.readouterr().out)

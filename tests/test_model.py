@@ -158,8 +158,11 @@ def test_one_cycle_plans_the_rest_of_a_time_budget_and_restores_the_plan():
     optimizer = build_optimizer(OptimConfig(lr=1e-3), [torch.zeros(1, requires_grad=True)])
     schedule = OneCycle(optimizer, 1e-3, total_steps=1000, time_budget_s=10.0)
     schedule.step()
-    schedule.plan(1.0)  # 1 s a step: 9 more steps fit, so the cycle is squeezed into them
-    assert schedule.stride == pytest.approx(998 / 8)
+    schedule.plan(1.0)  # the first step's time includes warm-up: it does not squeeze the cycle
+    assert schedule.stride == 1 and schedule.position() == 1
+    schedule.step()
+    schedule.plan(2.0)  # 1 s a step: 8 more fit, 10 in all; the cycle is where a 10-step one would be
+    assert schedule.position() == pytest.approx(2 * 999 / 9) and schedule.stride == pytest.approx((999 - 222) / 7)
     for _ in range(3):
         schedule.step()
     restored = OneCycle(build_optimizer(OptimConfig(lr=1e-3), [torch.zeros(1, requires_grad=True)]), 1e-3,

@@ -16,26 +16,27 @@ from conftest import free_port, tiny_config
 from transfer.cli import main
 from transfer.config import OptimConfig, load_config
 from transfer.optim import OneCycle, build_optimizer, one_cycle
-from transfer.train import LOG_EVERY, run
+from transfer.train import LOG_EVERY, check_due, run
 
 FINAL_LR = 3e-3 / 25 / 1e4  # the smoke config's one-cycle end: peak / 25 / 1e4
 
 
 # ---------------------------------------------------------------------------- equal time
 
-def simulate(step_seconds, budget, total_steps=100_000, eval_seconds=0.0, steps_per_epoch=None):
-    """Drive the schedule as the loop does: a synced check (and re-plan) at step 1 and every
-    LOG_EVERY steps, on a clock that advances by `step_seconds` (plus an evaluation per epoch)."""
+def simulate(step_seconds, budget, total_steps=100_000, eval_seconds=0.0, steps_per_epoch=None, warmup_seconds=0.0):
+    """Drive the schedule as the loop does: a synced check (and re-plan) when `check_due`, on a
+    clock that advances by `step_seconds` (plus an evaluation per epoch, and `warmup_seconds` for
+    the first step)."""
     optimizer = build_optimizer(OptimConfig(lr=1e-3), [torch.zeros(1, requires_grad=True)])
     schedule = OneCycle(optimizer, 1e-3, total_steps, budget)
     clock, lrs = 0.0, []
     while not schedule.finished:
         lrs.append(schedule.get_last_lr()[0])
-        clock += step_seconds
+        clock += step_seconds + (warmup_seconds if schedule.steps == 0 else 0.0)
         schedule.step()
         if steps_per_epoch and schedule.steps % steps_per_epoch == 0:
             clock += eval_seconds
-        if schedule.steps == 1 or schedule.steps % LOG_EVERY == 0:
+        if check_due(schedule.steps):
             schedule.plan(clock)
     return lrs, clock
 
@@ -53,6 +54,13 @@ def test_budget_schedule_with_evaluations_stays_within_a_check_interval():
     lrs, clock = simulate(0.05, budget=30.0, eval_seconds=2.0, steps_per_epoch=37)
     assert lrs[-1] == pytest.approx(1e-3 / 25 / 1e4, rel=1e-9)
     assert clock <= 30.0 + LOG_EVERY * 0.05 + 2.0
+
+
+def test_a_slow_first_step_does_not_squeeze_the_cycle():
+    # a first step of 2 s (compilation, DDP set-up) and then 0.1 s steps: about 40 steps fit 6 s
+    lrs, clock = simulate(0.1, budget=6.0, warmup_seconds=1.9)
+    assert len(lrs) >= 35 and max(lrs) > 0.9e-3 and lrs[-1] == pytest.approx(1e-3 / 25 / 1e4, rel=1e-9)
+    assert clock <= 6.0 + 0.1 + 1e-9
 
 
 def test_a_generous_budget_leaves_the_step_schedule_alone():

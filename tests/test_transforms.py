@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from transfer.data import EvalTransform, TrainTransform, normalize, open_rgb
+from transfer.images import open_rgb
+from transfer.transforms import EvalTransform, TrainTransform, normalize
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -79,3 +79,37 @@ def test_evaluate_only_with_a_fresh_head(image_folder, tmp_path):
     assert (out / "model" / "model.safetensors").is_file() and (out / "plots" / "confusion.png").is_file()
     assert not (out / "plots" / "accuracy.png").exists()
     shutil.rmtree(out)
+
+
+def test_model_folder_is_a_publishable_card_that_timm_and_transformers_load(trained, image_folder, capsys):
+    import timm
+    import torch
+    import yaml
+    from PIL import Image
+    from transformers import pipeline
+
+    out, metrics = trained
+    card = (out / "model" / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "timm" and {"image-classification", "transfer-learning"} <= set(meta["tags"])
+    (result,) = meta["model-index"][0]["results"]
+    assert result["metrics"][0]["value"] == round(metrics["final_val_acc"], 4)
+    assert "huggingface-cli upload" in body and "| circle |" in body
+
+    image = image_folder / "val" / "circle" / "circle_000.png"
+    assert predict_main([str(out / "model"), str(image), "--json", "--top-k", "3"]) == 0
+    ours = {p["label"]: p["score"] for p in json.loads(capsys.readouterr().out)[0]["predictions"]}
+
+    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()  # timm reads the Hub layout
+    config = timm.data.resolve_data_config({}, model=model)
+    assert config["input_size"] == (3, 32, 32)
+    transform = timm.data.create_transform(**config)
+    with torch.inference_mode():
+        probs = model(transform(Image.open(image).convert("RGB"))[None]).softmax(1)[0]
+    labels = json.loads((out / "model" / "config.json").read_text())["label_names"]
+    assert {labels[i]: p for i, p in enumerate(probs.tolist())} == pytest.approx(ours, abs=1e-5)
+
+    classify = pipeline("image-classification", model=str(out / "model"), device="cpu")
+    theirs = {r["label"]: r["score"] for r in classify(str(image), top_k=3)}
+    assert theirs == pytest.approx(ours, abs=1e-4)

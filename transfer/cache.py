@@ -17,18 +17,19 @@ import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
-from .data import PAD, open_rgb
+from .images import open_rgb
+from .transforms import PAD
 
 
 class _Decode(Dataset):
-    def __init__(self, paths: list[str], size: int):
-        self.paths, self.size = paths, size
+    def __init__(self, images: list, size: int):
+        self.images, self.size = images, size  # paths or {"bytes", "path"}
 
     def __len__(self):
-        return len(self.paths)
+        return len(self.images)
 
     def __getitem__(self, i):
-        img = open_rgb(self.paths[i])
+        img = open_rgb(self.images[i])
         if min(img.size) != self.size:
             img = TF.resize(img, self.size)
         return np.asarray(img)
@@ -37,10 +38,10 @@ class _Decode(Dataset):
 class DecodedImages:
     """All images of a split as one flat uint8 buffer, with each image's offset, height and width."""
 
-    def __init__(self, paths: list[str], labels: list[int], size: int, device, num_workers: int = 0):
+    def __init__(self, images: list, labels: list[int], size: int, device, num_workers: int = 0):
         self.size, self.device = size, torch.device(device)
         arrays = []
-        decode = DataLoader(_Decode(paths, size), batch_size=64, num_workers=num_workers, collate_fn=list)
+        decode = DataLoader(_Decode(images, size), batch_size=64, num_workers=num_workers, collate_fn=list)
         for chunk in decode:
             arrays += chunk
         shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long)

@@ -21,6 +21,15 @@ from .errors import ConfigError  # noqa: F401  (raised here; re-exported for cal
 
 @dataclass(frozen=True)
 class DataConfig:
+    # null: the image folder at `root`; else a `datasets` source: Hub id, parquet/arrow folder, save_to_disk folder
+    dataset: Optional[str] = None
+    dataset_config: Optional[str] = None  # the Hub config (e.g. "160px")
+    train_split: str = "train"
+    val_split: Optional[str] = None  # null: the first of validation, val, valid, test
+    image_column: Optional[str] = None  # null: the one Image column
+    label_column: Optional[str] = None  # null: the one ClassLabel column (or one named label/labels)
+    val_fraction: Optional[float] = None  # hold out this fraction of train when the source has no validation split
+    split_seed: int = 0  # seeds the held-out split (independent of train.seed: every arm and seed scores the same)
     root: str = "data/imagewoof2-160"  # folder with train/ and val/, one subfolder per class
     url: Optional[str] = None  # archive fetched when `root` does not exist; null never fetches
     sha256: Optional[str] = None  # checksum of the archive at `url`, checked when given
@@ -33,6 +42,8 @@ class DataConfig:
     def __post_init__(self):
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _check(self.val_fraction is None or 0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
+               "a fraction between 0 and 1, or null")
         _check(self.sha256 is None or (len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256)),
                "data.sha256", self.sha256, "64 lower-case hex digits, or null")
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import ConfigError
-from .outputs import guard_write, publish_folder
+from .outputs import guard_write, publish_folder, write_atomic, write_json
 
 
 def build_model(cfg: ModelConfig, classes: list[str]) -> tuple[nn.Module, str | None]:
@@ -162,9 +162,12 @@ def data_config(model: nn.Module) -> dict:
 
 
 def save_model(model: nn.Module, directory: Path, classes: list[str], display_names: list[str],
-               image_size: int) -> None:
-    """timm's Hub layout (config.json + model.safetensors) with label names and input size,
-    written to a temporary folder and renamed into place."""
+               image_size: int, card: str | None = None) -> None:
+    """timm's Hub layout (config.json + model.safetensors) with label names and input size, and
+    the model card (README.md), written to a temporary folder and renamed into place.
+
+    config.json's `model_args` leave out `num_classes` (the top-level key holds it): transformers'
+    timm wrapper passes it itself and fails on the repetition ("multiple values for keyword")."""
     import shutil
 
     from timm.models import save_for_hf
@@ -181,6 +184,11 @@ def save_model(model: nn.Module, directory: Path, classes: list[str], display_na
                                       "label_descriptions": dict(zip(classes, display_names))},
                         data_config={"input_size": (3, image_size, image_size), "crop_pct": 1.0,
                                      "interpolation": "bilinear", **data_config(model)})
+            config = json.loads((tmp / "config.json").read_text())
+            config.get("model_args", {}).pop("num_classes", None)
+            write_json(tmp / "config.json", config)
+            if card is not None:
+                write_atomic(tmp / "README.md", card)
             publish_folder(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -44,7 +44,9 @@ class OneCycle:
     With a time budget the cycle must end when the budget does, at any step time. Each step
     moves the position by `stride` (at least 1, so never past the step-count schedule); at each
     synced check `plan(elapsed)` projects how many steps the rest of the budget holds from the
-    time per step so far, and sets the stride so the final value is used by the last of them.
+    time per step so far (the first, warm-up step left out), moves the position to where a cycle
+    of that many steps in all would be now, and sets the stride so that the last of them uses
+    the final value.
     Between checks the schedule follows steps alone, so every process uses the same rate at every
     step. `finished` says the step at the final value has been taken: the run stops there.
     """
@@ -99,7 +101,10 @@ class OneCycle:
         left = int((self.time_budget_s - elapsed) / max(per_step, 1e-9))  # steps the budget still holds
         if left <= 1:
             self.stride, self.next_position = 0.0, float(self.end)  # the next step is the last
-        else:
+        elif steps > 0:  # the first steps pay for warm-up: their time only ever ends the cycle, never squeezes it
+            # where a cycle of (steps so far + steps left) would be now, then evenly to its end
+            total = self.steps + left
+            self.next_position = max(self.next_position, self.steps * self.end / (total - 1))
             self.stride = max(1.0, (self.end - self.next_position) / (left - 1))
         self._apply()
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
-from .data import IMAGE_EXTENSIONS, DataError, EvalTransform, normalize, open_rgb
+from .errors import ConfigError, DataError
+from .images import IMAGE_EXTENSIONS, open_rgb
+from .transforms import EvalTransform, normalize
 from .model import load_saved_model
 
 

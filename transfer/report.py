@@ -78,11 +78,14 @@ def metrics(history: list[dict], final: dict, classes: list[str], train_seconds:
     }
 
 
-def write_start(out: Path, cfg: Config, train_ds, classes: list[str]) -> None:
-    """config.yaml and a grid of augmented training images, before the first step."""
+def write_start(out: Path, cfg: Config, train_ds, classes: list[str], held_out: dict | None = None) -> None:
+    """config.yaml, val_split.json (when validation was held out of train) and a grid of
+    augmented training images, before the first step."""
     from .data import class_display_names
 
     write_atomic(out / "config.yaml", dump_yaml(cfg))
+    if held_out is not None:
+        write_json(out / "val_split.json", held_out)
     with torch.random.fork_rng():  # drawing these crops must not shift the training run's random numbers
         batch = train_ds[np.linspace(0, len(train_ds) - 1, min(GRID_SIZE, len(train_ds))).astype(int).tolist()]
     names = class_display_names(classes)
@@ -98,7 +101,7 @@ def predictions_csv(paths: list[str], final: dict, classes: list[str]) -> str:
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "label", "predicted", "confidence"])
+    writer.writerow(["id", "label", "predicted", "confidence"])
     writer.writerows([p, classes[t], classes[y], f"{c:.4f}"]
                      for p, t, y, c in zip(paths, final["references"], final["predictions"], final["confidence"]))
     return text.getvalue()
@@ -116,7 +119,10 @@ def write_final(out: Path, metrics_: dict, final: dict, model, classes: list[str
     counts = confusion_matrix(final["predictions"], final["references"], len(classes))
     plots.plot_confusion(counts, names, out / "plots" / "confusion.png")
     _plot_mistakes(final, val_ds, names, out / "plots" / "mistakes.png")
-    save_model(model, out / "model", classes, names, cfg.data.image_size)
+    from .card import model_card
+
+    card = model_card(cfg, metrics_, classes, names, getattr(model, "pretrained_cfg", {}).get("license"))
+    save_model(model, out / "model", classes, names, cfg.data.image_size, card)
 
 
 def _plot_mistakes(final: dict, val_ds, names: list[str], path: Path) -> None:

@@ -65,6 +65,17 @@ def locked(out: Path, hold: bool = True):
         os.close(fd)  # releases the lock
 
 
+def check_held_out(out: Path, held_out: dict | None) -> None:
+    """On resume: the held-out validation images must be the ones the run started with (the
+    source's files may have changed since)."""
+    import json
+
+    saved = Path(out) / "val_split.json"
+    if held_out is not None and saved.is_file() and json.loads(saved.read_text()) != held_out:
+        raise ConfigError(f"train.resume: the validation images held out of train differ from the run's "
+                          f"{saved} (the source changed); start a fresh run in another output_dir")
+
+
 def _flat(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():

@@ -16,15 +16,21 @@ from tqdm.auto import tqdm
 from . import checkpoint, report, rundir
 from .config import Config, to_dict
 from .cache import CachedBatches, DecodedImages, IndexDataset
-from .data import build_datasets, class_display_names, make_loaders, normalize, paths_and_labels, resolve_root, splits_line
+from .data import build_datasets, class_display_names, make_loaders, samples, splits_line
 from .errors import ConfigError, OutputError
 from .metrics import accuracy
 from .model import build_model, data_config, set_backbone_frozen, state_bytes, train_mode
 from .optim import OneCycle, build_optimizer
+from .transforms import normalize
 from .outputs import check_space
 from .watch import Watch
 
 LOG_EVERY = 10  # optimizer steps between syncs: tracker, progress bar, stop/NaN/budget checks
+
+
+def check_due(steps: int) -> bool:
+    """Sync after these optimizer steps: early ones give the time budget a first time per step."""
+    return steps % LOG_EVERY == 0 or steps in (1, 2, 4, 8)
 
 
 def use_cuda() -> bool:
@@ -77,7 +83,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Confi
             lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used (the article's last_lr)
             lrs.append(lr)
             scheduler.step()
-            if scheduler.steps % LOG_EVERY == 0 or scheduler.steps == 1:  # step 1: a first time per step
+            if check_due(scheduler.steps):
                 stop = watch.check(epoch)  # raises NonFiniteLoss; one sync across processes
                 scheduler.plan(watch.elapsed)  # the budget's remaining steps, from the synced clock
                 step_loss = loss.item()
@@ -114,7 +120,8 @@ def evaluate(model, loader, accelerator, mean, std) -> dict:
 
 def decode(ds, cfg: Config, accelerator) -> DecodedImages:
     start = time.perf_counter()
-    images = DecodedImages(*paths_and_labels(ds), cfg.data.image_size, accelerator.device, cfg.data.num_workers)
+    _, stored, labels = samples(ds)
+    images = DecodedImages(stored, labels, cfg.data.image_size, accelerator.device, cfg.data.num_workers)
     accelerator.print(f"decoded {len(ds)} images into {images.nbytes / 2**30:.2f} GiB on {accelerator.device} "
                       f"in {time.perf_counter() - start:.1f} s")
     return images
@@ -155,9 +162,13 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launc
 
     set_seed(cfg.train.seed)  # before the model's random init
     with accelerator.main_process_first():  # one download / cache build, then the others reuse it
-        root = resolve_root(cfg.data)
-        train_ds, val_ds, classes, skipped = build_datasets(cfg.data, root)
+        train_ds, val_ds, source, skipped = build_datasets(cfg.data)
+    classes = source.classes
+    for note in source.notes:
+        accelerator.print(note)
     accelerator.print(splits_line(len(train_ds), len(val_ds), len(classes), skipped))
+    if resume_from is not None:
+        rundir.check_held_out(out, source.held_out)
     model, head_note = build_model(cfg.model, classes)
     model = model.to(memory_format=torch.channels_last)
     if head_note:
@@ -199,7 +210,7 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launc
 
     if accelerator.is_main_process:
         try:
-            report.write_start(out, cfg, train_ds, classes)
+            report.write_start(out, cfg, train_ds, classes, source.held_out)
         except OutputError as e:  # nothing trained yet: a setting to change, like a bad key
             e.exit_code = 2
             raise
@@ -244,17 +255,17 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launc
     if final is None:  # evaluate-only run, or resumed after the last epoch
         final = evaluate(model, val_dl, accelerator, mean, std)
 
-    paths = paths_and_labels(val_ds)[0]
+    ids = samples(val_ds)[0]
     metrics = report.metrics(history, final, classes, state["train_seconds"],
                              {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
                               "mixed_precision": precision, "steps_per_epoch": steps_per_epoch,
                               "optimizer_steps": scheduler.steps, "startup_seconds": startup_seconds,
                               "decoded_cache": cached, "stopped_by_time_budget": stop == "budget",
                               "skipped_images": sum(skipped.values()), "train_samples": len(train_ds),
-                              "resumes": state["resumes"], "lr_per_step": lrs}, paths)
+                              "resumes": state["resumes"], "lr_per_step": lrs}, ids)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         report.write_final(out, metrics, final, accelerator.unwrap_model(model), classes,
-                           class_display_names(classes), cfg, val_ds, paths)
+                           class_display_names(classes), cfg, val_ds, ids)
     accelerator.end_training()
     return metrics
