@@ -59,12 +59,12 @@ def test_time_to_reach():
 def test_time_budget_stops_anneals_and_writes_everything(image_folder, tmp_path):
     out = tmp_path / "budget"
     metrics = run(tiny_config(image_folder, out, "train.epochs=200", "train.time_budget_s=8"))
-    assert metrics["stopped_by_time_budget"]
-    assert 8 <= metrics["train_seconds"] < 30 and len(metrics["history"]) < 200
+    assert metrics["stopped_by_time_budget"] and len(metrics["history"]) < 200
+    step = metrics["train_seconds"] / metrics["optimizer_steps"]
+    assert 8 - 10 * step <= metrics["train_seconds"] <= 8 + 10 * step  # ends with the budget
     lrs = metrics["lr_per_step"]
-    peak = max(lrs)
-    assert peak > 0.5 * 3e-3  # warmed up to near the peak within the budget...
-    assert lrs[-1] < 0.25 * peak  # ...and annealed by its end, though 200 epochs were allowed
+    assert max(lrs) > 0.9 * 3e-3  # warmed up to the peak within the budget...
+    assert lrs[-1] == pytest.approx(3e-3 / 25 / 1e4, rel=1e-6)  # ...and annealed to its end, though 200 epochs were allowed
     for name in ("metrics.json", "config.yaml", "val_predictions.csv", "model/model.safetensors",
                  "plots/accuracy.png", "plots/loss.png", "plots/lr.png", "plots/confusion.png"):
         assert (out / name).is_file(), name
@@ -97,7 +97,8 @@ def test_compare_sh_end_to_end_offline(odd_folder, tmp_path):
     assert again.returncode == 0 and again.stdout.count("reusing it") == 3
     assert (out / "pretrained" / "seed7" / "metrics.json").read_text() == before
 
-    # A failing arm stops the script with a clear message.
+    # A bad setting fails once, before any run, naming the key.
     bad = subprocess.run(["scripts/compare.sh", *overrides, "train.epochs=oops"], capture_output=True, text=True,
                          env={**env, "OUT": str(tmp_path / "bad"), "SEEDS": ""})
-    assert bad.returncode != 0 and "arm 'pretrained' failed (error: train.epochs='oops'" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("error: train.epochs='oops' has the wrong type")
+    assert not (tmp_path / "bad" / "pretrained").exists()

@@ -3,7 +3,9 @@
     python -m transfer.compare runs/compare        # what scripts/compare.sh calls at the end
 
 Reads OUT/<arm>/metrics.json (or OUT/<arm>/seed<N>/metrics.json for several seeds) and each
-run's config.yaml, and writes OUT/comparison.png, OUT/report.md and OUT/summary.json.
+run's config.yaml, and writes OUT/comparison.png, OUT/report.md and OUT/summary.json. For a sweep
+(OUT/sweep.json, see sweep_report.py) it does so for the last swept value and adds OUT/sweep.png
+and the sweep's table and curve.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from . import sweep_report
 from .outputs import write_atomic, write_json
 from .report import flat_config, read_metrics
 
@@ -75,13 +78,11 @@ def differing_settings(arms: dict[str, list[Path]]) -> dict[str, dict[str, objec
             if len({repr(c.get(k)) for c in configs.values()}) > 1}
 
 
-def build(out: Path) -> dict:
-    out = Path(out)
-    arms = find_runs(out)
-    if not arms:
-        raise FileNotFoundError(f"no finished runs (metrics.json) under {out}")
+def summarize(folder: Path) -> tuple[dict[str, list[Path]], dict]:
+    """The finished runs under `folder` and their summary (arms, gain, differing settings)."""
+    arms = find_runs(folder)
     summary = {"arms": {arm: summarize_arm(runs) for arm, runs in arms.items()},
-               "differing_settings": differing_settings(arms)}
+               "differing_settings": differing_settings(arms) if arms else {}}
     if {"pretrained", "scratch"} <= set(arms):
         p, s = summary["arms"]["pretrained"], summary["arms"]["scratch"]
         summary["gain"] = {"best_val_acc_points": 100 * (p["best_val_acc"] - s["best_val_acc"]),
@@ -89,6 +90,21 @@ def build(out: Path) -> dict:
         if "unseen_by_imagenet_val_acc" in p and "unseen_by_imagenet_val_acc" in s:
             summary["gain"]["unseen_by_imagenet_val_acc_points"] = 100 * (
                 p["unseen_by_imagenet_val_acc"] - s["unseen_by_imagenet_val_acc"])
+    return arms, summary
+
+
+def build(out: Path) -> dict:
+    out = Path(out)
+    meta = sweep_report.read_sweep(out)
+    if meta is None:
+        arms, summary = summarize(out)
+    else:  # the top level describes the last swept value that has runs, as a plain comparison would
+        sweep = sweep_report.build(out, meta, summarize)
+        values = sweep_report.values_with_runs(sweep)
+        arms, summary = summarize(sweep_report.value_folder(out, meta["key"], values[-1])) if values else ({}, {})
+        summary["sweep"] = sweep
+    if not arms:
+        raise FileNotFoundError(f"no finished runs (metrics.json) under {out}")
     write_json(out / "summary.json", summary)
     write_atomic(out / "report.md", markdown(summary))
     plot(arms, out / "comparison.png")
@@ -138,6 +154,11 @@ def markdown(summary: dict) -> str:
         lines += [f"| `{k}` | " + " | ".join(f"`{v.get(n)}`" for n in names) + " |" for k, v in diff.items()]
     else:
         lines.append("None besides the output folder and seed.")
+    if "sweep" in summary:
+        sweep = summary["sweep"]
+        last = sweep_report.values_with_runs(sweep)[-1]
+        lines[0] += f" (at `{sweep['key']}={sweep_report.value_text(last)}`, the last value of the sweep)"
+        lines += ["", sweep_report.markdown(sweep)]
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,7 @@ class DataConfig:
     label_column: Optional[str] = None  # null: the one ClassLabel column (or one named label/labels)
     val_fraction: Optional[float] = None  # hold out this fraction of train when the source has no validation split
     split_seed: int = 0  # seeds the held-out split (independent of train.seed: every arm and seed scores the same)
+    train_per_class: Optional[int] = None  # at most N training images per class (nested subsets, drawn by split_seed)
     root: str = "data/imagewoof2-160"  # folder with train/ and val/, one subfolder per class
     url: Optional[str] = None  # archive fetched when `root` does not exist; null never fetches
     sha256: Optional[str] = None  # checksum of the archive at `url`, checked when given
@@ -42,6 +43,8 @@ class DataConfig:
     def __post_init__(self):
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _check(self.train_per_class is None or self.train_per_class >= 1, "data.train_per_class",
+               self.train_per_class, "an integer >= 1, or null for all")
         _check(self.val_fraction is None or 0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a fraction between 0 and 1, or null")
         _check(self.sha256 is None or (len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256)),

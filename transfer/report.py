@@ -78,14 +78,14 @@ def metrics(history: list[dict], final: dict, classes: list[str], train_seconds:
     }
 
 
-def write_start(out: Path, cfg: Config, train_ds, classes: list[str], held_out: dict | None = None) -> None:
-    """config.yaml, val_split.json (when validation was held out of train) and a grid of
-    augmented training images, before the first step."""
+def write_start(out: Path, cfg: Config, train_ds, classes: list[str], records: dict[str, dict] | None = None) -> None:
+    """config.yaml, the records of which images were used (val_split.json, train_subset.json)
+    and a grid of augmented training images, before the first step."""
     from .data import class_display_names
 
     write_atomic(out / "config.yaml", dump_yaml(cfg))
-    if held_out is not None:
-        write_json(out / "val_split.json", held_out)
+    for name, record in (records or {}).items():
+        write_json(out / name, record)
     with torch.random.fork_rng():  # drawing these crops must not shift the training run's random numbers
         batch = train_ds[np.linspace(0, len(train_ds) - 1, min(GRID_SIZE, len(train_ds))).astype(int).tolist()]
     names = class_display_names(classes)

@@ -65,15 +65,16 @@ def locked(out: Path, hold: bool = True):
         os.close(fd)  # releases the lock
 
 
-def check_held_out(out: Path, held_out: dict | None) -> None:
-    """On resume: the held-out validation images must be the ones the run started with (the
-    source's files may have changed since)."""
+def check_records(out: Path, records: dict[str, dict]) -> None:
+    """On resume: the images held out for validation, or kept for training, must be the ones the
+    run started with (the source's files may have changed since)."""
     import json
 
-    saved = Path(out) / "val_split.json"
-    if held_out is not None and saved.is_file() and json.loads(saved.read_text()) != held_out:
-        raise ConfigError(f"train.resume: the validation images held out of train differ from the run's "
-                          f"{saved} (the source changed); start a fresh run in another output_dir")
+    for name, record in records.items():
+        saved = Path(out) / name
+        if saved.is_file() and json.loads(saved.read_text()) != record:
+            raise ConfigError(f"train.resume: the images listed in {saved} differ from the ones the source gives "
+                              f"now (the source changed); start a fresh run in another output_dir")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

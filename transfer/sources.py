@@ -11,6 +11,8 @@ Sources (`data.dataset`):
   them out, or a folder written by `Dataset(Dict).save_to_disk`.
 A source without a validation split gets one held out of train (`data.val_fraction`), stratified
 by class and seeded by `data.split_seed` alone, so every arm and seed scores the same images.
+`data.train_per_class` then keeps at most N training images per class, drawn by the same seed so
+that smaller subsets lie inside larger ones.
 """
 from __future__ import annotations
 
@@ -34,13 +36,35 @@ class Source:
     classes: list[str]
     held_out: dict | None = None  # what val_split.json records when validation was held out of train
     notes: list[str] = field(default_factory=list)  # lines for the user (label mapping, ...)
+    subset: dict | None = None  # what train_subset.json records with data.train_per_class
+
+    def records(self) -> dict[str, dict]:
+        """The files that say which images a run used: file name -> content."""
+        return {name: record for name, record in (("val_split.json", self.held_out),
+                                                   ("train_subset.json", self.subset)) if record is not None}
 
 
 def load_source(cfg: DataConfig) -> Source:
     import datasets
 
     datasets.disable_progress_bars()  # listing local files is no download worth a bar
-    return load_folder(resolve_root(cfg), cfg) if cfg.dataset is None else load_datasets_source(cfg)
+    source = load_folder(resolve_root(cfg), cfg) if cfg.dataset is None else load_datasets_source(cfg)
+    if cfg.train_per_class is not None:
+        keep = per_class_subset(list(source.train["label"]), cfg.train_per_class, cfg.split_seed)
+        source.train = source.train.select(keep)
+        source.subset = {"per_class": cfg.train_per_class, "split_seed": cfg.split_seed,
+                         "train": list(source.train["id"])}
+        source.notes.append(f"training subset: {len(keep):,} images, at most {cfg.train_per_class} per class "
+                            f"(data.train_per_class, data.split_seed={cfg.split_seed}; list in train_subset.json)")
+    return source
+
+
+def per_class_subset(labels: list[int], n: int, seed: int) -> list[int]:
+    """At most `n` indices of each class, sorted. Each class is shuffled once by `seed` and the
+    first `n` are kept, so for one seed the subsets are nested: 5 per class lie inside 20."""
+    rng = np.random.default_rng([seed, 1])  # a stream apart from the held-out split's
+    labels = np.asarray(labels)
+    return sorted(i for c in np.unique(labels) for i in rng.permutation(np.flatnonzero(labels == c))[:n].tolist())
 
 
 # ---------------------------------------------------------------------------- image folders

@@ -168,7 +168,7 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launc
         accelerator.print(note)
     accelerator.print(splits_line(len(train_ds), len(val_ds), len(classes), skipped))
     if resume_from is not None:
-        rundir.check_held_out(out, source.held_out)
+        rundir.check_records(out, source.records())
     model, head_note = build_model(cfg.model, classes)
     model = model.to(memory_format=torch.channels_last)
     if head_note:
@@ -210,7 +210,7 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launc
 
     if accelerator.is_main_process:
         try:
-            report.write_start(out, cfg, train_ds, classes, source.held_out)
+            report.write_start(out, cfg, train_ds, classes, source.records())
         except OutputError as e:  # nothing trained yet: a setting to change, like a bad key
             e.exit_code = 2
             raise
