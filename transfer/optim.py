@@ -99,9 +99,9 @@ class OneCycle:
         steps, seconds = self.steps - self.warm[0], elapsed - self.warm[1]
         per_step = seconds / steps if steps > 0 else elapsed / self.steps
         left = int((self.time_budget_s - elapsed) / max(per_step, 1e-9))  # steps the budget still holds
-        if left <= 1:
+        if left <= (1 if steps > 0 else 0):  # (the first step alone: only once it took over half the budget)
             self.stride, self.next_position = 0.0, float(self.end)  # the next step is the last
-        elif steps > 0:  # the first steps pay for warm-up: their time only ever ends the cycle, never squeezes it
+        elif steps > 0:  # the first step pays for warm-up: its time only ever ends the cycle, never squeezes it
             # where a cycle of (steps so far + steps left) would be now, then evenly to its end
             total = self.steps + left
             self.next_position = max(self.next_position, self.steps * self.end / (total - 1))

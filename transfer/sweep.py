@@ -150,32 +150,30 @@ class Runner:
                 self.gpus.put(gpu)
 
 
-def main() -> int:
-    env = os.environ
-    out = Path(env.get("OUT", "runs/compare")).absolute()  # printed commands work from any folder
-    arms = env.get("ARMS", "pretrained scratch").split()
-    seeds = [int(s) for s in env.get("SEEDS", "").split()]
-    gpus = env.get("GPUS", "").split()
-    python = env.get("PYTHON", sys.executable)
-    launch = shlex.split(env.get("LAUNCH", "")) or [python, "-m", "accelerate.commands.launch"]
+def compare(out: Path, arms: list[str], seeds: list[int], overrides: list[str], sweep: tuple[str, list] | None = None,
+            jobs: int = 1, gpus: list[str] = (), launch: list[str] | None = None, overwrite: bool = False,
+            print_jobs: bool = False) -> int:
+    """Plan, run (or print) and report; the exit code compare.sh returns."""
+    launch = launch or [sys.executable, "-m", "accelerate.commands.launch"]
     try:
-        jobs_at_once = int(env.get("JOBS", "1"))
-        sweep = parse_sweep(env["SWEEP"]) if env.get("SWEEP") else None
-        jobs = plan(out, arms, seeds, sys.argv[1:], sweep)
-    except ValueError as e:  # ConfigError, or a JOBS/SEEDS that is no integer
+        planned = plan(out, arms, seeds, overrides, sweep)
+    except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     key = sweep[0] if sweep else None
+    if not sweep and (out / SWEEP_FILE).is_file():
+        print(f"error: {out} holds a sweep ({out / SWEEP_FILE}); give the same SWEEP, or another OUT", file=sys.stderr)
+        return 2
     if sweep:  # what the report expects, also when a scheduler runs the printed commands
         write_json(out / SWEEP_FILE, {"key": key, "values": sweep[1], "arms": arms, "seeds": seeds})
-    if env.get("PRINT_JOBS") == "1":
-        for job in jobs:
+    if print_jobs:
+        for job in planned:
             print(command_line(job, launch))
         return 0
     todo = []
-    for job in jobs:
+    for job in planned:
         if (job.folder / "metrics.json").is_file():
-            if env.get("OVERWRITE") == "1":
+            if overwrite:
                 import shutil
 
                 print(f"== {job.folder}: finished before; OVERWRITE=1, training it again")
@@ -184,10 +182,9 @@ def main() -> int:
                 print(f"== {job.folder}: finished before; reusing it (OVERWRITE=1 to retrain)")
                 continue
         todo.append(job)
-    runner = Runner(launch, max(1, jobs_at_once), gpus, key, echo=max(1, jobs_at_once) == 1 and not gpus)
+    runner = Runner(launch, max(1, jobs), list(gpus), key, echo=max(1, jobs) == 1 and not gpus)
     with ThreadPoolExecutor(max_workers=runner.workers) as pool:
-        ok = list(pool.map(runner.run, todo))
-    failed = ok.count(False)
+        failed = list(pool.map(runner.run, todo)).count(False)
     from .compare import build, markdown
 
     try:
@@ -199,10 +196,27 @@ def main() -> int:
     print(f"report: {out / 'report.md'}, {out / 'comparison.png'}" + (f", {out / 'sweep.png'}" if sweep else "")
           + f", {out / 'summary.json'}")
     if failed:
-        print(f"error: {failed} of {len(jobs)} runs failed (named above); the report marks them missing",
+        print(f"error: {failed} of {len(planned)} runs failed (named above); the report marks them missing",
               file=sys.stderr)
         return 1
     return 0
+
+
+def main() -> int:
+    """compare.sh's environment: OUT, ARMS, SEEDS, SWEEP, JOBS, GPUS, PRINT_JOBS, OVERWRITE, PYTHON, LAUNCH."""
+    env = os.environ
+    try:
+        seeds = [int(s) for s in env.get("SEEDS", "").split()]
+        jobs = int(env.get("JOBS", "1"))
+        sweep = parse_sweep(env["SWEEP"]) if env.get("SWEEP") else None
+    except ValueError as e:  # ConfigError, or a JOBS/SEEDS that is no integer
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    launch = shlex.split(env.get("LAUNCH", "")) or [env.get("PYTHON", sys.executable), "-m",
+                                                      "accelerate.commands.launch"]
+    return compare(Path(env.get("OUT", "runs/compare")).absolute(),  # printed commands work from any folder
+                   env.get("ARMS", "pretrained scratch").split(), seeds, sys.argv[1:], sweep, jobs,
+                   env.get("GPUS", "").split(), launch, env.get("OVERWRITE") == "1", env.get("PRINT_JOBS") == "1")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The experiment, offline, in about two minutes on a laptop CPU: pretrain a small model on a
+# generated source task (the stand-in for ImageNet), then pretrained vs scratch on a target task
+# with few labelled images per class, two seeds, and the report. See transfer/demo.py.
+#
+#   scripts/demo.sh                  # -> runs/demo/compare/report.md, comparison.png
+#   SWEEP=1 scripts/demo.sh          # + the curve: gain vs labelled images per class (sweep.png)
+#   OUT=/tmp/demo SEEDS="0 1 2" scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
+if ! "$PYTHON" -c 'import transfer, accelerate' 2>/dev/null; then
+  echo "error: PYTHON=$PYTHON cannot import this project (transfer, accelerate); run 'pip install -e .' or set PYTHON=/path/to/venv/bin/python" >&2
+  exit 2
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+exec "$PYTHON" -m transfer.demo
