@@ -19,11 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
-if ! "$PYTHON" -c 'import transfer, accelerate' 2>/dev/null; then
-  echo "error: PYTHON=$PYTHON cannot import this project (transfer, accelerate); activate its environment or set PYTHON=/path/to/venv/bin/python" >&2
-  exit 2
-fi
+source scripts/find_python.sh
 if [ -n "${LAUNCH:-}" ]; then
   read -r -a launcher <<< "$LAUNCH"
   if ! command -v "${launcher[0]}" >/dev/null; then

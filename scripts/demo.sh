@@ -8,10 +8,6 @@
 #   OUT=/tmp/demo SEEDS="0 1 2" scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
-if ! "$PYTHON" -c 'import transfer, accelerate' 2>/dev/null; then
-  echo "error: PYTHON=$PYTHON cannot import this project (transfer, accelerate); run 'pip install -e .' or set PYTHON=/path/to/venv/bin/python" >&2
-  exit 2
-fi
+source scripts/find_python.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 exec "$PYTHON" -m transfer.demo

@@ -213,6 +213,17 @@ def _coerce(key: str, value, kind):
     raise ConfigError(f"{key}={value!r} has the wrong type: expected {expected}")
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'train': {'epochs': 3}} -> {'train.epochs': 3}: dotted keys, as overrides name them."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import plots
-from .config import Config, dump_yaml
+from .config import Config, dump_yaml, flatten
 from .metrics import confusion_matrix, per_class_accuracy
 from .model import save_model
 from .outputs import versions, write_atomic, write_json
@@ -32,15 +32,10 @@ def read_metrics(out: Path) -> dict:
     return json.loads((Path(out) / "metrics.json").read_text())
 
 
-def flat_config(tree: dict, prefix: str = "") -> dict:
-    """{'train': {'epochs': 3}} -> {'train.epochs': 3}, for trackers' hyper-parameter tables."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = "null" if value is None else value
-    return flat
+def flat_config(tree: dict) -> dict:
+    """Dotted keys with printable values ('null' for None), for trackers' hyper-parameter tables
+    and the reports."""
+    return {k: "null" if v is None else v for k, v in flatten(tree).items()}
 
 
 def epoch_line(record: dict) -> str:

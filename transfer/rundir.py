@@ -15,6 +15,7 @@ import os
 import socket
 from pathlib import Path
 
+from .config import flatten
 from .errors import ConfigError
 from .outputs import file_mode, guard_write
 
@@ -77,19 +78,9 @@ def check_records(out: Path, records: dict[str, dict]) -> None:
                               f"now (the source changed); start a fresh run in another output_dir")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def setting_changes(saved: dict, requested: dict) -> dict[str, tuple]:
     """Flat key -> (saved, requested) for every setting that differs."""
-    old, new = _flat(saved), _flat(requested)
+    old, new = flatten(saved), flatten(requested)
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
