@@ -58,9 +58,10 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, keep:
 def checkpoint_bytes(model, optimizer_name: str) -> int:
     """About what one checkpoint takes on disk: the weights and buffers, plus the optimizer's
     state per parameter (Adam: two moments; SGD: one momentum buffer)."""
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    from .model import state_bytes
+
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return weights + params * (1 if optimizer_name == "sgd" else 2)
+    return state_bytes(model) + params * (1 if optimizer_name == "sgd" else 2)
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
