@@ -151,22 +151,22 @@ def our_steps(model, pixels, y, steps, precision, device_name):
     from accelerate import Accelerator
 
     from transfer.config import Config
+    from transfer.objective import Objective
     from transfer.optim import OneCycle, build_optimizer
-    from transfer.train import evaluate, train_one_epoch
+    from transfer.train import Loop, evaluate, train_one_epoch
     from transfer.watch import Watch
 
     accelerator = Accelerator(cpu=device_name == "cpu", mixed_precision=precision)
     model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(Config().optim, model.parameters())
     model, optimizer = accelerator.prepare(model, optimizer)
-    scheduler = OneCycle(optimizer.optimizer, 1e-4, 100 * steps)
-    watch = Watch(accelerator)
-    batch = {"pixel_values": pixels.to(accelerator.device), "labels": y.to(accelerator.device)}
     cfg = Config()
+    loop = Loop(model, optimizer, accelerator, Objective(cfg, 10, MEAN, STD), cfg.optim.grad_clip,
+                OneCycle(optimizer.optimizer, 1e-4, 100 * steps), Watch(accelerator))
+    batch = {"pixel_values": pixels.to(accelerator.device), "labels": y.to(accelerator.device)}
 
     def train():
-        train_one_epoch(model, [batch] * steps, optimizer, scheduler, accelerator, cfg, MEAN, STD, watch, False, 0,
-                        [])
+        train_one_epoch(loop, [batch] * steps, 0, False)
 
     return train, lambda: evaluate(model, [batch] * steps, accelerator, MEAN, STD)
 
@@ -207,7 +207,8 @@ def epoch_ours(args, launched):
     h = metrics["history"][0]
     return {"epoch_seconds": h["epoch_seconds"], "startup_seconds": metrics["startup_seconds"],
             "peak_memory_mb": peak_memory_mb(torch.device(metrics["device"].split(":")[0])),
-            "val_acc": h["val_acc"], "mixed_precision": metrics["mixed_precision"]}
+            "val_acc": h["val_acc"], "mixed_precision": metrics["mixed_precision"],
+            "phase_seconds": metrics["phase_seconds"]}
 
 
 def epoch_article(args, launched):
@@ -244,10 +245,14 @@ def run_child(args, phase: str) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--data", str(args.data), "--model", args.model,
                "--size", str(args.size), "--batch", str(args.batch), "--workers", str(args.workers),
                "--device", args.device]
+    start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"benchmark phase {phase} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    # the whole process, launch to exit, and what of it is not the training/evaluation loop
+    return {**measured, "process_seconds": wall, "outside_loop_seconds": wall - measured["epoch_seconds"]}
 
 
 # ---------------------------------------------------------------------------- main
@@ -267,6 +272,8 @@ def main(argv=None) -> int:
     parser.add_argument("--make-data", type=Path, metavar="DIR", help="only generate the data set into DIR "
                         "(--train-images train + --val-images val) and exit")
     parser.add_argument("--val-images", type=int, help="images to generate for val/ (default: a third of train)")
+    parser.add_argument("--whole-only", action="store_true",
+                        help="only the whole-process comparison (4.): launch to exit, time outside the loop")
     parser.add_argument("--phase", choices=["epoch-ours", "epoch-article"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == "cpu":
@@ -293,30 +300,34 @@ def main(argv=None) -> int:
                            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                            "cpus": os.cpu_count(), "precision": precision, "torch": torch.__version__}}
 
-    ours_dl, _ = our_loaders(args.data, args.batch, args.workers, args.size)
-    article_dl, _ = article_loaders(args.data, args.batch, args.workers, args.size)
-    results["pipeline"] = {"ours": loader_rate(ours_dl), "article": loader_rate(article_dl)}
+    ratios = {}
+    if not args.whole_only:
+        ours_dl, _ = our_loaders(args.data, args.batch, args.workers, args.size)
+        article_dl, _ = article_loaders(args.data, args.batch, args.workers, args.size)
+        results["pipeline"] = {"ours": loader_rate(ours_dl), "article": loader_rate(article_dl)}
 
-    torch.manual_seed(0)
-    model = timm.create_model(args.model, num_classes=10)
-    pixels = torch.randint(0, 256, (args.batch, args.size, args.size, 3), dtype=torch.uint8)
-    y = torch.randint(0, 10, (args.batch,))
-    x = ((pixels.permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1))
-         / torch.tensor(STD).view(1, 3, 1, 1)).contiguous().to(device)
-    plain_model = timm.create_model(args.model, num_classes=10)
-    plain_model.load_state_dict(model.state_dict())
-    plain_train, plain_eval = plain_steps(plain_model.to(device), x, y.to(device), args.steps, device, precision)
-    ours_train, ours_eval = our_steps(model, pixels, y, args.steps, precision, device.type)
-    images = args.steps * args.batch
-    results["train_step"] = compare_steps(ours_train, plain_train, images, device)
-    results["eval_step"] = compare_steps(ours_eval, plain_eval, images, device)
+        torch.manual_seed(0)
+        model = timm.create_model(args.model, num_classes=10)
+        pixels = torch.randint(0, 256, (args.batch, args.size, args.size, 3), dtype=torch.uint8)
+        y = torch.randint(0, 10, (args.batch,))
+        x = ((pixels.permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1))
+             / torch.tensor(STD).view(1, 3, 1, 1)).contiguous().to(device)
+        plain_model = timm.create_model(args.model, num_classes=10)
+        plain_model.load_state_dict(model.state_dict())
+        plain_train, plain_eval = plain_steps(plain_model.to(device), x, y.to(device), args.steps, device, precision)
+        ours_train, ours_eval = our_steps(model, pixels, y, args.steps, precision, device.type)
+        images = args.steps * args.batch
+        results["train_step"] = compare_steps(ours_train, plain_train, images, device)
+        results["eval_step"] = compare_steps(ours_eval, plain_eval, images, device)
+        ratios = {"pipeline (ours / article)": results["pipeline"]["ours"] / results["pipeline"]["article"],
+                  "train step (ours / plain)": results["train_step"]["ours"] / results["train_step"]["plain"],
+                  "eval step (ours / plain)": results["eval_step"]["ours"] / results["eval_step"]["plain"]}
 
     results["epoch"] = {"ours": run_child(args, "epoch-ours"), "article": run_child(args, "epoch-article")}
-    ratios = {"pipeline (ours / article)": results["pipeline"]["ours"] / results["pipeline"]["article"],
-              "train step (ours / plain)": results["train_step"]["ours"] / results["train_step"]["plain"],
-              "eval step (ours / plain)": results["eval_step"]["ours"] / results["eval_step"]["plain"],
-              "epoch speed (article time / ours)":
-                  results["epoch"]["article"]["epoch_seconds"] / results["epoch"]["ours"]["epoch_seconds"]}
+    o, a = results["epoch"]["ours"], results["epoch"]["article"]
+    ratios.update({"epoch speed (article time / ours)": a["epoch_seconds"] / o["epoch_seconds"],
+                   "whole process (article time / ours)": a["process_seconds"] / o["process_seconds"],
+                   "outside the loop (ours / article)": o["outside_loop_seconds"] / a["outside_loop_seconds"]})
     results["ratios"] = ratios
     print(table(results))
     if args.json:
@@ -330,7 +341,9 @@ def table(r: dict) -> str:
     s = r["setting"]
     lines = [f"{s['model']} @ {s['size']} px, batch {s['batch']}, {s['workers']} workers, {s['device']} "
              f"({s['cpus']} CPUs), precision {s['precision']}, torch {s['torch']}", "",
-             "| measure | ours | baseline | ratio |", "|---|---|---|---|",
+             "| measure | ours | baseline | ratio |", "|---|---|---|---|"]
+    if "pipeline" in r:
+        lines += [
              f"| input pipeline, images/s (baseline: article's loader) | {r['pipeline']['ours']:.0f} | "
              f"{r['pipeline']['article']:.0f} | {r['ratios']['pipeline (ours / article)']:.2f}x |",
              f"| training step, images/s (baseline: plain PyTorch) | {r['train_step']['ours']:.1f} | "
@@ -340,9 +353,15 @@ def table(r: dict) -> str:
     o, a = r["epoch"]["ours"], r["epoch"]["article"]
     lines += [f"| one epoch train + eval, s (baseline: article's loop) | {o['epoch_seconds']:.1f} | "
               f"{a['epoch_seconds']:.1f} | {r['ratios']['epoch speed (article time / ours)']:.2f}x faster |",
+              f"| whole process, launch to exit, s | {o['process_seconds']:.1f} | {a['process_seconds']:.1f} | "
+              f"{r['ratios']['whole process (article time / ours)']:.2f}x faster |",
+              f"| outside the loop (process - train/eval loop), s | {o['outside_loop_seconds']:.1f} | "
+              f"{a['outside_loop_seconds']:.1f} | {o['outside_loop_seconds'] - a['outside_loop_seconds']:+.1f} s |",
               f"| launch to training loop, s | {o['startup_seconds']:.1f} | {a['startup_seconds']:.1f} | |",
               f"| peak memory, MB ({'GPU' if s['device'] != 'cpu' else 'process RSS'}) | {o['peak_memory_mb']:.0f} | "
               f"{a['peak_memory_mb']:.0f} | |"]
+    lines += ["", "ours, outside the loop (metrics.json phase_seconds): "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in o["phase_seconds"].items())]
     return "\n".join(lines)
 
 

@@ -49,8 +49,11 @@ def test_eval_crops_equal_eval_transform(images):
 
 
 def test_cached_run_trains_exactly_like_the_loader_run(image_folder, tmp_path):
-    a = run(tiny_config(image_folder, tmp_path / "loader", "data.cache=none"))
-    b = run(tiny_config(image_folder, tmp_path / "cached", "data.cache=memory"))
+    # with mixup and cutmix on: both paths give the same crops, and the same mixed batches from them
+    mixing = ("data.mixup=0.4", "data.cutmix=1.0", "train.label_smoothing=0.1")
+    a = run(tiny_config(image_folder, tmp_path / "loader", "data.cache=none", *mixing))
+    b = run(tiny_config(image_folder, tmp_path / "cached", "data.cache=memory", *mixing))
+    assert a["objective"] == b["objective"] == {"label_smoothing": 0.1, "mixing": True}
     assert not a["decoded_cache"] and b["decoded_cache"]
     wa = load_file(tmp_path / "loader" / "model" / "model.safetensors")
     wb = load_file(tmp_path / "cached" / "model" / "model.safetensors")

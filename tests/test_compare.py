@@ -15,15 +15,17 @@ from transfer.config import dump_yaml, load_config
 from transfer.train import run
 
 
-def fake_run(folder, accs, seconds=10.0, lr=1e-4, pretrained=True, unseen=None):
+def fake_run(folder, accs, seconds=10.0, lr=1e-4, pretrained=True, unseen=None, found=None):
     folder.mkdir(parents=True)
     history = [{"epoch": i + 1, "lr": lr, "train_loss": 1.0, "val_loss": 1.0 - a / 2, "val_acc": a,
                 "epoch_seconds": seconds, "train_images_per_s": 100.0} for i, a in enumerate(accs)]
     metrics = {"history": history, "best_val_acc": max(accs), "final_val_acc": accs[-1],
                "train_seconds": seconds * len(accs),
-               "val_subsets": {"unseen_by_imagenet": {"samples": 4, "val_acc": unseen}} if unseen is not None else {}}
+               "val_subsets": {"unseen_by_imagenet": {"samples": 4, "val_acc": unseen}} if unseen is not None else {},
+               "peak_lr": found or lr, "lr_find": {"suggested_lr": found} if found else None}
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    cfg = load_config("configs/pretrained.yaml" if pretrained else "configs/scratch.yaml", [f"optim.lr={lr}"])
+    cfg = load_config("configs/pretrained.yaml" if pretrained else "configs/scratch.yaml",
+                      [f"optim.lr={'find' if found else lr}"])
     (folder / "config.yaml").write_text(dump_yaml(cfg))
 
 
@@ -49,6 +51,16 @@ def test_report_numbers_match_the_runs(tmp_path):
     assert "85.0% ± 7.1" in report and "30.0%" in report and "+55.0 points" in report
     assert "`optim.lr` | `0.0001` | `0.001`" in report and "62.5% ± 17.7 (n=4)" in report
     assert Image.open(tmp_path / "comparison.png").size[0] > 500
+
+
+def test_report_shows_the_learning_rate_each_arm_found(tmp_path):
+    fake_run(tmp_path / "pretrained" / "seed0", [0.6, 0.9], found=2.5e-4)
+    fake_run(tmp_path / "pretrained" / "seed1", [0.6, 0.8], found=3e-4)
+    fake_run(tmp_path / "scratch_strong" / "seed0", [0.2, 0.4], pretrained=False, found=4.2e-3)
+    summary = build(tmp_path)
+    assert summary["arms"]["scratch_strong"]["peak_lr"] == [4.2e-3] and summary["arms"]["pretrained"]["lr_found"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| `optim.lr (used)` | `0.00025, 0.0003 (found)` | `0.0042 (found)` |" in report, report
 
 
 def test_time_to_reach():

@@ -13,7 +13,7 @@ def test_two_process_run_scores_each_val_image_exactly_once(image_folder, tmp_pa
     # 18 val images in batches of 2 x 8: the last step is padded, and the padding must not be scored
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "run_transfer.py", "--config", "configs/smoke.yaml", f"data.root={image_folder}",
-               f"output_dir={out}", "train.epochs=2", "train.freeze_epochs=1", "train.batch_size=4"]
+               f"output_dir={out}", "train.epochs=2", "train.freeze_epochs=1", "train.batch_size=4", "optim.lr=find"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -22,6 +22,8 @@ def test_two_process_run_scores_each_val_image_exactly_once(image_folder, tmp_pa
     # 48 train images / (2 processes x 4) = 6 steps per process per epoch
     assert metrics["steps_per_epoch"] == 6
     assert result.stdout.count("Epoch [") == 2  # printed by the main process only
+    # the LR range test ran on both processes over one averaged curve (they would stop if they disagreed)
+    assert result.stdout.count("lr range test:") == 1 and metrics["peak_lr"] == metrics["lr_find"]["suggested_lr"]
     # gathered predictions come back in dataset order: each row's label is its file's folder
     rows = (out / "val_predictions.csv").read_text().splitlines()[1:]
     assert len(rows) == 18

@@ -81,7 +81,7 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
 def saved_config(path: Path, output_dir: Path) -> dict | None:
     """The settings a checkpoint was made with: stored in it, or (older checkpoints) the run's
     config.yaml; None when neither exists."""
-    state = json.loads((Path(path) / STATE_FILE).read_text())
+    state = read_state(path)
     if "config" in state:
         return state["config"]
     saved = Path(output_dir) / "config.yaml"
@@ -92,7 +92,13 @@ def saved_config(path: Path, output_dir: Path) -> dict | None:
     return None
 
 
+def read_state(path: Path) -> dict:
+    """The trainer state a checkpoint holds (position, history, settings, found LR), without
+    loading its tensors."""
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
 def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore model, optimizer, scheduler and RNG states; return the saved trainer state."""
     accelerator.load_state(str(path))
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    return read_state(path)

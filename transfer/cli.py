@@ -10,10 +10,12 @@ from .errors import ConfigError, DataError, OutputError
 USAGE_EXIT = 2  # bad settings or bad input data: a one-line message, no traceback
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, lr_find: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="run_transfer.py",
-        description="Train a timm model on an image folder, from ImageNet weights or from scratch.",
+        prog="lr_find.py" if lr_find else "run_transfer.py",
+        description=("Only the LR range test of optim.lr=find, on the run's model, data and optimizer: prints the "
+                     "pick and writes the plot; writes nothing into a run folder." if lr_find else
+                     "Train a timm model on an image folder, from ImageNet weights or from scratch."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings and their defaults (override any with key=value):\n"
                + "\n".join(f"  {line}" for line in dump_yaml(Config()).splitlines()))
@@ -21,6 +23,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides typed as YAML, e.g. train.epochs=3 data.url=null")
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    if lr_find:
+        parser.add_argument("--plot", default="lr_find.png", help="where to write the plot (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -32,8 +36,9 @@ def one_line(error: Exception) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, lr_find: bool = False) -> int:
+    """`lr_find`: scripts/lr_find.py, the LR range test alone."""
+    args = parse_args(argv, lr_find)
     from .outputs import as_output_error
     from .watch import TrainingStopped
 
@@ -41,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(dump_yaml(cfg), end="")
+            return 0
+        if lr_find:
+            from pathlib import Path
+
+            from .train import lr_range_test
+
+            found = lr_range_test(cfg, Path(args.plot))
+            print(f"suggested optim.lr={found['suggested_lr']:.3g}; plot: {args.plot}")
             return 0
         from .train import run
 

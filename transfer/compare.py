@@ -20,7 +20,7 @@ from .outputs import write_atomic, write_json
 from .report import flat_config, read_metrics
 
 FRACTIONS = (0.5, 0.8, 0.9)  # "time to reach X of the best accuracy"
-ARM_ORDER = ("pretrained", "scratch", "probe")
+ARM_ORDER = ("pretrained", "scratch", "scratch_strong", "probe")
 
 
 def find_runs(out: Path) -> dict[str, list[Path]]:
@@ -56,6 +56,9 @@ def summarize_arm(runs: list[Path]) -> dict:
     for key in ("best_val_acc", "final_val_acc", "train_seconds"):
         summary[key], summary[f"{key}_std"] = _mean_std([m[key] for m in metrics])
     summary["epochs"] = float(np.mean([m["history"][-1]["epoch"] if m["history"] else 0 for m in metrics]))
+    lrs = [m.get("peak_lr") for m in metrics]  # the value used: typed in, or found (optim.lr=find)
+    summary["peak_lr"] = [lr for lr in lrs if lr is not None]
+    summary["lr_found"] = any(m.get("lr_find") for m in metrics)
     rates = [h["train_images_per_s"] for m in metrics for h in m["history"]]
     summary["train_images_per_s"] = float(np.mean(rates)) if rates else None
     for fraction in FRACTIONS:  # per seed, against the arm's mean best accuracy
@@ -121,6 +124,11 @@ def _secs(value: float | None) -> str:
     return "not reached" if value is None else f"{value:.0f} s"
 
 
+def _lrs(arm: dict) -> str:
+    text = ", ".join(f"{lr:.3g}" for lr in arm.get("peak_lr", []))
+    return f"{text} (found)" if arm.get("lr_found") else text
+
+
 def markdown(summary: dict) -> str:
     arms = summary["arms"]
     names = list(arms)
@@ -148,10 +156,15 @@ def markdown(summary: dict) -> str:
         lines.append("")
     lines += ["Mean ± standard deviation over seeds. Times to X% are measured against each arm's own mean best "
               "accuracy.", "", "## Settings that differ between the arms", ""]
-    diff = summary["differing_settings"]
+    diff = dict(summary["differing_settings"])
+    if any(a.get("lr_found") for a in arms.values()):  # what `optim.lr: find` picked, per arm (and seed)
+        diff["optim.lr (used)"] = {n: _lrs(arms[n]) for n in names}
     if diff:
         lines += ["| setting | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         lines += [f"| `{k}` | " + " | ".join(f"`{v.get(n)}`" for n in names) + " |" for k, v in diff.items()]
+        if "optim.lr (used)" in diff:
+            lines += ["", "`optim.lr (used)`: the one-cycle peak each run trained with, one per seed; \"(found)\": "
+                      "picked by the run's LR range test (`optim.lr=find`, see its `plots/lr_find.png`)."]
     else:
         lines.append("None besides the output folder and seed.")
     if "sweep" in summary:

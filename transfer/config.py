@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 
@@ -39,6 +39,11 @@ class DataConfig:
     num_workers: int = 4
     cache: Literal["auto", "none", "memory"] = "auto"  # memory: decode once, crop on the device; auto: on a GPU
     skip_bad_images: bool = False  # false: a corrupt image is an error naming the file
+    # Regularisers for long or from-scratch runs (off by default: the article's recipe)
+    mixup: float = 0.0  # mixup's Beta alpha; 0 = off
+    cutmix: float = 0.0  # cutmix's Beta alpha; 0 = off (with both on, each batch picks one, half and half)
+    mixup_prob: float = 1.0  # share of batches mixed
+    mixup_off_epoch: Optional[int] = None  # train epochs from this one on (0-based) unmixed; null: mix throughout
 
     def __post_init__(self):
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
@@ -47,6 +52,11 @@ class DataConfig:
                self.train_per_class, "an integer >= 1, or null for all")
         _check(self.val_fraction is None or 0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a fraction between 0 and 1, or null")
+        for key in ("mixup", "cutmix"):
+            _check(getattr(self, key) >= 0, f"data.{key}", getattr(self, key), "a Beta alpha >= 0 (0 = off)")
+        _check(0 <= self.mixup_prob <= 1, "data.mixup_prob", self.mixup_prob, "a probability in [0, 1]")
+        _check(self.mixup_off_epoch is None or self.mixup_off_epoch >= 0, "data.mixup_off_epoch",
+               self.mixup_off_epoch, "an epoch number >= 0, or null")
         _check(self.sha256 is None or (len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256)),
                "data.sha256", self.sha256, "64 lower-case hex digits, or null")
 
@@ -64,13 +74,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1.0e-4  # one-cycle peak learning rate
+    lr: Union[float, Literal["find"]] = 1.0e-4  # one-cycle peak learning rate; find: an LR range test picks it
     weight_decay: float = 1.0e-4
     momentum: float = 0.9  # sgd only
     grad_clip: Optional[float] = 0.1  # clip gradients by value; null = off
 
     def __post_init__(self):
-        _check(self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        _check(self.lr == "find" or self.lr > 0, "optim.lr", self.lr, "a number > 0, or find")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "a number in [0, 1)")
         _check(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip,
@@ -85,6 +95,7 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, no on CPU
     grad_accum_steps: int = 1
     seed: int = 0
+    label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e / classes; validation loss stays plain
     resume: Optional[str] = None  # null, "auto" (newest checkpoint in output_dir) or a checkpoint path
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     time_budget_s: Optional[float] = None  # stop training after this many seconds; LR schedule sized to fit
@@ -95,6 +106,7 @@ class TrainConfig:
         _check(self.epochs >= 0, "train.epochs", self.epochs, "an integer >= 0 (0 = evaluate only)")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
         _check(0 <= self.freeze_epochs, "train.freeze_epochs", self.freeze_epochs, "an integer >= 0")
+        _check(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "an integer >= 1")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _check(self.time_budget_s is None or self.time_budget_s > 0, "train.time_budget_s",
@@ -183,8 +195,18 @@ def _coerce(key: str, value, kind):
         options = typing.get_args(kind)
         if value is None and type(None) in options:
             return None
-        (inner,) = [t for t in options if t is not type(None)]
-        return _coerce(key, value, inner)
+        inner = [t for t in options if t is not type(None)]
+        for kind in inner[:-1]:  # the first that fits (optim.lr: a number, else 'find')
+            try:
+                return _coerce(key, value, kind)
+            except ConfigError:
+                pass
+        try:
+            return _coerce(key, value, inner[-1])
+        except ConfigError:
+            if len(inner) == 1:
+                raise
+            raise ConfigError(f"{key}={value!r} is invalid: expected {' or '.join(map(_describe, inner))}") from None
     if origin is Literal:
         choices = typing.get_args(kind)
         if value not in choices:
@@ -211,6 +233,12 @@ def _coerce(key: str, value, kind):
         raise TypeError(f"unsupported config type {kind} for {key}")
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
     raise ConfigError(f"{key}={value!r} has the wrong type: expected {expected}")
+
+
+def _describe(kind) -> str:
+    if typing.get_origin(kind) is Literal:
+        return " or ".join(map(str, typing.get_args(kind)))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

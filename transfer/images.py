@@ -32,6 +32,13 @@ def _source(image):
     return image
 
 
+def header_size(image) -> tuple[int, int]:
+    """(width, height) from the header alone, nothing decoded (rotation by EXIF swaps them,
+    which leaves the pixel count alone)."""
+    with Image.open(_source(image)) as img:
+        return img.size
+
+
 def describe(image) -> str:
     return image.get("path") or "<bytes>" if isinstance(image, dict) else str(image)
 

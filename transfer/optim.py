@@ -13,12 +13,14 @@ MAX_MOMENTUM, BASE_MOMENTUM = 0.95, 0.85
 
 def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
     """Adam with L2 weight decay as in the article; AdamW (decoupled decay) and SGD on request.
-    Parameters without a gradient (a frozen backbone) are skipped by all three, decay included."""
+    Parameters without a gradient (a frozen backbone) are skipped by all three, decay included.
+    The learning rate given here is a placeholder: the schedule (or the LR range test) sets it."""
+    lr = cfg.lr if isinstance(cfg.lr, float) else 1e-3
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
 
 def _cos(start: float, end: float, pct: float) -> float:

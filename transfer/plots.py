@@ -73,3 +73,21 @@ def plot_confusion(counts: np.ndarray, names: list[str], path: Path) -> None:
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if fractions[i, j] > 0.5 else "black")
     save_figure(fig, path)
+
+
+def plot_lr_find(found: dict, path: Path) -> None:
+    """The LR range test: loss against learning rate (log axis), raw and smoothed, the pick marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lrs = found["lrs"]
+    ax.plot(lrs, found["losses"], color="0.75", lw=1, label="loss per step")
+    ax.plot(lrs[:len(found["smoothed_losses"])], found["smoothed_losses"], label="smoothed")
+    ax.axvline(found["suggested_lr"], color="C3", ls="--", label=f"pick {found['suggested_lr']:.2g}")
+    ax.axvspan(*found["valley_lrs"], color="C2", alpha=0.1, label="where the loss falls")
+    finite = [v for v in found["smoothed_losses"] if np.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, max(finite[0], min(finite)) * 1.5)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss",
+           title="LR range test")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

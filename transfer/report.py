@@ -104,13 +104,15 @@ def predictions_csv(paths: list[str], final: dict, classes: list[str]) -> str:
 
 def write_final(out: Path, metrics_: dict, final: dict, model, classes: list[str], names: list[str], cfg: Config,
                 val_ds, paths: list[str]) -> None:
+    """Everything but metrics.json (see write_metrics)."""
     write_atomic(out / "val_predictions.csv", predictions_csv(paths, final, classes))
-    write_json(out / "metrics.json", metrics_)
     history = metrics_["history"]
     if history:
         plots.plot_accuracy(history, out / "plots" / "accuracy.png")
         plots.plot_loss(history, out / "plots" / "loss.png")
         plots.plot_lr(metrics_["lr_per_step"], metrics_["steps_per_epoch"], out / "plots" / "lr.png")
+    if metrics_.get("lr_find"):
+        plots.plot_lr_find(metrics_["lr_find"], out / "plots" / "lr_find.png")
     counts = confusion_matrix(final["predictions"], final["references"], len(classes))
     plots.plot_confusion(counts, names, out / "plots" / "confusion.png")
     _plot_mistakes(final, val_ds, names, out / "plots" / "mistakes.png")
@@ -118,6 +120,10 @@ def write_final(out: Path, metrics_: dict, final: dict, model, classes: list[str
 
     card = model_card(cfg, metrics_, classes, names, getattr(model, "pretrained_cfg", {}).get("license"))
     save_model(model, out / "model", classes, names, cfg.data.image_size, card)
+
+
+def write_metrics(out: Path, metrics_: dict) -> None:
+    write_json(out / "metrics.json", metrics_)
 
 
 def _plot_mistakes(final: dict, val_ds, names: list[str], path: Path) -> None:

@@ -32,7 +32,8 @@ from .outputs import write_json
 from .sweep_report import SWEEP_FILE
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {"pretrained": "configs/pretrained.yaml", "scratch": "configs/scratch.yaml", "probe": "configs/pretrained.yaml"}
+CONFIGS = {"pretrained": "configs/pretrained.yaml", "scratch": "configs/scratch.yaml",
+           "scratch_strong": "configs/scratch_strong.yaml", "probe": "configs/pretrained.yaml"}
 
 
 @dataclass(frozen=True)

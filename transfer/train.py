@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,10 +20,13 @@ from .cache import CachedBatches, DecodedImages, IndexDataset
 from .data import build_datasets, class_display_names, make_loaders, samples, splits_line
 from .errors import ConfigError, OutputError
 from .metrics import accuracy
+from .objective import Objective
 from .model import build_model, data_config, set_backbone_frozen, state_bytes, train_mode
 from .optim import OneCycle, build_optimizer
 from .transforms import normalize
 from .outputs import check_space
+from .phases import Phases
+from . import lr_find
 from .watch import Watch
 
 LOG_EVERY = 10  # optimizer steps between syncs: tracker, progress bar, stop/NaN/budget checks
@@ -47,16 +51,45 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Config, mean, std, watch: Watch,
-                    frozen: bool, epoch: int, lrs: list, batches_done: int = 0, partial=(0.0, 0)) -> dict:
-    """Train until the loader ends or `watch` says stop; `batches_done`/`partial` continue a
-    half-finished epoch. Appends each optimizer step's learning rate to `lrs`. Returns the
-    epoch's mean loss and where it stopped.
+@dataclass
+class Loop:
+    """What a training step needs, in one place: the prepared model and optimizer, the objective
+    (loss, smoothing, mixing), and, for whole epochs, the schedule, the watch and the LR record."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    accelerator: Accelerator
+    objective: Objective
+    grad_clip: float | None
+    scheduler: OneCycle | None = None
+    watch: Watch | None = None
+    time_budget: bool = False
+    lrs: list = field(default_factory=list)  # each optimizer step's learning rate
+
+
+def train_step(loop: Loop, batch: dict) -> torch.Tensor:
+    """Forward, backward, clip and (at an accumulation boundary) an optimizer step; the loss."""
+    accelerator = loop.accelerator
+    with accelerator.accumulate(loop.model):
+        inputs, targets = loop.objective.inputs(batch)
+        loss = loop.objective.loss(loop.model(inputs), targets)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and loop.grad_clip is not None:
+            accelerator.clip_grad_value_(loop.model.parameters(), loop.grad_clip)  # unscales fp16 first
+        loop.optimizer.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def train_one_epoch(loop: Loop, loader, epoch: int, frozen: bool, batches_done: int = 0, partial=(0.0, 0)) -> dict:
+    """Train until the loader ends or the watch says stop; `batches_done`/`partial` continue a
+    half-finished epoch. Returns the epoch's mean loss and where it stopped.
 
     A half-finished epoch is continued by replaying its first `batches_done` batches through the
     loader without training on them: loading draws the same random numbers as the first time
-    (crops, flips, worker seeds), so the rest of the epoch sees exactly the same batches."""
-    train_mode(accelerator.unwrap_model(model), frozen)
+    (crops, flips, worker seeds, mixing), so the rest of the epoch sees exactly the same batches."""
+    accelerator, scheduler, watch = loop.accelerator, loop.scheduler, loop.watch
+    train_mode(accelerator.unwrap_model(loop.model), frozen)
+    loop.objective.set_epoch(epoch)
     lr = scheduler.get_last_lr()[0]
     mine = accelerator.is_main_process  # a half epoch's global totals restart on one process only
     loss_sum = torch.tensor(float(partial[0]) if mine else 0.0, device=accelerator.device)
@@ -65,23 +98,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Confi
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not accelerator.is_local_main_process)
     for batch in bar:
         if batch_index < batches_done:  # replay (see above)
+            loop.objective.replay(batch)
             batch_index += 1
             continue
-        with accelerator.accumulate(model):
-            labels = batch["labels"]
-            loss = F.cross_entropy(model(normalize(batch["pixel_values"], mean, std)), labels)  # logits, no sigmoid
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.optim.grad_clip is not None:
-                accelerator.clip_grad_value_(model.parameters(), cfg.optim.grad_clip)  # unscales fp16 first
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        loss = train_step(loop, batch)
         batch_index += 1
         watch.observe(loss, batch_index)
-        loss_sum += loss.detach().float() * len(labels)
-        seen += len(labels)
+        loss_sum += loss.detach().float() * len(batch["labels"])
+        seen += len(batch["labels"])
         if accelerator.sync_gradients:
             lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used (the article's last_lr)
-            lrs.append(lr)
+            loop.lrs.append(lr)
             scheduler.step()
             if check_due(scheduler.steps):
                 stop = watch.check(epoch)  # raises NonFiniteLoss; one sync across processes
@@ -89,7 +116,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Confi
                 step_loss = loss.item()
                 accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=scheduler.steps)
                 bar.set_postfix(loss=f"{step_loss:.3f}")
-            if scheduler.finished and cfg.train.time_budget_s:
+            if scheduler.finished and loop.time_budget:
                 stop = stop or "budget"  # the step at the schedule's final value is done
             if stop:
                 break
@@ -103,17 +130,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, cfg: Confi
 
 @torch.inference_mode()
 def evaluate(model, loader, accelerator, mean, std) -> dict:
-    """Every validation image exactly once across processes; loss averaged per image."""
+    """Every validation image exactly once across processes; loss averaged per image. Results stay
+    on the device until the end: no host sync per batch."""
     model.eval()
     gathered = []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
         logits = model(normalize(batch["pixel_values"], mean, std)).float()
-        loss = F.cross_entropy(logits, batch["labels"], reduction="none")
+        loss = F.cross_entropy(logits, batch["labels"], reduction="none")  # plain, whatever training optimises
         confidence, prediction = logits.softmax(dim=1).max(dim=1)
         # gather_for_metrics drops the samples duplicated to even out the last batch across processes
-        gathered.append([t.cpu() for t in accelerator.gather_for_metrics((prediction, batch["labels"], loss,
-                                                                           confidence))])
-    preds, labels, losses, confidence = (torch.cat(ts).numpy() for ts in zip(*gathered))
+        gathered.append(accelerator.gather_for_metrics((prediction, batch["labels"], loss, confidence)))
+    preds, labels, losses, confidence = (torch.cat(ts).cpu().numpy() for ts in zip(*gathered))
     return {"val_loss": float(losses.mean()), "val_acc": accuracy(preds, labels), "val_samples": len(labels),
             "predictions": preds, "references": labels, "confidence": confidence}
 
@@ -127,50 +154,55 @@ def decode(ds, cfg: Config, accelerator) -> DecodedImages:
     return images
 
 
-def make_accelerator(cfg: Config, out: Path, precision: str) -> Accelerator:
+def make_accelerator(cfg: Config, out: Path | None, precision: str) -> Accelerator:
     return Accelerator(
         cpu=not use_cuda() and not torch.backends.mps.is_available(),  # lets torchrun on CPUs use gloo
         mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
-        log_with=None if cfg.train.log_with == "none" else cfg.train.log_with, project_dir=str(out),
+        log_with=None if cfg.train.log_with == "none" else cfg.train.log_with,
+        project_dir=None if out is None else str(out),
         dynamo_backend="inductor" if cfg.train.compile else None,  # None: accelerate launch's setting
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # DDP must tolerate parameters that get no gradient while the backbone is frozen.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.freeze_epochs > 0)])
 
 
-def run(cfg: Config) -> dict:
-    """Train and evaluate as `cfg` says; write every output into `cfg.output_dir`; return metrics.
-    The folder is locked for the run's lifetime: a second run into it is refused."""
-    launched = time.perf_counter()
-    out = Path(cfg.output_dir)
-    precision = resolve_precision(cfg.train.mixed_precision)
-    accelerator = make_accelerator(cfg, out, precision)
-    with rundir.locked(out, hold=accelerator.is_main_process):
-        return _run(cfg, accelerator, out, precision, launched)
+@dataclass
+class Setup:
+    """A run's data, model, optimizer and loaders, prepared by the accelerator."""
+    train_ds: object
+    val_ds: object
+    source: object
+    skipped: dict
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_dl: object
+    val_dl: object
+    mean: tuple
+    std: tuple
+    cached: bool
+    checkpoint_size: int
+    grad_accum_steps: int
+
+    @property
+    def steps_per_epoch(self) -> int:  # per process, after sharding
+        return math.ceil(len(self.train_dl) / self.grad_accum_steps)
 
 
-def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launched: float) -> dict:
-    resume_from = checkpoint.resolve_resume(cfg.train.resume, out)
-    if (out / "metrics.json").is_file() and cfg.train.resume is not None:
-        accelerator.print(f"{out} holds a finished run; nothing to resume")
-        return report.read_metrics(out)
-    changed = {}
-    if resume_from is None:
-        rundir.check_fresh(out, resumable=cfg.train.resume == "auto")
-    else:  # before any work: a run resumed with other settings would be a run that never existed
-        changed = rundir.check_resume(checkpoint.saved_config(resume_from, out), to_dict(cfg), out)
-
+def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | None = None,
+          resume_from: Path | None = None) -> Setup:
+    """Data (checked), model, optimizer and loaders, prepared. With `out`: a resumed run's data
+    must be the checkpoint's, and a checkpoint and the final model must fit on the disk."""
     set_seed(cfg.train.seed)  # before the model's random init
-    with accelerator.main_process_first():  # one download / cache build, then the others reuse it
+    with phases("data"), accelerator.main_process_first():  # one download / cache build, the others reuse it
         train_ds, val_ds, source, skipped = build_datasets(cfg.data)
-    classes = source.classes
     for note in source.notes:
         accelerator.print(note)
-    accelerator.print(splits_line(len(train_ds), len(val_ds), len(classes), skipped))
+    accelerator.print(splits_line(len(train_ds), len(val_ds), len(source.classes), skipped))
     if resume_from is not None:
         rundir.check_records(out, source.records())
-    model, head_note = build_model(cfg.model, classes)
-    model = model.to(memory_format=torch.channels_last)
+    with phases("model"):
+        model, head_note = build_model(cfg.model, source.classes)
+        model = model.to(memory_format=torch.channels_last)
     if head_note:
         accelerator.print(head_note)
     mean, std = data_config(model).values()
@@ -183,43 +215,109 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launc
                                         accelerator.num_processes)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     checkpoint_size = checkpoint.checkpoint_bytes(model, cfg.optim.name)
-    if accelerator.is_main_process and cfg.train.epochs:  # a new checkpoint lands before the old goes; then model/
-        check_space(out, checkpoint_size + state_bytes(model))
+    if out is not None and accelerator.is_main_process and cfg.train.epochs:
+        check_space(out, checkpoint_size + state_bytes(model))  # a new checkpoint lands before the old goes; then model/
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
     if cached:
-        train_dl, val_dl = (CachedBatches(loader, decode(ds, cfg, accelerator), train, cfg.data.hflip)
-                            for loader, ds, train in ((train_dl, train_ds, True), (val_dl, val_ds, False)))
-    steps_per_epoch = math.ceil(len(train_dl) / cfg.train.grad_accum_steps)  # per process, after sharding
-    scheduler = OneCycle(optimizer.optimizer, cfg.optim.lr, cfg.train.epochs * steps_per_epoch,
-                         cfg.train.time_budget_s)
-    accelerator.register_for_checkpointing(scheduler)
+        with phases("cache_decode"):
+            train_dl, val_dl = (CachedBatches(loader, decode(ds, cfg, accelerator), train, cfg.data.hflip)
+                                for loader, ds, train in ((train_dl, train_ds, True), (val_dl, val_ds, False)))
+    return Setup(train_ds, val_ds, source, skipped, model, optimizer, train_dl, val_dl, mean, std, cached,
+                 checkpoint_size, cfg.train.grad_accum_steps)
+
+
+def find_lr(cfg: Config, setup: Setup, loop: Loop) -> dict:
+    """The LR range test, on the whole model even when the first epochs freeze the backbone: the
+    found value is the one-cycle peak, which comes after the warm-up (30% of the run), when
+    everything trains."""
+    set_backbone_frozen(loop.accelerator.unwrap_model(loop.model), False)
+    train_mode(loop.accelerator.unwrap_model(loop.model), False)
+    loop.objective.set_epoch(0)
+    found = lr_find.range_test(loop, setup.train_dl, cfg.optim.name)
+    loop.accelerator.print(lr_find.line(found))
+    return found
+
+
+def lr_range_test(cfg: Config, plot: Path) -> dict:
+    """`scripts/lr_find.py`: only the LR range test, its plot written to `plot`; no run folder."""
+    from .plots import plot_lr_find
+
+    accelerator = make_accelerator(cfg, None, resolve_precision(cfg.train.mixed_precision))
+    setup = build(cfg, accelerator, Phases())
+    loop = Loop(setup.model, setup.optimizer, accelerator,
+                Objective(cfg, len(setup.source.classes), setup.mean, setup.std), cfg.optim.grad_clip)
+    found = find_lr(cfg, setup, loop)
+    if accelerator.is_main_process:
+        plot_lr_find(found, plot)
+    return found
+
+
+def run(cfg: Config) -> dict:
+    """Train and evaluate as `cfg` says; write every output into `cfg.output_dir`; return metrics.
+    The folder is locked for the run's lifetime: a second run into it is refused."""
+    phases = Phases()
+    out = Path(cfg.output_dir)
+    precision = resolve_precision(cfg.train.mixed_precision)
+    accelerator = make_accelerator(cfg, out, precision)
+    with rundir.locked(out, hold=accelerator.is_main_process):
+        return _run(cfg, accelerator, out, precision, phases)
+
+
+def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, phases: Phases) -> dict:
+    resume_from = checkpoint.resolve_resume(cfg.train.resume, out)
+    if (out / "metrics.json").is_file() and cfg.train.resume is not None:
+        accelerator.print(f"{out} holds a finished run; nothing to resume")
+        return report.read_metrics(out)
+    changed, saved = {}, {}
+    if resume_from is None:
+        rundir.check_fresh(out, resumable=cfg.train.resume == "auto")
+    else:  # before any work: a run resumed with other settings would be a run that never existed
+        changed = rundir.check_resume(checkpoint.saved_config(resume_from, out), to_dict(cfg), out)
+        saved = checkpoint.read_state(resume_from)
+
+    setup = build(cfg, accelerator, phases, out, resume_from)
+    model, train_dl, val_dl, mean, std = setup.model, setup.train_dl, setup.val_dl, setup.mean, setup.std
+    classes = setup.source.classes
+    loop = Loop(model, setup.optimizer, accelerator, Objective(cfg, len(classes), mean, std), cfg.optim.grad_clip,
+                time_budget=bool(cfg.train.time_budget_s))
+    found = saved.get("lr_find")  # a resumed run keeps the learning rate found before the interruption
+    if cfg.optim.lr == "find" and found is None and cfg.train.epochs:
+        with phases("lr_find"):
+            found = find_lr(cfg, setup, loop)
+    max_lr = found["suggested_lr"] if cfg.optim.lr == "find" and found else cfg.optim.lr
+    loop.scheduler = OneCycle(setup.optimizer.optimizer, max_lr if max_lr != "find" else 0.0,
+                              cfg.train.epochs * setup.steps_per_epoch, cfg.train.time_budget_s)
+    accelerator.register_for_checkpointing(loop.scheduler)
 
     # What a checkpoint holds besides accelerate's states; the settings travel with it so that a
     # resume can be checked against them, and each resume is recorded with what it changed.
     state = {"epoch": 0, "history": [], "lrs": [], "train_seconds": 0.0, "batches_done": 0, "partial": (0.0, 0),
-             "resumes": [], "config": to_dict(cfg)}
+             "resumes": [], "config": to_dict(cfg), "lr_find": found}
     if resume_from is not None:
         state.update(checkpoint.load_checkpoint(accelerator, resume_from), config=to_dict(cfg))
         state["resumes"] = [*state.get("resumes", []),
                             {"from": str(resume_from), "changed": {k: list(v) for k, v in changed.items()}}]
         accelerator.print(f"resumed from {resume_from}" + "".join(f"; {k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    loop.lrs = state["lrs"]
 
     def save(name: str, **position) -> Path:
-        return checkpoint.save_checkpoint(accelerator, out, name, {**state, **position},
-                                          keep=cfg.train.keep_checkpoints, size=checkpoint_size)
+        with phases("checkpoints"):
+            return checkpoint.save_checkpoint(accelerator, out, name, {**state, **position},
+                                              keep=cfg.train.keep_checkpoints, size=setup.checkpoint_size)
 
     if accelerator.is_main_process:
         try:
-            report.write_start(out, cfg, train_ds, classes, source.records())
+            with phases("start_outputs"):
+                report.write_start(out, cfg, setup.train_ds, classes, setup.source.records())
         except OutputError as e:  # nothing trained yet: a setting to change, like a bad key
             e.exit_code = 2
             raise
     accelerator.init_trackers("logs", config=report.flat_config(to_dict(cfg)))
-    watch = Watch(accelerator)
+    loop.watch = watch = Watch(accelerator)
 
     final, stop, first_epoch = None, None, state["epoch"]
-    history, lrs = state["history"], state["lrs"]
-    startup_seconds = time.perf_counter() - launched  # data checked, model built, loaders ready
+    history = state["history"]
+    startup_seconds = phases.since_launch()  # data checked, model built, loaders ready
     with watch.signals():
         for epoch in range(first_epoch, cfg.train.epochs):
             batches_done = state["batches_done"] if epoch == first_epoch else 0
@@ -228,8 +326,8 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launc
             frozen = epoch < cfg.train.freeze_epochs
             set_backbone_frozen(accelerator.unwrap_model(model), frozen)
             watch.start(state["train_seconds"])
-            result = train_one_epoch(model, train_dl, optimizer, scheduler, accelerator, cfg, mean, std, watch, frozen,
-                                     epoch, lrs, batches_done, state["partial"] if batches_done else (0.0, 0))
+            result = train_one_epoch(loop, train_dl, epoch, frozen, batches_done,
+                                     state["partial"] if batches_done else (0.0, 0))
             train_time, stop = watch.seconds(), result["stop"]
             if stop == "signal":  # preempted: save where we are, finish nothing else
                 state["train_seconds"] += train_time
@@ -245,27 +343,33 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, launc
                       "train_images_per_s": result["train_images"] / train_time}
             history.append(record)
             accelerator.log({f"epoch/{k}": record[k] for k in ("train_loss", "val_loss", "val_acc", "lr")},
-                            step=scheduler.steps)
+                            step=loop.scheduler.steps)
             accelerator.print(report.epoch_line(record))
             save(f"epoch_{epoch + 1:03d}", epoch=epoch + 1, batches_done=0, partial=(0.0, 0))
             if stop == "budget":
                 accelerator.print(f"time budget of {cfg.train.time_budget_s:g} s spent: the schedule ended after "
-                                  f"{record['epoch']:.2f} epochs ({scheduler.steps} optimizer steps)")
+                                  f"{record['epoch']:.2f} epochs ({loop.scheduler.steps} optimizer steps)")
                 break
+    if watch.first_check_seconds is not None:
+        phases.add("first_step", watch.first_check_seconds)
     if final is None:  # evaluate-only run, or resumed after the last epoch
-        final = evaluate(model, val_dl, accelerator, mean, std)
+        with phases("final_evaluation"):
+            final = evaluate(model, val_dl, accelerator, mean, std)
 
-    ids = samples(val_ds)[0]
-    metrics = report.metrics(history, final, classes, state["train_seconds"],
-                             {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
-                              "mixed_precision": precision, "steps_per_epoch": steps_per_epoch,
-                              "optimizer_steps": scheduler.steps, "startup_seconds": startup_seconds,
-                              "decoded_cache": cached, "stopped_by_time_budget": stop == "budget",
-                              "skipped_images": sum(skipped.values()), "train_samples": len(train_ds),
-                              "resumes": state["resumes"], "lr_per_step": lrs}, ids)
+    ids = samples(setup.val_ds)[0]
+    run_info = {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
+                "mixed_precision": precision, "steps_per_epoch": setup.steps_per_epoch,
+                "optimizer_steps": loop.scheduler.steps, "startup_seconds": startup_seconds,
+                "decoded_cache": setup.cached, "stopped_by_time_budget": stop == "budget",
+                "skipped_images": sum(setup.skipped.values()), "train_samples": len(setup.train_ds),
+                "resumes": state["resumes"], "lr_per_step": loop.lrs, "peak_lr": max_lr if max_lr != "find" else None,
+                "lr_find": found, "objective": loop.objective.describe, "phase_seconds": phases.seconds}
+    metrics = report.metrics(history, final, classes, state["train_seconds"], run_info, ids)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        report.write_final(out, metrics, final, accelerator.unwrap_model(model), classes,
-                           class_display_names(classes), cfg, val_ds, ids)
+        with phases("final_outputs"):
+            report.write_final(out, metrics, final, accelerator.unwrap_model(model), classes,
+                               class_display_names(classes), cfg, setup.val_ds, ids)
+        report.write_metrics(out, metrics)  # last: a run is finished when its metrics.json exists
     accelerator.end_training()
     return metrics

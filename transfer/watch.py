@@ -35,6 +35,7 @@ class Watch:
         self.elapsed = 0.0  # budget clock (seconds of the run so far), the same on every process
         self._offset, self._t0 = 0.0, time.perf_counter()
         self._first_bad = torch.tensor(-1, device=accelerator.device)
+        self.first_check_seconds = None  # epoch start to the first check (after the run's first optimizer step)
 
     # ---- time
     def start(self, seconds_so_far: float) -> None:
@@ -54,6 +55,8 @@ class Watch:
     def check(self, epoch: int) -> str | None:
         """None or "signal"; raises NonFiniteLoss. Updates `elapsed`, the synced budget clock
         (the schedule, not this check, decides when the budget is spent: see OneCycle.plan)."""
+        if self.first_check_seconds is None:
+            self.first_check_seconds = self.seconds()
         local = torch.tensor([float(self.signal_name is not None), self._offset + self.seconds()],
                              device=self.accelerator.device)
         stop_signal, self.elapsed = self.accelerator.reduce(local, "max").tolist()
