@@ -5,7 +5,7 @@
     python run_transfer.py --config configs/scratch.yaml train.epochs=3 data.root=/my/folder
     torchrun --nproc_per_node 2 run_transfer.py --config configs/pretrained.yaml
 """
-from transfer.cli import main
+from transfer.cli import exit_now, main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_now(main())

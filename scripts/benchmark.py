@@ -241,6 +241,18 @@ def epoch_article(args, launched):
             "peak_memory_mb": peak_memory_mb(device), "val_acc": correct / total, "mixed_precision": "no"}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Each number the median over rounds (phase_seconds too); other fields from the first round."""
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = float(np.median([r[key] for r in runs]))
+        elif key == "phase_seconds":
+            merged[key] = {k: float(np.median([r[key].get(k, 0.0) for r in runs])) for k in value}
+    merged["rounds"] = len(runs)
+    return merged
+
+
 def run_child(args, phase: str) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--data", str(args.data), "--model", args.model,
                "--size", str(args.size), "--batch", str(args.batch), "--workers", str(args.workers),
@@ -272,6 +284,8 @@ def main(argv=None) -> int:
     parser.add_argument("--make-data", type=Path, metavar="DIR", help="only generate the data set into DIR "
                         "(--train-images train + --val-images val) and exit")
     parser.add_argument("--val-images", type=int, help="images to generate for val/ (default: a third of train)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternating rounds of the whole-process comparison (medians; default %(default)s)")
     parser.add_argument("--whole-only", action="store_true",
                         help="only the whole-process comparison (4.): launch to exit, time outside the loop")
     parser.add_argument("--phase", choices=["epoch-ours", "epoch-article"], help=argparse.SUPPRESS)
@@ -281,6 +295,10 @@ def main(argv=None) -> int:
 
     if args.phase:  # a child process: one whole epoch, fresh memory counters
         print(json.dumps((epoch_ours if args.phase == "epoch-ours" else epoch_article)(args, launched)))
+        if args.phase == "epoch-ours":  # ends as run_transfer.py does
+            from transfer.cli import exit_now
+
+            exit_now(0)
         return 0
 
     val_images = args.val_images if args.val_images is not None else args.train_images // 3
@@ -323,7 +341,11 @@ def main(argv=None) -> int:
                   "train step (ours / plain)": results["train_step"]["ours"] / results["train_step"]["plain"],
                   "eval step (ours / plain)": results["eval_step"]["ours"] / results["eval_step"]["plain"]}
 
-    results["epoch"] = {"ours": run_child(args, "epoch-ours"), "article": run_child(args, "epoch-article")}
+    rounds = {"ours": [], "article": []}
+    for _ in range(args.rounds):  # alternating, so that a noisy machine slows both alike; medians
+        rounds["ours"].append(run_child(args, "epoch-ours"))
+        rounds["article"].append(run_child(args, "epoch-article"))
+    results["epoch"] = {k: median_run(v) for k, v in rounds.items()}
     o, a = results["epoch"]["ours"], results["epoch"]["article"]
     ratios.update({"epoch speed (article time / ours)": a["epoch_seconds"] / o["epoch_seconds"],
                    "whole process (article time / ours)": a["process_seconds"] / o["process_seconds"],
@@ -340,7 +362,8 @@ def main(argv=None) -> int:
 def table(r: dict) -> str:
     s = r["setting"]
     lines = [f"{s['model']} @ {s['size']} px, batch {s['batch']}, {s['workers']} workers, {s['device']} "
-             f"({s['cpus']} CPUs), precision {s['precision']}, torch {s['torch']}", "",
+             f"({s['cpus']} CPUs), precision {s['precision']}, torch {s['torch']}; whole processes: medians of "
+             f"{r['epoch']['ours']['rounds']} alternating round(s)", "",
              "| measure | ours | baseline | ratio |", "|---|---|---|---|"]
     if "pipeline" in r:
         lines += [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from transfer.cli import main  # noqa: E402
+from transfer.cli import exit_now, main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main(lr_find=True))
+    exit_now(main(lr_find=True))

@@ -57,3 +57,19 @@ def tiny_config(root, output_dir, *overrides):
     """A seconds-long run: resnet10t at 32 px, no workers."""
     return load_config("configs/smoke.yaml", [f"data.root={root}", f"output_dir={output_dir}", "train.epochs=2",
                                               *overrides])
+
+
+def sigterm_at_batch(monkeypatch, n: int) -> None:
+    """Send this process a SIGTERM right after the n-th training batch of the next run(s)."""
+    import signal
+
+    from transfer.watch import Watch
+
+    observe, calls = Watch.observe, []
+
+    def observe_then_signal(self, loss, batch_index):
+        observe(self, loss, batch_index)
+        calls.append(batch_index)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(Watch, "observe", observe_then_signal)

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_benchmark_runs_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
@@ -12,7 +14,12 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert set(data["ratios"]) == {"pipeline (ours / article)", "train step (ours / plain)",
-                                   "eval step (ours / plain)", "epoch speed (article time / ours)"}
+                                   "eval step (ours / plain)", "epoch speed (article time / ours)",
+                                   "whole process (article time / ours)", "outside the loop (ours / article)"}
     assert all(v > 0 for v in data["ratios"].values())
-    assert data["epoch"]["ours"]["peak_memory_mb"] > 0 and data["setting"]["model"] == "resnet10t"
-    assert "| input pipeline, images/s" in result.stdout
+    ours = data["epoch"]["ours"]
+    assert ours["peak_memory_mb"] > 0 and data["setting"]["model"] == "resnet10t"
+    # the whole process is the loop plus what is outside it, and the run says where that went
+    assert ours["process_seconds"] == pytest.approx(ours["epoch_seconds"] + ours["outside_loop_seconds"])
+    assert {"launch", "data", "model", "checkpoints", "final_outputs"} <= set(ours["phase_seconds"])
+    assert "| input pipeline, images/s" in result.stdout and "| outside the loop" in result.stdout

@@ -1,8 +1,6 @@
 """A fair scratch arm: the LR range test (optim.lr=find), label smoothing, mixup and cutmix."""
 import json
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import sigterm_at_batch, tiny_config
 from transfer import lr_find
 from transfer.cli import main
 from transfer.config import load_config
@@ -122,11 +120,10 @@ def test_an_unreadable_curve_is_an_error_that_says_what_to_set(losses, why):
 
 @pytest.fixture(scope="module")
 def found_run(image_folder, tmp_path_factory):
-    """optim.lr=find with label smoothing, mixup and cutmix: 3 epochs, every checkpoint kept."""
+    """optim.lr=find with label smoothing, mixup and cutmix (the second epoch unmixed): 2 epochs."""
     out = tmp_path_factory.mktemp("find") / "run"
-    metrics = run(tiny_config(image_folder, out, "optim.lr=find", "train.epochs=3", "train.keep_checkpoints=5",
-                              "train.label_smoothing=0.1", "data.mixup=0.4", "data.cutmix=1.0",
-                              "data.mixup_off_epoch=2"))
+    metrics = run(tiny_config(image_folder, out, "optim.lr=find", "train.label_smoothing=0.1", "data.mixup=0.4",
+                              "data.cutmix=1.0", "data.mixup_off_epoch=1"))
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)
     return out, metrics
@@ -148,24 +145,17 @@ def test_found_lr_is_recorded_plotted_and_equals_typing_it_in(found_run, image_f
     assert metrics["phase_seconds"]["lr_find"] > 0
     # model, optimizer, scaler and random state restored: the run equals one with the value typed in
     typed = tmp_path / "typed"
-    run(tiny_config(image_folder, typed, f"optim.lr={found['suggested_lr']!r}", "train.epochs=3",
-                    "train.label_smoothing=0.1", "data.mixup=0.4", "data.cutmix=1.0", "data.mixup_off_epoch=2"))
+    run(tiny_config(image_folder, typed, f"optim.lr={found['suggested_lr']!r}", "train.label_smoothing=0.1",
+                    "data.mixup=0.4", "data.cutmix=1.0", "data.mixup_off_epoch=1"))
     assert same_weights(out, typed)
 
 
 def test_mid_epoch_resume_with_mixup_reuses_the_found_lr_and_is_exact(found_run, image_folder, tmp_path, monkeypatch):
     reference, _ = found_run
-    from transfer.watch import Preempted, Watch
+    from transfer.watch import Preempted
 
-    observe, calls = Watch.observe, []
-
-    def observe_then_signal(self, loss, batch_index):  # 6 batches an epoch: the 9th is epoch 2, batch 3
-        observe(self, loss, batch_index)
-        calls.append(batch_index)
-        if len(calls) == 9:
-            os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(Watch, "observe", observe_then_signal)
-    out = tmp_path / "run"  # the reference's settings from scratch, stopped by a SIGTERM in epoch 2
+    sigterm_at_batch(monkeypatch, 3)  # in epoch 1, which mixes; seen at the check after step 4
+    out = tmp_path / "run"  # the reference's settings from scratch, stopped by a SIGTERM in epoch 1
     with pytest.raises(Preempted):
         run(load_config(reference / "config.yaml", [f"output_dir={out}"]))
     monkeypatch.undo()
@@ -188,3 +178,13 @@ def test_a_curve_that_never_falls_ends_in_one_line(image_folder, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "inconclusive" in err and "optim.lr=0.001" in err, err
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_lr_find_script_prints_the_pick_and_writes_only_its_plot(image_folder, tmp_path, capsys):
+    plot = tmp_path / "curve.png"
+    out = tmp_path / "never"
+    code = main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={out}",
+                 "--plot", str(plot)], lr_find=True)
+    printed = capsys.readouterr().out
+    assert code == 0 and "lr range test: " in printed and "suggested optim.lr=" in printed, printed
+    assert plot.stat().st_size > 0 and not out.exists()  # no run folder

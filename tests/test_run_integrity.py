@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import free_port, tiny_config
+from conftest import free_port, sigterm_at_batch, tiny_config
 from transfer.cli import main
 from transfer.config import OptimConfig, load_config
 from transfer.optim import OneCycle, build_optimizer, one_cycle
@@ -146,16 +146,9 @@ def test_resume_may_change_what_cannot_change_the_result(reference, tmp_path, ca
 
 def test_sigterm_mid_epoch_checkpoints_there_and_the_replay_is_exact(reference, image_folder, tmp_path, capsys,
                                                                     monkeypatch):
-    from transfer.watch import Preempted, Watch
+    from transfer.watch import Preempted
 
-    observe, calls = Watch.observe, []
-
-    def observe_then_signal(self, loss, batch_index):  # 6 batches an epoch: the 9th is epoch 2, batch 3
-        observe(self, loss, batch_index)
-        calls.append(batch_index)
-        if len(calls) == 9:
-            os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(Watch, "observe", observe_then_signal)
+    sigterm_at_batch(monkeypatch, 9)  # 6 batches an epoch: the 9th is epoch 2, batch 3
     out = tmp_path / "run"
     cfg = tiny_config(image_folder, out, "train.epochs=3", "train.keep_checkpoints=5")
     with pytest.raises(Preempted):
@@ -221,12 +214,13 @@ def test_breed_names_in_plots_and_model_config(image_folder, tmp_path, monkeypat
     for split in ("train", "val"):
         for shape, wnid in (("circle", "n02086240"), ("square", "n02087394")):
             shutil.copytree(image_folder / split / shape, root / split / wnid)
-    drawn = {}
-    confusion = transfer.plots.plot_confusion
-    monkeypatch.setattr(transfer.plots, "plot_confusion",
-                        lambda counts, names, path: (drawn.setdefault("names", names), confusion(counts, names, path)))
+    from transfer.drawer import Drawer
+
+    drawn, submit = {}, Drawer.submit  # the figures are drawn in a child process: catch what it is sent
+    monkeypatch.setattr(Drawer, "submit", lambda self, name, **kw: (drawn.update(kw), submit(self, name, **kw)))
     run(tiny_config(root, tmp_path / "run", "train.epochs=0"))
     assert drawn["names"] == ["Shih-Tzu", "Rhodesian ridgeback"]
+    assert (tmp_path / "run" / "plots" / "confusion.png").stat().st_size > 0
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert config["label_names"] == ["n02086240", "n02087394"]
     assert config["label_descriptions"] == {"n02086240": "Shih-Tzu", "n02087394": "Rhodesian ridgeback"}

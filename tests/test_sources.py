@@ -166,7 +166,7 @@ def test_compare_sh_on_a_parquet_source_scores_the_same_held_out_images(image_fo
     overrides = [f"data.dataset={root}", "data.val_fraction=0.25", "data.url=null", "model.name=resnet10t",
                  "data.image_size=32", "train.epochs=1", "train.batch_size=8", "data.num_workers=0",
                  f"model.weights_file={weights}"]
-    env = {**os.environ, "OUT": str(out), "SEEDS": "0 1", "PYTHON": sys.executable}
+    env = {**os.environ, "OUT": str(out), "SEEDS": "0 1", "PYTHON": sys.executable, "LAUNCH": sys.executable}
     result = subprocess.run(["scripts/compare.sh", *overrides], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     runs = [out / arm / f"seed{s}" for arm in ("pretrained", "scratch") for s in (0, 1)]

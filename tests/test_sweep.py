@@ -41,8 +41,11 @@ def weights(tmp_path_factory):
 
 
 def compare(out, overrides, **env):
+    # LAUNCH: each run straight under this Python, without accelerate's launcher process (about 3 s a
+    # run); test_compare.py's end-to-end test goes through `accelerate launch`
     return subprocess.run(["scripts/compare.sh", *overrides], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OUT": str(out), "PYTHON": sys.executable, **env})
+                          env={**os.environ, "OUT": str(out), "PYTHON": sys.executable, "LAUNCH": sys.executable,
+                               **env})
 
 
 def overrides_for(image_folder, weights):

@@ -57,8 +57,14 @@ class DecodedImages:
         return self.buffer.numel()
 
     def crops(self, index: torch.Tensor, train: bool, hflip: bool) -> torch.Tensor:
-        """uint8 NHWC crops of the images at `index`."""
-        s = self.size
+        """uint8 NHWC crops of the images at `index` (a host tensor)."""
+        return self.batch(index, train, hflip)[0]
+
+    def batch(self, index: torch.Tensor, train: bool, hflip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 NHWC crops, labels) of the images at `index`, a tensor on the host. The crop
+        offsets and flips are drawn on the host and travel with the indices in one non-blocking
+        copy: no step waits for the device to finish the previous one."""
+        s, index = self.size, index.cpu()
         if train:  # the same draws, in the same order, as TrainTransform for each image in turn
             tops, lefts, flips = [], [], []
             for k in index.tolist():
@@ -68,16 +74,18 @@ class DecodedImages:
                     i = int(torch.randint(0, ph - s + 1, size=(1,)).item())
                     j = int(torch.randint(0, pw - s + 1, size=(1,)).item())
                 tops.append(i - PAD), lefts.append(j - PAD)
-                flips.append(bool(hflip and torch.rand(1) < 0.5))
-            top, left = (torch.tensor(v, device=self.device) for v in (tops, lefts))
-            flip = torch.tensor(flips, device=self.device)
+                flips.append(int(bool(hflip and torch.rand(1) < 0.5)))
+            top, left, flip = (torch.tensor(v, dtype=torch.long) for v in (tops, lefts, flips))
         else:
-            index_cpu = index.cpu()
-            h, w = torch.tensor(self._heights)[index_cpu], torch.tensor(self._widths)[index_cpu]
-            top = torch.round((h - s) / 2.0).long().to(self.device)  # as torchvision's CenterCrop
-            left = torch.round((w - s) / 2.0).long().to(self.device)
-            flip = torch.zeros(len(index), dtype=torch.bool, device=self.device)
-        index = index.to(self.device)
+            h, w = torch.tensor(self._heights)[index], torch.tensor(self._widths)[index]
+            top = torch.round((h - s) / 2.0).long()  # as torchvision's CenterCrop
+            left = torch.round((w - s) / 2.0).long()
+            flip = torch.zeros(len(index), dtype=torch.long)
+        params = torch.stack([index.long(), top, left, flip])
+        if self.device.type == "cuda":
+            params = params.pin_memory()
+        index, top, left, flip = params.to(self.device, non_blocking=True)
+        flip = flip.bool()
         h, w = self.heights[index], self.widths[index]
         steps = torch.arange(s, device=self.device)
         rows = _reflect(top[:, None] + steps, h[:, None])  # (B, s)
@@ -85,7 +93,7 @@ class DecodedImages:
         cols = torch.where(flip[:, None], cols.flip(1), cols)
         pixel = self.offsets[index][:, None, None] + (rows[:, :, None] * w[:, None, None] + cols[:, None, :]) * 3
         channels = torch.arange(3, device=self.device)
-        return self.buffer[pixel[..., None] + channels]  # (B, s, s, 3)
+        return self.buffer[pixel[..., None] + channels], self.labels[index]  # (B, s, s, 3), (B,)
 
 
 def _reflect(position: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -118,6 +126,6 @@ class CachedBatches:
         self.index_loader.set_epoch(epoch)
 
     def __iter__(self):
-        for index in self.index_loader:
-            yield {"pixel_values": self.images.crops(index, self.train, self.hflip),
-                   "labels": self.images.labels[index.to(self.images.device)]}
+        for index in self.index_loader:  # on the host (prepared with device_placement=False)
+            pixels, labels = self.images.batch(index, self.train, self.hflip)
+            yield {"pixel_values": pixels, "labels": labels}

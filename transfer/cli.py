@@ -28,6 +28,20 @@ def parse_args(argv: list[str] | None, lr_find: bool = False) -> argparse.Namesp
     return parser.parse_args(argv)
 
 
+def exit_now(code: int) -> None:
+    """End the process the way mypy does: atexit handlers (trackers, logging) run and output is
+    flushed, but Python's teardown of every loaded module (about 1.5 s once torch, datasets and
+    a model are loaded, measured on 2 cores) is skipped. Every output is already written and
+    renamed into place by then. For the command line only; `main` itself returns."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def one_line(error: Exception) -> str:
     """The message of an error, even one re-raised from a DataLoader worker with its traceback."""
     text = str(error).strip()

@@ -39,6 +39,7 @@ class DataConfig:
     num_workers: int = 4
     cache: Literal["auto", "none", "memory"] = "auto"  # memory: decode once, crop on the device; auto: on a GPU
     skip_bad_images: bool = False  # false: a corrupt image is an error naming the file
+    check_images: bool = True  # decode every image once before training (cached by datasets); false skips it
     # Regularisers for long or from-scratch runs (off by default: the article's recipe)
     mixup: float = 0.0  # mixup's Beta alpha; 0 = off
     cutmix: float = 0.0  # cutmix's Beta alpha; 0 = off (with both on, each batch picks one, half and half)
@@ -52,6 +53,8 @@ class DataConfig:
                self.train_per_class, "an integer >= 1, or null for all")
         _check(self.val_fraction is None or 0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a fraction between 0 and 1, or null")
+        _check(self.check_images or not self.skip_bad_images, "data.check_images", self.check_images,
+               "true when data.skip_bad_images=true (bad images are found by the check)")
         for key in ("mixup", "cutmix"):
             _check(getattr(self, key) >= 0, f"data.{key}", getattr(self, key), "a Beta alpha >= 0 (0 = off)")
         _check(0 <= self.mixup_prob <= 1, "data.mixup_prob", self.mixup_prob, "a probability in [0, 1]")
@@ -98,6 +101,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e / classes; validation loss stays plain
     resume: Optional[str] = None  # null, "auto" (newest checkpoint in output_dir) or a checkpoint path
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch's is always written)
     time_budget_s: Optional[float] = None  # stop training after this many seconds; LR schedule sized to fit
     compile: bool = False  # torch.compile the model (minutes of compiling on first use)
     log_with: Literal["none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"] = "none"
@@ -108,6 +112,7 @@ class TrainConfig:
         _check(0 <= self.freeze_epochs, "train.freeze_epochs", self.freeze_epochs, "an integer >= 0")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "an integer >= 1")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "an integer >= 1")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _check(self.time_budget_s is None or self.time_budget_s > 0, "train.time_budget_s",
                self.time_budget_s, "a number of seconds > 0, or null")

@@ -32,8 +32,10 @@ def build_datasets(cfg: DataConfig) -> tuple[object, object, Source, dict[str, i
     """Train and validation datasets with on-the-fly transforms, the source (classes, notes, any
     held-out split), and how many bad images each split skipped ({"train": n, "val": m})."""
     source = load_source(cfg)
-    train, bad_train = drop_bad_images(source.train, "train", cfg.skip_bad_images, cfg.num_workers)
-    val, bad_val = drop_bad_images(source.val, "val", cfg.skip_bad_images, cfg.num_workers)
+    train, val, bad_train, bad_val = source.train, source.val, 0, 0
+    if cfg.check_images:  # else a bad image stops the run when a loader reaches it, naming it
+        train, bad_train = drop_bad_images(train, "train", cfg.skip_bad_images, cfg.num_workers)
+        val, bad_val = drop_bad_images(val, "val", cfg.skip_bad_images, cfg.num_workers)
     train = train.with_transform(BatchTransform(TrainTransform(cfg.image_size, cfg.hflip)))
     val = val.with_transform(BatchTransform(EvalTransform(cfg.image_size)))
     return train, val, source, {"train": bad_train, "val": bad_val}

@@ -2,30 +2,43 @@
 
 `evaluate.load("accuracy")` fetches a script from the Hugging Face Hub, which fails offline
 (tests, clusters without internet). The same metric, defined here, needs no network.
+
+`evaluate` is imported on first use, not with this module: with `transformers` installed it
+pulls in its pipelines (about 2 s on 2 cores), which the scripts that only read results
+(predict.py, compare, --print-config) need not pay. (Importing it in a background thread during
+start-up is not safe: `datasets` inspects a half-imported `transformers` and fails.)
 """
 from __future__ import annotations
 
-import datasets
-import evaluate
+import functools
+
 import numpy as np
 
 
-class Accuracy(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description="Fraction of predictions equal to the references (the Hub's `accuracy`).",
-            citation="",
-            inputs_description="predictions, references: integer class indices",
-            features=datasets.Features({"predictions": datasets.Value("int64"),
-                                        "references": datasets.Value("int64")}),
-        )
+@functools.cache
+def _accuracy_metric():
+    import datasets
+    import evaluate
 
-    def _compute(self, predictions, references):
-        return {"accuracy": float(np.mean(np.asarray(predictions) == np.asarray(references)))}
+    class Accuracy(evaluate.Metric):
+        def _info(self):
+            return evaluate.MetricInfo(
+                description="Fraction of predictions equal to the references (the Hub's `accuracy`).",
+                citation="",
+                inputs_description="predictions, references: integer class indices",
+                features=datasets.Features({"predictions": datasets.Value("int64"),
+                                            "references": datasets.Value("int64")}),
+            )
+
+        def _compute(self, predictions, references):
+            return {"accuracy": float(np.mean(np.asarray(predictions) == np.asarray(references)))}
+
+    return Accuracy
 
 
 def accuracy(predictions, references) -> float:
-    return Accuracy(keep_in_memory=True).compute(predictions=predictions, references=references)["accuracy"]
+    metric = _accuracy_metric()(keep_in_memory=True)
+    return metric.compute(predictions=predictions, references=references)["accuracy"]
 
 
 def per_class_accuracy(predictions, references, num_classes: int) -> list[float | None]:

@@ -11,16 +11,19 @@ PCT_START, DIV_FACTOR, FINAL_DIV_FACTOR = 0.3, 25.0, 1.0e4  # torch's OneCycleLR
 MAX_MOMENTUM, BASE_MOMENTUM = 0.95, 0.85
 
 
-def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimConfig, params, fused: bool = False) -> torch.optim.Optimizer:
     """Adam with L2 weight decay as in the article; AdamW (decoupled decay) and SGD on request.
     Parameters without a gradient (a frozen backbone) are skipped by all three, decay included.
-    The learning rate given here is a placeholder: the schedule (or the LR range test) sets it."""
+    The learning rate given here is a placeholder: the schedule (or the LR range test) sets it.
+    `fused`: one kernel for the whole update (on CUDA; see speed.py); torch's default otherwise."""
     lr = cfg.lr if isinstance(cfg.lr, float) else 1e-3
+    fused = True if fused else None
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
+                           fused=fused)
 
 
 def _cos(start: float, end: float, pct: float) -> float:

@@ -41,18 +41,22 @@ def plot_lr(lrs: list[float], steps_per_epoch: int, path: Path) -> None:
 
 
 def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, suptitle: str = "") -> None:
-    """uint8 NHWC images (already de-normalised) in a grid with a title each."""
-    n = len(images)
+    """uint8 NHWC images (already de-normalised) in a grid with a title each: one mosaic on one
+    axes (a subplot per image costs about 3x the drawing time)."""
+    n, h, w = images.shape[:3]
     cols = min(8, n)
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
-        ax.imshow(image)
-        ax.set_title(title, fontsize=7)
+    gap, band = max(2, w // 20), int(h * 0.3)  # between images; above each, room for a two-line title
+    mosaic = np.full((rows * (h + band + gap), cols * (w + gap), 3), 255, dtype=np.uint8)
+    fig, ax = plt.subplots(figsize=(1.6 * cols, 1.8 * rows))
+    for k, (image, title) in enumerate(zip(images, titles)):
+        top, left = (k // cols) * (h + band + gap) + band, (k % cols) * (w + gap)
+        mosaic[top:top + h, left:left + w] = image
+        ax.text(left + w / 2, top - 2, title, ha="center", va="bottom", fontsize=7)
+    ax.imshow(mosaic)
+    ax.axis("off")
     if suptitle:
-        fig.suptitle(suptitle, y=1.0 + 0.12 / rows)
+        ax.set_title(suptitle)
     save_figure(fig, path)
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import plots
 from .config import Config, dump_yaml, flatten
 from .metrics import confusion_matrix, per_class_accuracy
 from .model import save_model
@@ -73,14 +72,19 @@ def metrics(history: list[dict], final: dict, classes: list[str], train_seconds:
     }
 
 
-def write_start(out: Path, cfg: Config, train_ds, classes: list[str], records: dict[str, dict] | None = None) -> None:
-    """config.yaml, the records of which images were used (val_split.json, train_subset.json)
-    and a grid of augmented training images, before the first step."""
-    from .data import class_display_names
-
+def write_start(out: Path, cfg: Config, records: dict[str, dict] | None = None) -> None:
+    """config.yaml and the records of which images were used (val_split.json,
+    train_subset.json), before the first step."""
     write_atomic(out / "config.yaml", dump_yaml(cfg))
     for name, record in (records or {}).items():
         write_json(out / name, record)
+
+
+def draw_samples(out: Path, train_ds, classes: list[str]) -> None:
+    """plots/samples.png: a grid of augmented training images."""
+    from . import plots
+    from .data import class_display_names
+
     with torch.random.fork_rng():  # drawing these crops must not shift the training run's random numbers
         batch = train_ds[np.linspace(0, len(train_ds) - 1, min(GRID_SIZE, len(train_ds))).astype(int).tolist()]
     names = class_display_names(classes)
@@ -103,9 +107,20 @@ def predictions_csv(paths: list[str], final: dict, classes: list[str]) -> str:
 
 
 def write_final(out: Path, metrics_: dict, final: dict, model, classes: list[str], names: list[str], cfg: Config,
-                val_ds, paths: list[str]) -> None:
-    """Everything but metrics.json (see write_metrics)."""
+                paths: list[str]) -> None:
+    """Predictions and model/ (with its card); the figures are draw_final's, metrics.json is
+    write_metrics' (last)."""
     write_atomic(out / "val_predictions.csv", predictions_csv(paths, final, classes))
+    from .card import model_card
+
+    card = model_card(cfg, metrics_, classes, names, getattr(model, "pretrained_cfg", {}).get("license"))
+    save_model(model, out / "model", classes, names, cfg.data.image_size, card)
+
+
+def draw_final(out: Path, metrics_: dict, final: dict, names: list[str], val_ds) -> None:
+    """plots/: accuracy, loss, lr, lr_find, confusion, mistakes."""
+    from . import plots
+
     history = metrics_["history"]
     if history:
         plots.plot_accuracy(history, out / "plots" / "accuracy.png")
@@ -113,13 +128,9 @@ def write_final(out: Path, metrics_: dict, final: dict, model, classes: list[str
         plots.plot_lr(metrics_["lr_per_step"], metrics_["steps_per_epoch"], out / "plots" / "lr.png")
     if metrics_.get("lr_find"):
         plots.plot_lr_find(metrics_["lr_find"], out / "plots" / "lr_find.png")
-    counts = confusion_matrix(final["predictions"], final["references"], len(classes))
+    counts = confusion_matrix(final["predictions"], final["references"], len(names))
     plots.plot_confusion(counts, names, out / "plots" / "confusion.png")
     _plot_mistakes(final, val_ds, names, out / "plots" / "mistakes.png")
-    from .card import model_card
-
-    card = model_card(cfg, metrics_, classes, names, getattr(model, "pretrained_cfg", {}).get("license"))
-    save_model(model, out / "model", classes, names, cfg.data.image_size, card)
 
 
 def write_metrics(out: Path, metrics_: dict) -> None:
@@ -128,6 +139,8 @@ def write_metrics(out: Path, metrics_: dict) -> None:
 
 def _plot_mistakes(final: dict, val_ds, names: list[str], path: Path) -> None:
     """The most confident wrong predictions, as the model saw them."""
+    from . import plots
+
     wrong = np.flatnonzero(final["predictions"] != final["references"])
     wrong = wrong[np.argsort(-final["confidence"][wrong])][:GRID_SIZE]
     if len(wrong) == 0:

@@ -22,8 +22,8 @@ from .outputs import file_mode, guard_write
 LOCK_FILE = ".lock"
 # Settings that cannot change a run's numbers: a resume may change them (and the run records it).
 # Everything else (data, model, optim, epochs, batch size, precision, seed, budget, ...) is refused.
-NEUTRAL = frozenset({"output_dir", "train.resume", "data.num_workers", "data.cache", "train.keep_checkpoints",
-                     "train.log_with"})
+NEUTRAL = frozenset({"output_dir", "train.resume", "data.num_workers", "data.cache", "data.check_images",
+                     "train.keep_checkpoints", "train.checkpoint_every", "train.log_with"})
 
 
 def check_fresh(out: Path, resumable: bool) -> None:

@@ -62,7 +62,7 @@ def choose_cache(setting: str, cuda: bool, needed: int, device_free: int | None,
     each process holds its own copy, and all of a host's processes decode at once."""
     gib = f"{needed / 2**30:.2f} GiB"
     if setting == "memory":
-        return True, f"data.cache=memory: decoding about {gib} into memory"
+        return True, ""  # decode() says how much it took
     if setting == "none":
         return False, ""
     if not cuda:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -19,6 +19,7 @@ from .config import Config, to_dict
 from .cache import CachedBatches, DecodedImages, IndexDataset
 from .data import build_datasets, class_display_names, make_loaders, samples, splits_line
 from .errors import ConfigError, OutputError
+from .drawer import Drawer
 from .metrics import accuracy
 from .objective import Objective
 from .model import build_model, data_config, set_backbone_frozen, state_bytes, train_mode
@@ -26,7 +27,7 @@ from .optim import OneCycle, build_optimizer
 from .transforms import normalize
 from .outputs import check_space
 from .phases import Phases
-from . import lr_find
+from . import lr_find, speed
 from .watch import Watch
 
 LOG_EVERY = 10  # optimizer steps between syncs: tracker, progress bar, stop/NaN/budget checks
@@ -145,10 +146,10 @@ def evaluate(model, loader, accelerator, mean, std) -> dict:
             "predictions": preds, "references": labels, "confidence": confidence}
 
 
-def decode(ds, cfg: Config, accelerator) -> DecodedImages:
+def decode(ds, cfg: Config, accelerator, workers: int) -> DecodedImages:
     start = time.perf_counter()
     _, stored, labels = samples(ds)
-    images = DecodedImages(stored, labels, cfg.data.image_size, accelerator.device, cfg.data.num_workers)
+    images = DecodedImages(stored, labels, cfg.data.image_size, accelerator.device, workers)
     accelerator.print(f"decoded {len(ds)} images into {images.nbytes / 2**30:.2f} GiB on {accelerator.device} "
                       f"in {time.perf_counter() - start:.1f} s")
     return images
@@ -161,9 +162,7 @@ def make_accelerator(cfg: Config, out: Path | None, precision: str) -> Accelerat
         log_with=None if cfg.train.log_with == "none" else cfg.train.log_with,
         project_dir=None if out is None else str(out),
         dynamo_backend="inductor" if cfg.train.compile else None,  # None: accelerate launch's setting
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        # DDP must tolerate parameters that get no gradient while the backbone is frozen.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.freeze_epochs > 0)])
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))  # DDP: see fit_ddp
 
 
 @dataclass
@@ -182,6 +181,7 @@ class Setup:
     cached: bool
     checkpoint_size: int
     grad_accum_steps: int
+    speed_settings: dict
 
     @property
     def steps_per_epoch(self) -> int:  # per process, after sharding
@@ -206,24 +206,37 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
     if head_note:
         accelerator.print(head_note)
     mean, std = data_config(model).values()
-    cached = cfg.data.cache == "memory" or (cfg.data.cache == "auto" and use_cuda())
-    if cached:  # loaders of indices; the images are cropped on the device (see cache.py)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    needed = 0
+    if cfg.data.cache == "auto" and use_cuda():  # from the headers, before anything is decoded
+        needed = sum(speed.estimate_decoded_bytes(samples(ds)[1], cfg.data.image_size) for ds in (train_ds, val_ds))
+    cached, why = speed.choose_cache(cfg.data.cache, use_cuda(), needed, *speed.free_memory(accelerator.device),
+                                     local_processes)
+    if why:
+        accelerator.print(why)
+    if cached:  # loaders of indices, kept on the host; the images are cropped on the device (see cache.py)
         train_dl, val_dl = make_loaders(IndexDataset(len(train_ds)), IndexDataset(len(val_ds)), cfg.train.batch_size,
                                         0, accelerator.num_processes, collate_fn=None)
     else:
         train_dl, val_dl = make_loaders(train_ds, val_ds, cfg.train.batch_size, cfg.data.num_workers,
                                         accelerator.num_processes)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    settings = speed.backend_settings(accelerator.device.type == "cuda")
+    speed.apply_backend_settings(settings)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), fused=settings["fused_optimizer"])
     checkpoint_size = checkpoint.checkpoint_bytes(model, cfg.optim.name)
     if out is not None and accelerator.is_main_process and cfg.train.epochs:
         check_space(out, checkpoint_size + state_bytes(model))  # a new checkpoint lands before the old goes; then model/
-    model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # index loaders stay on the host (device_placement=False): the crops are drawn there and sent
+    # in one non-blocking copy, with no host-device sync per step
+    train_dl, val_dl = (accelerator.prepare_data_loader(dl, device_placement=not cached) for dl in (train_dl, val_dl))
     if cached:
+        workers = speed.decode_workers(cfg.data.num_workers, local_processes)
         with phases("cache_decode"):
-            train_dl, val_dl = (CachedBatches(loader, decode(ds, cfg, accelerator), train, cfg.data.hflip)
+            train_dl, val_dl = (CachedBatches(loader, decode(ds, cfg, accelerator, workers), train, cfg.data.hflip)
                                 for loader, ds, train in ((train_dl, train_ds, True), (val_dl, val_ds, False)))
     return Setup(train_ds, val_ds, source, skipped, model, optimizer, train_dl, val_dl, mean, std, cached,
-                 checkpoint_size, cfg.train.grad_accum_steps)
+                 checkpoint_size, cfg.train.grad_accum_steps, settings)
 
 
 def find_lr(cfg: Config, setup: Setup, loop: Loop) -> dict:
@@ -232,6 +245,7 @@ def find_lr(cfg: Config, setup: Setup, loop: Loop) -> dict:
     everything trains."""
     set_backbone_frozen(loop.accelerator.unwrap_model(loop.model), False)
     train_mode(loop.accelerator.unwrap_model(loop.model), False)
+    loop.model = setup.model = fit_ddp(loop.accelerator, loop.model, False)
     loop.objective.set_epoch(0)
     found = lr_find.range_test(loop, setup.train_dl, cfg.optim.name)
     loop.accelerator.print(lr_find.line(found))
@@ -276,7 +290,7 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, phase
         saved = checkpoint.read_state(resume_from)
 
     setup = build(cfg, accelerator, phases, out, resume_from)
-    model, train_dl, val_dl, mean, std = setup.model, setup.train_dl, setup.val_dl, setup.mean, setup.std
+    model, val_dl, mean, std = setup.model, setup.val_dl, setup.mean, setup.std
     classes = setup.source.classes
     loop = Loop(model, setup.optimizer, accelerator, Objective(cfg, len(classes), mean, std), cfg.optim.grad_clip,
                 time_budget=bool(cfg.train.time_budget_s))
@@ -308,23 +322,67 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, phase
     if accelerator.is_main_process:
         try:
             with phases("start_outputs"):
-                report.write_start(out, cfg, setup.train_ds, classes, setup.source.records())
+                report.write_start(out, cfg, setup.source.records())
         except OutputError as e:  # nothing trained yet: a setting to change, like a bad key
             e.exit_code = 2
             raise
-    accelerator.init_trackers("logs", config=report.flat_config(to_dict(cfg)))
-    loop.watch = watch = Watch(accelerator)
+    # figures are drawn in a child process while training runs (drawer.py), forked before any loader worker
+    drawer = Drawer(accelerator.is_main_process, out=out, train_ds=setup.train_ds, val_ds=setup.val_ds,
+                    classes=classes)
+    try:
+        if accelerator.is_main_process:
+            drawer.submit("samples")
+        accelerator.init_trackers("logs", config=report.flat_config(to_dict(cfg)))
+        loop.watch = Watch(accelerator)
+        startup_seconds = phases.since_launch()  # data checked, model built, loaders ready
+        final, stop = _train_epochs(cfg, loop, setup, state, save)
+        if loop.watch.first_check_seconds is not None:
+            phases.add("first_step", loop.watch.first_check_seconds)
+        if final is None:  # evaluate-only run, or resumed after the last epoch
+            with phases("final_evaluation"):
+                final = evaluate(model, val_dl, accelerator, mean, std)
+        run_info = {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
+                    "mixed_precision": precision, "steps_per_epoch": setup.steps_per_epoch,
+                    "optimizer_steps": loop.scheduler.steps, "startup_seconds": startup_seconds,
+                    "decoded_cache": setup.cached, "stopped_by_time_budget": stop == "budget",
+                    "skipped_images": sum(setup.skipped.values()), "train_samples": len(setup.train_ds),
+                    "resumes": state["resumes"], "lr_per_step": loop.lrs,
+                    "peak_lr": max_lr if max_lr != "find" else None, "lr_find": found,
+                    "objective": loop.objective.describe, "speed_settings": setup.speed_settings,
+                    "phase_seconds": phases.seconds}
+        return _finish(cfg, accelerator, setup, final, state, run_info, phases, drawer)
+    finally:
+        drawer.close()
 
-    final, stop, first_epoch = None, None, state["epoch"]
-    history = state["history"]
-    startup_seconds = phases.since_launch()  # data checked, model built, loaders ready
+
+def fit_ddp(accelerator: Accelerator, model, frozen: bool):
+    """DDP syncs the parameters that required a gradient when it was built. The first epochs may
+    freeze the backbone: build it for the phase at hand (a parameter broadcast) instead of one
+    wrapper with find_unused_parameters=True, whose search for parameters without a gradient costs
+    an autograd traversal every step of the run (and a warning each time it finds none)."""
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel) or getattr(model, "built_frozen", False) == frozen:
+        return model  # accelerate's wrapper is built before anything is frozen
+    kwargs = accelerator.ddp_handler.to_kwargs() if accelerator.ddp_handler is not None else {}
+    rebuilt = torch.nn.parallel.DistributedDataParallel(model.module, device_ids=model.device_ids,
+                                                        output_device=model.output_device, **kwargs)
+    rebuilt.built_frozen = frozen
+    # what save_state/load_state see: the wrapper on GPUs; on CPUs accelerate keeps the inner module
+    accelerator._models = [rebuilt if m is model else m for m in accelerator._models]
+    return rebuilt
+
+
+def _train_epochs(cfg: Config, loop: Loop, setup: Setup, state: dict, save) -> tuple[dict | None, str | None]:
+    """The epochs still to run: train, evaluate, record, checkpoint. (final evaluation, stop reason)"""
+    accelerator, watch, train_dl = loop.accelerator, loop.watch, setup.train_dl
+    final, stop, first_epoch, history = None, None, state["epoch"], state["history"]
     with watch.signals():
         for epoch in range(first_epoch, cfg.train.epochs):
             batches_done = state["batches_done"] if epoch == first_epoch else 0
             set_seed(cfg.train.seed + epoch)  # shuffling and augmentation depend on seed and epoch alone
             train_dl.set_epoch(epoch)
             frozen = epoch < cfg.train.freeze_epochs
-            set_backbone_frozen(accelerator.unwrap_model(model), frozen)
+            set_backbone_frozen(accelerator.unwrap_model(loop.model), frozen)
+            loop.model = setup.model = fit_ddp(accelerator, loop.model, frozen)
             watch.start(state["train_seconds"])
             result = train_one_epoch(loop, train_dl, epoch, frozen, batches_done,
                                      state["partial"] if batches_done else (0.0, 0))
@@ -333,7 +391,7 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, phase
                 state["train_seconds"] += train_time
                 watch.raise_stopped(save(f"epoch_{epoch:03d}_batch_{result['batches_done']:06d}", epoch=epoch,
                                          batches_done=result["batches_done"], partial=result["partial"]))
-            final = evaluate(model, val_dl, accelerator, mean, std)
+            final = evaluate(loop.model, setup.val_dl, accelerator, setup.mean, setup.std)
             epoch_seconds = watch.seconds()
             state["train_seconds"] += epoch_seconds
             done = result["batches_done"]
@@ -345,31 +403,28 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, phase
             accelerator.log({f"epoch/{k}": record[k] for k in ("train_loss", "val_loss", "val_acc", "lr")},
                             step=loop.scheduler.steps)
             accelerator.print(report.epoch_line(record))
-            save(f"epoch_{epoch + 1:03d}", epoch=epoch + 1, batches_done=0, partial=(0.0, 0))
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs or stop == "budget":
+                save(f"epoch_{epoch + 1:03d}", epoch=epoch + 1, batches_done=0, partial=(0.0, 0))
             if stop == "budget":
                 accelerator.print(f"time budget of {cfg.train.time_budget_s:g} s spent: the schedule ended after "
                                   f"{record['epoch']:.2f} epochs ({loop.scheduler.steps} optimizer steps)")
                 break
-    if watch.first_check_seconds is not None:
-        phases.add("first_step", watch.first_check_seconds)
-    if final is None:  # evaluate-only run, or resumed after the last epoch
-        with phases("final_evaluation"):
-            final = evaluate(model, val_dl, accelerator, mean, std)
+    return final, stop
 
+
+def _finish(cfg: Config, accelerator: Accelerator, setup: Setup, final: dict, state: dict, run_info: dict,
+            phases: Phases, drawer: Drawer) -> dict:
+    """Every output of a finished run: figures (in the drawer), predictions, model/, then metrics.json."""
+    classes, names = setup.source.classes, class_display_names(setup.source.classes)
     ids = samples(setup.val_ds)[0]
-    run_info = {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
-                "mixed_precision": precision, "steps_per_epoch": setup.steps_per_epoch,
-                "optimizer_steps": loop.scheduler.steps, "startup_seconds": startup_seconds,
-                "decoded_cache": setup.cached, "stopped_by_time_budget": stop == "budget",
-                "skipped_images": sum(setup.skipped.values()), "train_samples": len(setup.train_ds),
-                "resumes": state["resumes"], "lr_per_step": loop.lrs, "peak_lr": max_lr if max_lr != "find" else None,
-                "lr_find": found, "objective": loop.objective.describe, "phase_seconds": phases.seconds}
-    metrics = report.metrics(history, final, classes, state["train_seconds"], run_info, ids)
+    metrics = report.metrics(state["history"], final, classes, state["train_seconds"], run_info, ids)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        out = Path(cfg.output_dir)
         with phases("final_outputs"):
-            report.write_final(out, metrics, final, accelerator.unwrap_model(model), classes,
-                               class_display_names(classes), cfg, setup.val_ds, ids)
+            drawer.submit("final", metrics=metrics, final=final, names=names)
+            report.write_final(out, metrics, final, accelerator.unwrap_model(setup.model), classes, names, cfg, ids)
+            drawer.wait()
         report.write_metrics(out, metrics)  # last: a run is finished when its metrics.json exists
     accelerator.end_training()
     return metrics

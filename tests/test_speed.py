@@ -1,0 +1,108 @@
+"""The time outside the training loop: phase timings, GPU-only speed settings, the cache decision,
+host-side index batches, the skippable image check, figures drawn in a child process."""
+import errno
+import json
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+
+from conftest import tiny_config
+from transfer import speed
+from transfer.cache import DecodedImages
+from transfer.cli import main
+from transfer.config import load_config
+from transfer.errors import ConfigError
+from transfer.optim import build_optimizer
+from transfer.phases import Phases
+from transfer.train import build
+
+GIB = 2**30
+
+
+def test_phase_seconds_cpu_settings_and_checkpoint_every_in_a_finished_run(image_folder, tmp_path):
+    from transfer.train import run
+
+    metrics = run(tiny_config(image_folder, tmp_path / "r", "train.epochs=3", "train.checkpoint_every=2",
+                              "train.keep_checkpoints=5"))
+    # every second epoch's checkpoint, and the last one
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["epoch_002", "epoch_003"]
+    phases = json.loads((tmp_path / "r" / "metrics.json").read_text())["phase_seconds"]
+    documented = {"launch", "data", "model", "cache_decode", "lr_find", "start_outputs", "first_step", "checkpoints",
+                  "final_evaluation", "final_outputs"}
+    assert {"launch", "data", "model", "start_outputs", "first_step", "checkpoints", "final_outputs"} <= set(phases)
+    assert set(phases) <= documented and all(v >= 0 for v in phases.values())
+    assert phases["first_step"] > 0 and phases["final_outputs"] > 0
+    # on a CPU none of the GPU speed settings is chosen, so the CPU path stays exact
+    assert metrics["speed_settings"] == {"cudnn_benchmark": False, "tf32_matmul": False, "fused_optimizer": False}
+    assert torch.backends.cudnn.benchmark is False and torch.get_float32_matmul_precision() == "highest"
+
+
+def test_gpu_speed_settings_are_chosen_for_cuda_only():
+    assert speed.backend_settings(True) == {"cudnn_benchmark": True, "tf32_matmul": True, "fused_optimizer": True}
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    cfg = load_config("configs/smoke.yaml").optim
+    assert build_optimizer(cfg, params, fused=True).param_groups[0]["fused"] is True
+    assert not build_optimizer(cfg, params).param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("setting, cuda, needed, device_free, host_free, processes, chosen, says", [
+    ("memory", False, 0, None, 8 * GIB, 1, True, ""),
+    ("none", True, GIB, 100 * GIB, 100 * GIB, 1, False, ""),
+    ("auto", False, GIB, None, 100 * GIB, 1, False, ""),
+    ("auto", True, GIB, 100 * GIB, 100 * GIB, 1, True, "onto the GPU"),
+    ("auto", True, 120 * GIB, 139 * GIB, 1000 * GIB, 1, False, "free GPU memory (139.0 GiB)"),  # ImageNet at 160 px
+    ("auto", True, 10 * GIB, 139 * GIB, 64 * GIB, 8, False, "available host memory"),  # 8 processes decode at once
+])
+def test_cache_auto_decodes_only_what_fits(setting, cuda, needed, device_free, host_free, processes, chosen, says):
+    got, why = speed.choose_cache(setting, cuda, needed, device_free, host_free, processes)
+    assert got is chosen and says in why
+
+
+def test_decoded_size_is_estimated_from_headers(image_folder):
+    paths = sorted(str(p) for p in (image_folder / "train").rglob("*.png"))
+    assert speed.estimate_decoded_bytes(paths, 32) == DecodedImages(paths, [0] * len(paths), 32, "cpu").nbytes
+
+
+def test_index_batches_stay_on_the_host(image_folder, tmp_path):
+    cached = build(tiny_config(image_folder, tmp_path / "c", "data.cache=memory"), Accelerator(cpu=True), Phases())
+    assert cached.cached and cached.train_dl.index_loader.device is None  # not moved by accelerate
+    batch = next(iter(cached.train_dl.index_loader))
+    assert batch.device.type == "cpu"
+    plain = build(tiny_config(image_folder, tmp_path / "p", "data.cache=none"), Accelerator(cpu=True), Phases())
+    assert not plain.cached and plain.train_dl.device == torch.device("cpu")
+
+
+@pytest.fixture
+def corrupt_folder(image_folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(image_folder, root)
+    (root / "train" / "circle" / "broken.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+def test_image_check_can_be_skipped_and_a_bad_image_still_ends_in_one_line(corrupt_folder, tmp_path, capsys):
+    code = main(["--config", "configs/smoke.yaml", f"data.root={corrupt_folder}", f"output_dir={tmp_path / 'r'}",
+                 "data.check_images=false", "train.epochs=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "broken.png" in err, err
+    with pytest.raises(ConfigError, match="data.check_images"):
+        load_config("configs/smoke.yaml", ["data.check_images=false", "data.skip_bad_images=true"])
+
+
+def test_a_figure_that_cannot_be_written_fails_the_run_before_metrics(image_folder, tmp_path, capsys, monkeypatch):
+    from transfer import plots
+
+    def full_disk(counts, names, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(plots, "plot_confusion", full_disk)  # the drawer is forked: it has the patch too
+    out = tmp_path / "r"
+    code = main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={out}", "train.epochs=1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "no space left" in err and "confusion.png" in err, err
+    assert not (out / "metrics.json").exists() and (out / "model" / "model.safetensors").exists()
+    assert (out / "plots" / "samples.png").exists() and not (out / "plots" / "confusion.png").exists()
+    assert np.all([p.suffix == ".png" for p in (out / "plots").iterdir()])  # no temporary files left
