@@ -208,8 +208,6 @@ def test_gradient_accumulation_takes_the_right_number_of_optimizer_steps(image_f
 
 
 def test_breed_names_in_plots_and_model_config(image_folder, tmp_path, monkeypatch):
-    import transfer.plots
-
     root = tmp_path / "woof"
     for split in ("train", "val"):
         for shape, wnid in (("circle", "n02086240"), ("square", "n02087394")):
