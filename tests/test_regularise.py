@@ -188,3 +188,20 @@ def test_lr_find_script_prints_the_pick_and_writes_only_its_plot(image_folder, t
     printed = capsys.readouterr().out
     assert code == 0 and "lr range test: " in printed and "suggested optim.lr=" in printed, printed
     assert plot.stat().st_size > 0 and not out.exists()  # no run folder
+
+
+@pytest.mark.parametrize("freeze, trainable", [(1, "all"), (4, "head")])
+def test_the_range_test_trains_what_the_schedule_peak_trains(image_folder, tmp_path, monkeypatch, freeze, trainable):
+    seen = {}
+
+    def spy(loop, loader, optimizer_name):  # stop before any step: only the model's state matters
+        model = loop.accelerator.unwrap_model(loop.model)
+        seen["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+        seen["all"] = {n for n, _ in model.named_parameters()}
+        raise ConfigError("enough")
+    monkeypatch.setattr(lr_find, "range_test", spy)
+    with pytest.raises(ConfigError, match="enough"):  # 4 epochs: the one-cycle peak is in the second
+        run(tiny_config(image_folder, tmp_path / "r", "optim.lr=find", "train.epochs=4",
+                        f"train.freeze_epochs={freeze}"))
+    head = {n for n in seen["all"] if n.startswith("fc.")}
+    assert seen["trainable"] == (seen["all"] if trainable == "all" else head) and head

@@ -23,7 +23,7 @@ from .drawer import Drawer
 from .metrics import accuracy
 from .objective import Objective
 from .model import build_model, data_config, set_backbone_frozen, state_bytes, train_mode
-from .optim import OneCycle, build_optimizer
+from .optim import PCT_START, OneCycle, build_optimizer
 from .transforms import normalize
 from .outputs import check_space
 from .phases import Phases
@@ -240,12 +240,13 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
 
 
 def find_lr(cfg: Config, setup: Setup, loop: Loop) -> dict:
-    """The LR range test, on the whole model even when the first epochs freeze the backbone: the
-    found value is the one-cycle peak, which comes after the warm-up (30% of the run), when
-    everything trains."""
-    set_backbone_frozen(loop.accelerator.unwrap_model(loop.model), False)
-    train_mode(loop.accelerator.unwrap_model(loop.model), False)
-    loop.model = setup.model = fit_ddp(loop.accelerator, loop.model, False)
+    """The LR range test, on the model as it trains when the one-cycle schedule peaks (after the
+    warm-up, 30% into the run): the whole model when only the first epoch or so freezes the
+    backbone, the head alone for a linear probe (frozen throughout)."""
+    frozen = int(PCT_START * cfg.train.epochs) < cfg.train.freeze_epochs
+    set_backbone_frozen(loop.accelerator.unwrap_model(loop.model), frozen)
+    train_mode(loop.accelerator.unwrap_model(loop.model), frozen)
+    loop.model = setup.model = fit_ddp(loop.accelerator, loop.model, frozen)
     loop.objective.set_epoch(0)
     found = lr_find.range_test(loop, setup.train_dl, cfg.optim.name)
     loop.accelerator.print(lr_find.line(found))
