@@ -34,5 +34,27 @@ print(f"10-epoch run: {sys.argv[2]} s wall including start-up; {m['train_seconds
       f"(train + eval); start-up {m['startup_seconds']:.1f} s; training images/s per epoch: "
       f"first {rates[0]:.0f}, median {sorted(rates)[len(rates) // 2]:.0f}, best {max(rates):.0f}; "
       f"precision {m['mixed_precision']}, decoded cache {m['decoded_cache']}")
+print("outside the loop (phase_seconds): " + ", ".join(f"{k} {v:.2f} s" for k, v in m["phase_seconds"].items()))
+print(f"speed settings: {m['speed_settings']}")
+PY
+
+# the cached path must not wait for the GPU on any step: count host-device synchronisations
+python - "$OUT/woof" <<'PY'
+import sys, warnings
+import torch
+from accelerate import Accelerator
+from transfer.config import load_config
+from transfer.phases import Phases
+from transfer.train import build
+cfg = load_config("configs/scratch.yaml", [f"data.root={sys.argv[1]}", "data.url=null", "data.cache=memory"])
+setup = build(cfg, Accelerator(mixed_precision="bf16"), Phases())
+torch.cuda.synchronize()
+torch.cuda.set_sync_debug_mode("warn")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for _, batch in zip(range(20), setup.train_dl):
+        pass
+torch.cuda.set_sync_debug_mode(0)
+print(f"host-device synchronisations in 20 cached training batches: {len(caught)} (expected 0)")
 PY
 echo "total $(( $(date +%s) - start )) s"
