@@ -141,6 +141,7 @@ def test_found_lr_is_recorded_plotted_and_equals_typing_it_in(found_run, image_f
     assert found["valley_lrs"][0] < found["suggested_lr"] < found["valley_lrs"][1]
     assert json.loads((out / "metrics.json").read_text())["lr_find"]["suggested_lr"] == found["suggested_lr"]
     assert (out / "plots" / "lr_find.png").stat().st_size > 0
+    assert f"`optim.lr=find` (found {found['suggested_lr']:.3g})" in (out / "model" / "README.md").read_text()
     assert 0.9 * found["suggested_lr"] < max(metrics["lr_per_step"]) <= found["suggested_lr"]  # the cycle's peak
     assert metrics["phase_seconds"]["lr_find"] > 0
     # model, optimizer, scaler and random state restored: the run equals one with the value typed in
