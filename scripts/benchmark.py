@@ -153,7 +153,8 @@ def our_steps(model, pixels, y, steps, precision, device_name):
     from transfer.config import Config
     from transfer.objective import Objective
     from transfer.optim import OneCycle, build_optimizer
-    from transfer.train import Loop, evaluate, train_one_epoch
+    from transfer.step import Loop
+    from transfer.train import evaluate, train_one_epoch
     from transfer.watch import Watch
 
     accelerator = Accelerator(cpu=device_name == "cpu", mixed_precision=precision)

@@ -25,7 +25,6 @@ from .errors import OutputError
 
 def _serve(connection, context: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    code = 0
     try:
         while True:
             try:
@@ -42,7 +41,7 @@ def _serve(connection, context: dict) -> None:
                 connection.send(_one_line(e))
     finally:
         connection.close()
-        os._exit(code)  # no atexit handlers of the parent (trackers, accelerate) in the child
+        os._exit(0)  # no atexit handlers of the parent (trackers, accelerate) in the child
 
 
 def _one_line(error: BaseException) -> str:

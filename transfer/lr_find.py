@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .step import train_step
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
@@ -119,8 +120,6 @@ def valley(values: list[float]) -> tuple[int, int]:
 def range_test(loop, loader, optimizer_name: str, steps: int = STEPS) -> dict:
     """Run the test with `loop` (train.Loop: model, optimizer, accelerator, objective) set up for
     the first epoch; return the metrics.json record, or raise ConfigError when inconclusive."""
-    from .train import train_step
-
     accelerator, optimizer = loop.accelerator, loop.optimizer
     model = accelerator.unwrap_model(loop.model)
     lrs = schedule(steps)

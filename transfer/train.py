@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from .errors import ConfigError, OutputError
 from .drawer import Drawer
 from .metrics import accuracy
 from .objective import Objective
+from .step import Loop, train_step
 from .model import build_model, data_config, set_backbone_frozen, state_bytes, train_mode
 from .optim import PCT_START, OneCycle, build_optimizer
 from .transforms import normalize
@@ -50,35 +51,6 @@ def resolve_precision(requested: str) -> str:
     if requested == "fp16" and not cuda:
         raise ConfigError("train.mixed_precision='fp16' needs a GPU; on a CPU use 'no' (or 'auto')")
     return requested
-
-
-@dataclass
-class Loop:
-    """What a training step needs, in one place: the prepared model and optimizer, the objective
-    (loss, smoothing, mixing), and, for whole epochs, the schedule, the watch and the LR record."""
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    accelerator: Accelerator
-    objective: Objective
-    grad_clip: float | None
-    scheduler: OneCycle | None = None
-    watch: Watch | None = None
-    time_budget: bool = False
-    lrs: list = field(default_factory=list)  # each optimizer step's learning rate
-
-
-def train_step(loop: Loop, batch: dict) -> torch.Tensor:
-    """Forward, backward, clip and (at an accumulation boundary) an optimizer step; the loss."""
-    accelerator = loop.accelerator
-    with accelerator.accumulate(loop.model):
-        inputs, targets = loop.objective.inputs(batch)
-        loss = loop.objective.loss(loop.model(inputs), targets)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and loop.grad_clip is not None:
-            accelerator.clip_grad_value_(loop.model.parameters(), loop.grad_clip)  # unscales fp16 first
-        loop.optimizer.step()
-        loop.optimizer.zero_grad(set_to_none=True)
-    return loss
 
 
 def train_one_epoch(loop: Loop, loader, epoch: int, frozen: bool, batches_done: int = 0, partial=(0.0, 0)) -> dict:
