@@ -10,7 +10,8 @@ raises it. Where fork is not available (macOS, Windows) or the drawer is gone, t
 functions run in the run's own process.
 
 The child never touches the GPU: figures are drawn from host arrays and from the datasets it
-shares with the run (copy on write). It ignores Ctrl-C (the run handles it) and ends when the run
+shares with the run (copy on write). It runs at a lower priority (nice 10), so on a busy machine
+the training process comes first; it ignores Ctrl-C (the run handles it) and ends when the run
 does, even after `kill -9` (its pipe closes).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .errors import OutputError
 
 def _serve(connection, context: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(10)  # background work: on a busy machine the training process comes first
     try:
         while True:
             try:
