@@ -5,11 +5,12 @@
     model             building the model and loading its weights
     cache_decode      decoding the data set into memory (data.cache=memory)
     lr_find           the LR range test (optim.lr=find)
-    start_outputs     config.yaml, split records, plots/samples.png
+    start_outputs     config.yaml and split records (the figures are drawn in a child process: drawer.py)
     first_step        the run's first optimizer step (loader start, cuDNN autotuning, compiling)
     checkpoints       every checkpoint written, together
     final_evaluation  the evaluation after the loop, when no epoch ran one (train.epochs=0, resumed at the end)
-    final_outputs     predictions, plots, model/ and its card (metrics.json itself comes last)
+    final_outputs     predictions, model/ and its card, and waiting for the final figures
+                      (metrics.json itself comes last)
 Each process measures its own; the main process's are written.
 """
 from __future__ import annotations

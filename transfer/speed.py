@@ -31,7 +31,7 @@ def apply_backend_settings(settings: dict[str, bool]) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def estimate_decoded_bytes(stored: list, size: int) -> int:
+def estimate_decoded_bytes(stored, size: int) -> int:
     """Bytes of the uint8 buffer `cache.DecodedImages` would hold: each image resized so its
     short side is `size`, from the headers of an even sample of at most HEADER_SAMPLE images."""
     from .images import header_size

@@ -181,7 +181,9 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     needed = 0
     if cfg.data.cache == "auto" and use_cuda():  # from the headers, before anything is decoded
-        needed = sum(speed.estimate_decoded_bytes(samples(ds)[1], cfg.data.image_size) for ds in (train_ds, val_ds))
+        # a lazy column: only the sampled rows are read (bytes-stored sources are not loaded whole)
+        needed = sum(speed.estimate_decoded_bytes(ds.with_format(None)["image"], cfg.data.image_size)
+                     for ds in (train_ds, val_ds))
     cached, why = speed.choose_cache(cfg.data.cache, use_cuda(), needed, *speed.free_memory(accelerator.device),
                                      local_processes)
     if why:
@@ -271,8 +273,8 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, phase
     if cfg.optim.lr == "find" and found is None and cfg.train.epochs:
         with phases("lr_find"):
             found = find_lr(cfg, setup, loop)
-    max_lr = found["suggested_lr"] if cfg.optim.lr == "find" and found else cfg.optim.lr
-    loop.scheduler = OneCycle(setup.optimizer.optimizer, max_lr if max_lr != "find" else 0.0,
+    peak_lr = found["suggested_lr"] if found else (None if cfg.optim.lr == "find" else cfg.optim.lr)
+    loop.scheduler = OneCycle(setup.optimizer.optimizer, peak_lr or 0.0,  # None: evaluate-only, nothing found
                               cfg.train.epochs * setup.steps_per_epoch, cfg.train.time_budget_s)
     accelerator.register_for_checkpointing(loop.scheduler)
 
@@ -320,7 +322,7 @@ def _run(cfg: Config, accelerator: Accelerator, out: Path, precision: str, phase
                     "decoded_cache": setup.cached, "stopped_by_time_budget": stop == "budget",
                     "skipped_images": sum(setup.skipped.values()), "train_samples": len(setup.train_ds),
                     "resumes": state["resumes"], "lr_per_step": loop.lrs,
-                    "peak_lr": max_lr if max_lr != "find" else None, "lr_find": found,
+                    "peak_lr": peak_lr, "lr_find": found,
                     "objective": loop.objective.describe, "speed_settings": setup.speed_settings,
                     "phase_seconds": phases.seconds}
         return _finish(cfg, accelerator, setup, final, state, run_info, phases, drawer)
