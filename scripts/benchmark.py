@@ -9,10 +9,10 @@
    (torchvision ImageFolder + RandomCrop/flip/ToTensor/Normalize + DataLoader), same files,
    batch and workers, after a warm-up;
 2. training step, images/s (forward, backward, clip, optimizer and schedule step): our loop
-   (`transfer.train.train_one_epoch`) vs a plain PyTorch loop, same model, batch and precision;
-3. evaluation, images/s: `transfer.train.evaluate` vs a plain `torch.no_grad()` loop;
+   (`transfer.training.loop.train_one_epoch`) vs a plain PyTorch loop, same model, batch and precision;
+3. evaluation, images/s: `transfer.training.loop.evaluate` vs a plain `torch.no_grad()` loop;
 4. one whole epoch (train + eval) wall time, time from launch to the training loop, and peak
-   memory: `transfer.train.run` vs the article's loop, each in a fresh process.
+   memory: `transfer.run.run` vs the article's loop, each in a fresh process.
 Without --data it generates an Imagewoof-shaped folder (10 classes of JPEGs, shortest side 160,
 aspect 1.0-1.6, about 7-10 KB each).
 """
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,7 @@ def article_loaders(root: Path, batch: int, workers: int, size: int):
 
 def our_loaders(root: Path, batch: int, workers: int, size: int):
     from transfer.config import DataConfig
-    from transfer.data import build_datasets, make_loaders
+    from transfer.data.loaders import build_datasets, make_loaders
 
     train, val, _, _ = build_datasets(DataConfig(root=str(root), image_size=size, num_workers=workers))
     return make_loaders(train, val, batch, workers, 1)
@@ -151,25 +152,28 @@ def our_steps(model, pixels, y, steps, precision, device_name):
     from accelerate import Accelerator
 
     from transfer.config import Config
-    from transfer.objective import Objective
-    from transfer.optim import OneCycle, build_optimizer
-    from transfer.step import Loop
-    from transfer.train import evaluate, train_one_epoch
-    from transfer.watch import Watch
+    from transfer.data.transforms import Normalize
+    from transfer.training.loop import evaluate, train_one_epoch
+    from transfer.training.objective import Objective
+    from transfer.training.optim import OneCycle, build_optimizer
+    from transfer.training.step import Loop, Trainer
+    from transfer.training.watch import Watch
 
     accelerator = Accelerator(cpu=device_name == "cpu", mixed_precision=precision)
     model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(Config().optim, model.parameters())
-    model, optimizer = accelerator.prepare(model, optimizer)
     cfg = Config()
-    loop = Loop(model, optimizer, accelerator, Objective(cfg, 10, MEAN, STD), cfg.optim.grad_clip,
-                OneCycle(optimizer.optimizer, 1e-4, 100 * steps), Watch(accelerator))
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    normalize = Normalize(MEAN, STD)
+    trainer = Trainer(model, optimizer, accelerator, Objective(cfg.train.label_smoothing, cfg.data, 10, normalize),
+                      cfg.optim.grad_clip)
+    loop = Loop(trainer, OneCycle(optimizer.optimizer, 1e-4, 100 * steps), Watch(accelerator))
     batch = {"pixel_values": pixels.to(accelerator.device), "labels": y.to(accelerator.device)}
 
     def train():
-        train_one_epoch(loop, [batch] * steps, 0, False)
+        train_one_epoch(loop, [batch] * steps, 0)
 
-    return train, lambda: evaluate(model, [batch] * steps, accelerator, MEAN, STD)
+    return train, lambda: evaluate(model, [batch] * steps, accelerator, normalize)
 
 
 def compare_steps(ours, plain, images: int, device, rounds: int = 3) -> dict:
@@ -197,19 +201,23 @@ def peak_memory_mb(device) -> float:
 
 def epoch_ours(args, launched):
     from transfer.config import load_config
-    from transfer.train import run
+    from transfer.run import run
 
-    out = Path(tempfile.mkdtemp(prefix="bench-run-")) / "run"
+    scratch = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    out = scratch / "run"
     cfg = load_config("configs/pretrained.yaml", [
         f"data.root={args.data}", "data.url=null", f"data.image_size={args.size}",
         f"data.num_workers={args.workers}", f"model.name={args.model}", "model.pretrained=false",
         "train.epochs=1", "train.freeze_epochs=0", f"train.batch_size={args.batch}", f"output_dir={out}"])
-    metrics = run(cfg)
-    h = metrics["history"][0]
-    return {"epoch_seconds": h["epoch_seconds"], "startup_seconds": metrics["startup_seconds"],
-            "peak_memory_mb": peak_memory_mb(torch.device(metrics["device"].split(":")[0])),
-            "val_acc": h["val_acc"], "mixed_precision": metrics["mixed_precision"],
-            "phase_seconds": metrics["phase_seconds"]}
+    try:
+        metrics = run(cfg)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    h = metrics.history[0]
+    return {"epoch_seconds": h["epoch_seconds"], "startup_seconds": metrics.startup_seconds,
+            "peak_memory_mb": peak_memory_mb(torch.device(metrics.device.split(":")[0])),
+            "val_acc": h["val_acc"], "mixed_precision": metrics.mixed_precision,
+            "phase_seconds": metrics.phase_seconds}
 
 
 def epoch_article(args, launched):
@@ -306,12 +314,22 @@ def main(argv=None) -> int:
     if args.make_data:
         print(make_imagewoof_like(args.make_data, args.train_images, val_images))
         return 0
+    made = None
     if args.data is None:
-        args.data = make_imagewoof_like(Path(tempfile.mkdtemp(prefix="bench-data-")) / "woof",
-                                        args.train_images, val_images)
+        made = Path(tempfile.mkdtemp(prefix="bench-data-"))
+        args.data = make_imagewoof_like(made / "woof", args.train_images, val_images)
+    try:
+        return measure(args)
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def measure(args) -> int:
+    """Every comparison on `args.data`; prints the table (and writes --json)."""
     import timm
 
-    from transfer.train import resolve_precision
+    from transfer.training.accel import resolve_precision
 
     device = torch.device(args.device)
     precision = "no" if device.type == "cpu" else resolve_precision("auto")
@@ -354,7 +372,7 @@ def main(argv=None) -> int:
     results["ratios"] = ratios
     print(table(results))
     if args.json:
-        from transfer.outputs import write_json
+        from transfer.files import write_json
 
         write_json(args.json, results)
     return 0

@@ -15,7 +15,7 @@
 # SWEEP (key=v1,v2,...), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
 # (1: print the runs as shell commands instead), OVERWRITE (0), PYTHON (the python that has this
 # project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch", i.e.
-# `accelerate launch`: your accelerate config picks GPUs and processes). See transfer/sweep.py.
+# `accelerate launch`: your accelerate config picks GPUs and processes). See transfer/experiments/ (plan.py, runner.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +27,4 @@ if [ -n "${LAUNCH:-}" ]; then
     exit 2
   fi
 fi
-PYTHON="$PYTHON" exec "$PYTHON" -m transfer.sweep "$@"
+PYTHON="$PYTHON" exec "$PYTHON" -m transfer.cli compare "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The experiment, offline, in about two minutes on a laptop CPU: pretrain a small model on a
 # generated source task (the stand-in for ImageNet), then pretrained vs scratch on a target task
-# with few labelled images per class, two seeds, and the report. See transfer/demo.py.
+# with few labelled images per class, two seeds, and the report. See transfer/experiments/demo.py.
 #
 #   scripts/demo.sh                  # -> runs/demo/compare/report.md, comparison.png
 #   SWEEP=1 scripts/demo.sh          # + the curve: gain vs labelled images per class (sweep.png)
@@ -10,4 +10,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/find_python.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec "$PYTHON" -m transfer.demo
+exec "$PYTHON" -m transfer.cli demo

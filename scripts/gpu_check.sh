@@ -44,8 +44,8 @@ import sys, warnings
 import torch
 from accelerate import Accelerator
 from transfer.config import load_config
-from transfer.phases import Phases
-from transfer.train import build
+from transfer.training.phases import Phases
+from transfer.training.setup import build
 cfg = load_config("configs/scratch.yaml", [f"data.root={sys.argv[1]}", "data.url=null", "data.cache=memory"])
 setup = build(cfg, Accelerator(mixed_precision="bf16"), Phases())
 torch.cuda.synchronize()

@@ -1,16 +1,99 @@
-"""Offline, CPU-only test set-up: HF caches in a temp folder, no Hub access, tiny data."""
+"""Offline, CPU-only test set-up: HF caches in a temp folder (removed at the end), no Hub access,
+tiny data; every process a test starts runs in its own process group, has a timeout and is
+killed, group and all, when its test ends."""
 import os
+import shutil
+import signal
+import subprocess
 import tempfile
 
-_CACHE = tempfile.mkdtemp(prefix="transfer-test-hf-")
+# Everything the suite and the processes it starts write to a temp folder lands in this one
+# (TMPDIR for subprocesses: torchrun's, the benchmark's, compare.sh's runs), removed at the end.
+_TMP = tempfile.mkdtemp(prefix="transfer-test-")
+_CACHE = os.path.join(_TMP, "hf")
 os.environ.update({"HF_HOME": _CACHE, "HF_DATASETS_CACHE": os.path.join(_CACHE, "datasets"),
                    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "HF_EVALUATE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""})
+                   "HF_EVALUATE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
+                   "TMPDIR": _TMP, "TORCHINDUCTOR_CACHE_DIR": os.path.join(_TMP, "inductor")})
 
 import pytest  # noqa: E402
 
 from transfer.config import load_config  # noqa: E402
-from transfer.synthetic import make_image_folder  # noqa: E402
+from transfer.data.synthetic import make_image_folder  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+def start_command(args, **kwargs) -> subprocess.Popen:
+    """subprocess.Popen in a new process group (the run's ranks, workers and drawer join it)."""
+    process = subprocess.Popen(args, start_new_session=True, **kwargs)
+    _STARTED.append(process)
+    return process
+
+
+def run_command(args, timeout: float = 600, check: bool = False, capture_output: bool = False, input=None,
+                **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run, but the whole process group is killed when the timeout expires."""
+    if capture_output:
+        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = start_command(args, stdin=subprocess.PIPE if input is not None else None, **kwargs)
+    try:
+        out, err = process.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
+        process.communicate()
+        raise
+    if check and process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, args, out, err)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def nothing_outlives_its_test():
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        kill_group(process)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (Linux)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in os.listdir(f"/proc/{parent}/task") if os.path.isdir(f"/proc/{parent}/task") else []:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = {int(c) for c in f.read().split()}
+            except OSError:
+                continue
+            todo += list(kids - found)
+            found |= kids
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +146,7 @@ def sigterm_at_batch(monkeypatch, n: int) -> None:
     """Send this process a SIGTERM right after the n-th training batch of the next run(s)."""
     import signal
 
-    from transfer.watch import Watch
+    from transfer.training.watch import Watch
 
     observe, calls = Watch.observe, []
 

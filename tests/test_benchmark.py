@@ -1,14 +1,16 @@
 """The benchmark runs end to end on a tiny setting and writes its JSON (no timing asserted)."""
 import json
-import subprocess
 import sys
 
 import pytest
 
+from conftest import run_command
 
+
+@pytest.mark.slow
 def test_benchmark_runs_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "scripts/benchmark.py", "--model", "resnet10t", "--size", "32",
+    result = run_command([sys.executable, "scripts/benchmark.py", "--model", "resnet10t", "--size", "32",
                              "--batch", "8", "--train-images", "40", "--steps", "1", "--workers", "0",
                              "--device", "cpu", "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -19,7 +21,9 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     assert all(v > 0 for v in data["ratios"].values())
     ours = data["epoch"]["ours"]
     assert ours["peak_memory_mb"] > 0 and data["setting"]["model"] == "resnet10t"
-    # the whole process is the loop plus what is outside it, and the run says where that went
-    assert ours["process_seconds"] == pytest.approx(ours["epoch_seconds"] + ours["outside_loop_seconds"])
-    assert {"launch", "data", "model", "checkpoints", "final_outputs"} <= set(ours["phase_seconds"])
+    # the run's own account of the time outside its loop fits inside the time the benchmark saw outside it
+    phases = ours["phase_seconds"]
+    assert {"launch", "data", "model", "checkpoints", "final_outputs"} <= set(phases)
+    outside = sum(v for k, v in phases.items() if k != "first_step")  # (the first step is inside the epoch)
+    assert 0 < outside <= ours["outside_loop_seconds"] and ours["epoch_seconds"] > 0
     assert "| input pipeline, images/s" in result.stdout and "| outside the loop" in result.stdout

@@ -81,3 +81,37 @@ def test_cli_missing_config_and_bad_yaml(tmp_path, capsys):
 def test_print_config(capsys):
     assert main(["--config", "configs/smoke.yaml", "--print-config", "train.epochs=9"]) == 0
     assert "epochs: 9" in capsys.readouterr().out
+
+
+def test_probe_is_the_pretrained_arm_frozen_throughout():
+    pretrained, probe = load_config("configs/pretrained.yaml"), load_config("configs/probe.yaml")
+    assert probe.train.freeze_epochs == "all" and probe.train.frozen_epochs == probe.train.epochs
+    assert dataclasses.replace(probe, output_dir=pretrained.output_dir,
+                               train=dataclasses.replace(probe.train, freeze_epochs=pretrained.train.freeze_epochs)) \
+        == pretrained
+
+
+def every_key() -> set:
+    from transfer.config import flatten, to_dict
+
+    return set(flatten(to_dict(Config())))
+
+
+def test_every_key_is_documented_in_the_settings_page():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text()
+    missing = sorted(k for k in every_key() if f"`{k}`" not in page)
+    assert not missing, f"docs/settings.md does not explain: {', '.join(missing)}"
+
+
+def test_help_lists_every_key_with_its_default(capsys):
+    import yaml
+
+    from transfer.config import flatten
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    listed = flatten(yaml.safe_load(printed.split("settings and their defaults (override any with key=value):")[1]))
+    assert set(listed) == every_key()
+    assert listed["train.epochs"] == Config().train.epochs and listed["optim.lr"] == Config().optim.lr

@@ -1,13 +1,16 @@
 """Two processes (torchrun, gloo on CPU): sharded training, every validation image scored once."""
+import csv
 import json
 import os
-import subprocess
 import sys
 
-from conftest import free_port, tiny_config
-from transfer.train import run
+import pytest
+
+from conftest import free_port, run_command, tiny_config
+from transfer.run import run
 
 
+@pytest.mark.slow
 def test_two_process_run_scores_each_val_image_exactly_once(image_folder, tmp_path):
     out = tmp_path / "ddp"
     # 18 val images in batches of 2 x 8: the last step is padded, and the padding must not be scored
@@ -15,7 +18,7 @@ def test_two_process_run_scores_each_val_image_exactly_once(image_folder, tmp_pa
                "run_transfer.py", "--config", "configs/smoke.yaml", f"data.root={image_folder}",
                f"output_dir={out}", "train.epochs=4", "train.freeze_epochs=1", "train.batch_size=4", "optim.lr=find"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    result = run_command(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["val_samples"] == 18
@@ -27,13 +30,14 @@ def test_two_process_run_scores_each_val_image_exactly_once(image_folder, tmp_pa
     # the LR range test ran on both processes over one averaged curve (they would stop if they disagreed)
     assert result.stdout.count("lr range test:") == 1 and metrics["peak_lr"] == metrics["lr_find"]["suggested_lr"]
     # gathered predictions come back in dataset order: each row's label is its file's folder
-    rows = (out / "val_predictions.csv").read_text().splitlines()[1:]
-    assert len(rows) == 18
-    assert all(row.split(",")[0].strip('"').split("/")[-2] == row.split(",")[1] for row in rows)
+    with open(out / "val_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["id"] for r in rows) == sorted(str(p) for p in (image_folder / "val").rglob("*.png"))  # each once
+    assert all(r["id"].split("/")[-2] == r["label"] for r in rows)
 
     # The same weights scored by one process give the same accuracy and loss: nothing counted twice.
     single = run(tiny_config(image_folder, tmp_path / "single", "train.epochs=0", "model.pretrained=true",
                              f"model.weights_file={out / 'model'}"))
-    assert single["val_samples"] == 18
-    assert single["final_val_acc"] == metrics["final_val_acc"]
-    assert abs(single["final_val_loss"] - metrics["final_val_loss"]) < 1e-4
+    assert single.val_samples == 18
+    assert single.final_val_acc == metrics["final_val_acc"]
+    assert abs(single.final_val_loss - metrics["final_val_loss"]) < 1e-4

@@ -9,9 +9,10 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from transfer.cli import main
-from transfer.config import ConfigError, load_config
-from transfer.model import load_saved_model
-from transfer.train import run
+from transfer.config import load_config
+from transfer.errors import RunError
+from transfer.training.model import load_saved_model
+from transfer.run import run
 
 PLOTS = {"accuracy.png", "loss.png", "lr.png", "samples.png", "confusion.png"}
 
@@ -30,7 +31,7 @@ def test_run_writes_every_output(finished_run, image_folder):
     cfg, out, metrics = finished_run
     assert load_config(out / "config.yaml") == cfg  # the resolved config reloads unchanged
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["final_val_acc"] == metrics["final_val_acc"]
+    assert saved["final_val_acc"] == metrics.final_val_acc
     assert [h["epoch"] for h in saved["history"]] == [1, 2]
     for h in saved["history"]:
         assert set(h) >= {"epoch", "lr", "train_loss", "val_loss", "val_acc", "epoch_seconds", "train_images_per_s"}
@@ -63,9 +64,9 @@ def test_saved_model_reloads_as_weights_file_and_scores_the_same(finished_run, i
     assert model.get_classifier().out_features == 3
     evaluated = run(tiny_config(image_folder, tmp_path / "eval", "train.epochs=0", "model.pretrained=true",
                                 f"model.weights_file={out / 'model'}"))
-    assert evaluated["history"] == []
-    assert evaluated["final_val_acc"] == metrics["final_val_acc"]
-    assert evaluated["final_val_loss"] == pytest.approx(metrics["final_val_loss"], rel=1e-5)
+    assert evaluated.history == []
+    assert evaluated.final_val_acc == metrics.final_val_acc
+    assert evaluated.final_val_loss == pytest.approx(metrics.final_val_loss, rel=1e-5)
 
 
 def test_resume_continues_to_the_same_weights(finished_run, tmp_path):
@@ -77,21 +78,21 @@ def test_resume_continues_to_the_same_weights(finished_run, tmp_path):
     (resumed / "metrics.json").unlink()
     cfg_b = load_config(resumed / "config.yaml", [f"output_dir={resumed}", "train.resume=auto"])
     metrics_b = run(cfg_b)
-    assert [h["epoch"] for h in metrics_b["history"]] == [1, 2]
+    assert [h["epoch"] for h in metrics_b.history] == [1, 2]
     a, b = load_file(out / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    assert metrics_b["final_val_acc"] == metrics["final_val_acc"]
+    assert metrics_b.final_val_acc == metrics.final_val_acc
 
 
 def test_finished_run_is_not_overwritten_and_resume_says_done(finished_run, capsys):
     cfg, out, metrics = finished_run
     before = (out / "metrics.json").read_text()
-    with pytest.raises(ConfigError, match="already holds a run.*train.resume=auto"):
+    with pytest.raises(RunError, match="already holds a run.*train.resume=auto"):
         run(cfg)
     done = run(load_config(out / "config.yaml", ["train.resume=auto"]))
     assert "finished run" in capsys.readouterr().out
-    assert done["final_val_acc"] == metrics["final_val_acc"] and (out / "metrics.json").read_text() == before
+    assert done.final_val_acc == metrics.final_val_acc and (out / "metrics.json").read_text() == before
 
 
 @pytest.mark.parametrize("breakage, words", [
@@ -138,7 +139,7 @@ def test_images_unseen_by_imagenet_are_scored_separately(finished_run, image_fol
                               f"model.weights_file={out / 'model'}"))
     rows = [r.split(",") for r in (tmp_path / "eval" / "val_predictions.csv").read_text().splitlines()[1:]]
     unseen = [r for r in rows if "ILSVRC2012_val_" in r[0]]
-    subset = metrics["val_subsets"]["unseen_by_imagenet"]
+    subset = metrics.val_subsets["unseen_by_imagenet"]
     assert subset["samples"] == len(unseen) == 2
     assert subset["val_acc"] == sum(r[1] == r[2] for r in unseen) / 2
 
@@ -146,16 +147,16 @@ def test_images_unseen_by_imagenet_are_scored_separately(finished_run, image_fol
 def test_names_with_glob_url_and_csv_characters_lose_no_image(odd_folder, tmp_path, capsys):
     import csv
 
-    from transfer.predict import main as predict_main
+    from transfer.cli import predict_main
 
     files = {split: sorted(str(p) for p in (odd_folder / split).rglob("*.png")) for split in ("train", "val")}
     assert any("[1]*?" in f for f in files["train"]) and len(files["val"]) == 12
     for cache in ("none", "memory"):  # the loader path and the decoded cache
         out = tmp_path / cache
         metrics = run(tiny_config(odd_folder, out, "train.epochs=1", f"data.cache={cache}"))
-        assert metrics["train_samples"] == len(files["train"]) == 24
-        assert metrics["val_samples"] == len(files["val"])
-        assert sorted(metrics["per_class_val_acc"]) == sorted(p.name for p in (odd_folder / "train").iterdir())
+        assert metrics.train_samples == len(files["train"]) == 24
+        assert metrics.val_samples == len(files["val"])
+        assert sorted(metrics.per_class_val_acc) == sorted(p.name for p in (odd_folder / "train").iterdir())
         with open(out / "val_predictions.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         assert sorted(r["id"] for r in rows) == files["val"]

@@ -14,6 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from transfer.cli import main
 
+from conftest import alive, descendants, run_command, start_command
+
 
 def command(root, out, *extra):
     return [sys.executable, "run_transfer.py", "--config", "configs/smoke.yaml", f"data.root={root}",
@@ -37,20 +39,27 @@ def same_weights(a, b):
 def uninterrupted(image_folder, tmp_path_factory):
     """The reference: 4 epochs, one data worker (its seeding must survive resumes too)."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    subprocess.run(command(image_folder, out, "train.epochs=4", "data.num_workers=1"), check=True,
+    run_command(command(image_folder, out, "train.epochs=4", "data.num_workers=1"), check=True,
                    capture_output=True)
     return out
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_weights(image_folder, tmp_path, uninterrupted):
     out = tmp_path / "killed"
     args = command(image_folder, out, "train.epochs=4", "data.num_workers=1")
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_command(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(out / "checkpoints" / "epoch_001" / "trainer_state.json", process)
+    children = descendants(process.pid)  # the figure drawer, and loader workers when an epoch is running
     process.send_signal(signal.SIGKILL)  # mid-epoch 2, or mid-checkpoint
     process.wait()
+    assert children, "the run's figure drawer was not found"
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if alive(pid)], "processes of the killed run are still alive"
     assert not (out / "metrics.json").exists()
-    resumed = subprocess.run(args + ["train.resume=auto"], capture_output=True, text=True)
+    resumed = run_command(args + ["train.resume=auto"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     history = json.loads((out / "metrics.json").read_text())["history"]
@@ -58,19 +67,20 @@ def test_kill_9_then_resume_gives_the_same_weights(image_folder, tmp_path, unint
     assert same_weights(out, uninterrupted)
     reference = json.loads((uninterrupted / "metrics.json").read_text())["history"]
     assert [h["val_acc"] for h in history] == [h["val_acc"] for h in reference]
-    again = subprocess.run(args + ["train.resume=auto"], capture_output=True, text=True)
+    again = run_command(args + ["train.resume=auto"], capture_output=True, text=True)
     assert again.returncode == 0 and "finished run" in again.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_is_exact(image_folder, tmp_path):
     # 48 images / batch 8 = 6 steps an epoch; stop checks every 10 steps and at each epoch's end,
     # so the checkpoint lands mid-epoch or at an epoch's end, depending on when the signal comes
     reference = tmp_path / "reference"
-    subprocess.run(command(image_folder, reference, "train.epochs=8", "data.num_workers=1"), check=True,
+    run_command(command(image_folder, reference, "train.epochs=8", "data.num_workers=1"), check=True,
                    capture_output=True)
     out = tmp_path / "preempted"
     args = command(image_folder, out, "train.epochs=8", "data.num_workers=1")
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_command(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(out / "checkpoints" / "epoch_001" / "trainer_state.json", process)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)
@@ -79,7 +89,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_exact(image_folder, tmp_path):
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert any("_batch_" in name for name in saved), saved
     assert not (out / "metrics.json").exists()
-    resumed = subprocess.run(args + ["train.resume=auto"], capture_output=True, text=True)
+    resumed = run_command(args + ["train.resume=auto"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "_batch_" in resumed.stdout
     assert same_weights(out, reference)  # the half epoch is replayed: exact, workers included

@@ -9,20 +9,21 @@ import torch
 from accelerate import Accelerator
 
 from conftest import tiny_config
-from transfer import speed
-from transfer.cache import DecodedImages
+from transfer.data import cache
+from transfer.data.cache import DecodedImages
+from transfer.training import accel
 from transfer.cli import main
 from transfer.config import load_config
 from transfer.errors import ConfigError
-from transfer.optim import build_optimizer
-from transfer.phases import Phases
-from transfer.train import build
+from transfer.training.optim import build_optimizer
+from transfer.training.phases import Phases
+from transfer.training.setup import build
 
 GIB = 2**30
 
 
 def test_phase_seconds_cpu_settings_and_checkpoint_every_in_a_finished_run(image_folder, tmp_path):
-    from transfer.train import run
+    from transfer.run import run
 
     metrics = run(tiny_config(image_folder, tmp_path / "r", "train.epochs=3", "train.checkpoint_every=2",
                               "train.keep_checkpoints=5"))
@@ -35,12 +36,12 @@ def test_phase_seconds_cpu_settings_and_checkpoint_every_in_a_finished_run(image
     assert set(phases) <= documented and all(v >= 0 for v in phases.values())
     assert phases["first_step"] > 0 and phases["final_outputs"] > 0
     # on a CPU none of the GPU speed settings is chosen, so the CPU path stays exact
-    assert metrics["speed_settings"] == {"cudnn_benchmark": False, "tf32_matmul": False, "fused_optimizer": False}
+    assert metrics.speed_settings == {"cudnn_benchmark": False, "tf32_matmul": False, "fused_optimizer": False}
     assert torch.backends.cudnn.benchmark is False and torch.get_float32_matmul_precision() == "highest"
 
 
 def test_gpu_speed_settings_are_chosen_for_cuda_only():
-    assert speed.backend_settings(True) == {"cudnn_benchmark": True, "tf32_matmul": True, "fused_optimizer": True}
+    assert accel.backend_settings(True) == {"cudnn_benchmark": True, "tf32_matmul": True, "fused_optimizer": True}
     params = [torch.nn.Parameter(torch.zeros(2))]
     cfg = load_config("configs/smoke.yaml").optim
     assert build_optimizer(cfg, params, fused=True).param_groups[0]["fused"] is True
@@ -56,13 +57,13 @@ def test_gpu_speed_settings_are_chosen_for_cuda_only():
     ("auto", True, 10 * GIB, 139 * GIB, 64 * GIB, 8, False, "available host memory"),  # 8 processes decode at once
 ])
 def test_cache_auto_decodes_only_what_fits(setting, cuda, needed, device_free, host_free, processes, chosen, says):
-    got, why = speed.choose_cache(setting, cuda, needed, device_free, host_free, processes)
+    got, why = cache.choose_cache(setting, cuda, needed, device_free, host_free, processes)
     assert got is chosen and says in why
 
 
 def test_decoded_size_is_estimated_from_headers(image_folder):
     paths = sorted(str(p) for p in (image_folder / "train").rglob("*.png"))
-    assert speed.estimate_decoded_bytes(paths, 32) == DecodedImages(paths, [0] * len(paths), 32, "cpu").nbytes
+    assert cache.estimate_decoded_bytes(paths, 32) == DecodedImages(paths, [0] * len(paths), 32, "cpu").nbytes
 
 
 def test_index_batches_stay_on_the_host(image_folder, tmp_path):
@@ -94,7 +95,7 @@ def test_image_check_can_be_skipped_and_a_bad_image_still_ends_in_one_line(corru
 
 
 def test_a_figure_that_cannot_be_written_fails_the_run_before_metrics(image_folder, tmp_path, capsys, monkeypatch):
-    from transfer import plots
+    from transfer.results import plots
 
     def full_disk(counts, names, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

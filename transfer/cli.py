@@ -1,13 +1,57 @@
-"""Command line: `run_transfer.py --config FILE [key=value ...]`, under python, accelerate or torchrun."""
+"""Every entry point, and the one way an error reaches the terminal.
+
+    python run_transfer.py --config FILE [key=value ...]     train one arm (also `python -m transfer`,
+                                                             under accelerate launch or torchrun)
+    python scripts/lr_find.py --config FILE [key=value ...]  the LR range test alone
+    python scripts/predict.py MODEL_DIR IMAGE ...            classify images with a saved model
+    python -m transfer.compare OUT                           rebuild a comparison's report
+    scripts/compare.sh [key=value ...]                       plan, run and report a comparison
+    scripts/demo.sh                                          the offline demo
+
+`entry` runs each: a `UserError` becomes `error: <one line>` (or `stopped: ...`) and its exit
+code; a full disk or an unwritable folder met outside the guarded writes becomes the same.
+The heavy packages (torch, datasets, timm: seconds to import) are imported by the commands that
+need them, so `--help` and the report commands answer at once.
+"""
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
+from pathlib import Path
+from typing import Callable
 
-from .config import dump_yaml, load_config, Config
-from .errors import ConfigError, DataError, OutputError
+from .config import Config, dump_yaml, load_config
+from .errors import UserError, first_line
+from .files import as_output_error
+from .training.phases import Phases, process_age
 
-USAGE_EXIT = 2  # bad settings or bad input data: a one-line message, no traceback
+
+def entry(command: Callable[[], int]) -> int:
+    """Run `command`, turning the errors a user can act on into one line and their exit code."""
+    try:
+        return command()
+    except UserError as e:
+        print(f"{e.label}: {first_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # a write outside the guarded ones: a full disk or an unwritable folder
+        mapped = as_output_error(e, e.filename or "output_dir")
+        if mapped is None:
+            raise
+        print(f"error: {mapped}", file=sys.stderr)
+        return mapped.exit_code
+
+
+def exit_now(code: int) -> None:
+    """End the process the way mypy does: atexit handlers (trackers, logging) run and output is
+    flushed, but Python's teardown of every loaded module (about 1.5 s once torch, datasets and
+    a model are loaded, measured on 2 cores) is skipped. Every output is already written and
+    renamed into place by then. For the command line only; the functions here return."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def parse_args(argv: list[str] | None, lr_find: bool = False) -> argparse.Namespace:
@@ -28,63 +72,73 @@ def parse_args(argv: list[str] | None, lr_find: bool = False) -> argparse.Namesp
     return parser.parse_args(argv)
 
 
-def exit_now(code: int) -> None:
-    """End the process the way mypy does: atexit handlers (trackers, logging) run and output is
-    flushed, but Python's teardown of every loaded module (about 1.5 s once torch, datasets and
-    a model are loaded, measured on 2 cores) is skipped. Every output is already written and
-    renamed into place by then. For the command line only; `main` itself returns."""
-    import atexit
-    import os
-
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def one_line(error: Exception) -> str:
-    """The message of an error, even one re-raised from a DataLoader worker with its traceback."""
-    text = str(error).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1].split(": ", 1)[-1]
-    return text
-
-
 def main(argv: list[str] | None = None, lr_find: bool = False) -> int:
-    """`lr_find`: scripts/lr_find.py, the LR range test alone."""
+    """run_transfer.py (one arm), or with `lr_find` scripts/lr_find.py (the LR range test alone)."""
+    launch = process_age()  # interpreter start to here: what a run started from the command line pays first
     args = parse_args(argv, lr_find)
-    from .outputs import as_output_error
-    from .watch import TrainingStopped
 
-    try:
+    def command() -> int:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
         if lr_find:
-            from pathlib import Path
-
-            from .train import lr_range_test
+            from .run import lr_range_test  # torch and the data stack: only when a run starts
 
             found = lr_range_test(cfg, Path(args.plot))
             print(f"suggested optim.lr={found['suggested_lr']:.3g}; plot: {args.plot}")
             return 0
-        from .train import run
+        from .run import run  # (as above)
 
-        run(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return USAGE_EXIT
-    except OutputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except TrainingStopped as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # a write outside the guarded ones: a full disk or an unwritable folder
-        mapped = as_output_error(e, e.filename or "output_dir")
-        if mapped is None:
-            raise
-        print(f"error: {mapped}", file=sys.stderr)
-        return mapped.exit_code
-    return 0
+        run(cfg, Phases(launch))
+        return 0
+
+    return entry(command)
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    """scripts/predict.py."""
+    from .results import predict  # torch and timm: when images are classified
+
+    return entry(lambda: predict.main(argv))
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """python -m transfer.compare OUT: the report of a comparison or sweep, from its saved runs."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m transfer.compare OUT_DIR", file=sys.stderr)
+        return 2
+    from .experiments import report  # matplotlib, for the figures
+
+    def command() -> int:
+        print(report.markdown(report.build(Path(argv[0]))))
+        return 0
+
+    return entry(command)
+
+
+def compare_main(argv: list[str] | None = None) -> int:
+    """scripts/compare.sh: its environment says what to run, `argv` the settings for every run."""
+    from .experiments import runner  # (as above)
+
+    return entry(lambda: runner.main(sys.argv[1:] if argv is None else argv))
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    """scripts/demo.sh: offline, whatever the environment says."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the Hugging Face packages are imported
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from .experiments import demo
+
+    return entry(lambda: demo.main(os.environ))
+
+
+COMMANDS = {"train": main, "lr-find": lambda argv: main(argv, lr_find=True), "predict": predict_main,
+            "report": report_main, "compare": compare_main, "demo": demo_main}
+
+if __name__ == "__main__":  # python -m transfer.cli COMMAND [...]: what the scripts call
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(f"usage: python -m transfer.cli {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        raise SystemExit(2)
+    exit_now(COMMANDS[sys.argv[1]](sys.argv[2:]))

@@ -16,7 +16,7 @@ from typing import Literal, Optional, Union
 
 import yaml
 
-from .errors import ConfigError  # noqa: F401  (raised here; re-exported for callers)
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10  # 0 = evaluate the model as loaded, no training
     batch_size: int = 64  # per process
-    freeze_epochs: int = 0  # backbone frozen (weights and batch-norm statistics) for these epochs
+    # backbone frozen (weights and batch-norm statistics) for these first epochs; all: every epoch (a linear probe)
+    freeze_epochs: Union[int, Literal["all"]] = 0
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, no on CPU
     grad_accum_steps: int = 1
     seed: int = 0
@@ -109,13 +110,19 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.epochs >= 0, "train.epochs", self.epochs, "an integer >= 0 (0 = evaluate only)")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        _check(0 <= self.freeze_epochs, "train.freeze_epochs", self.freeze_epochs, "an integer >= 0")
+        _check(self.freeze_epochs == "all" or self.freeze_epochs >= 0, "train.freeze_epochs", self.freeze_epochs,
+               "an integer >= 0, or all")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "an integer >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "an integer >= 1")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _check(self.time_budget_s is None or self.time_budget_s > 0, "train.time_budget_s",
                self.time_budget_s, "a number of seconds > 0, or null")
+
+    @property
+    def frozen_epochs(self) -> int:
+        """How many of the first epochs train with the backbone frozen."""
+        return self.epochs if self.freeze_epochs == "all" else self.freeze_epochs
 
 
 @dataclass(frozen=True)
@@ -255,6 +262,12 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def flat_config(tree: dict) -> dict:
+    """Dotted keys with printable values ('null' for None), for trackers' hyper-parameter tables
+    and the reports."""
+    return {k: "null" if v is None else v for k, v in flatten(tree).items()}
 
 
 def to_dict(cfg: Config) -> dict:

@@ -1,23 +1,71 @@
-"""The errors a user can act on. Each message is one line that names the key, file or folder and
-says what to do; the CLI prints it without a traceback (`cli.main` maps each to an exit code)."""
+"""The errors a user can act on, and the one way they reach the terminal.
+
+Each message is one line that names the key, file or folder and says what to do. Every such
+error is a `UserError` that carries its exit code, set where the condition is known; every entry
+point goes through `cli.entry`, which prints `error: <line>` (or `stopped: <line>`) and returns
+that code. Anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
-    """A bad setting: the message names the key and says what is valid. Exit code 2."""
+class UserError(Exception):
+    """An error the user can act on. `exit_code`: 2 for input to change before anything ran
+    (settings, data, a folder in use), 1 for a run that failed part-way."""
 
+    exit_code = 2
+    label = "error"
 
-class DataError(ValueError):
-    """Bad data on disk: the message names the file or folder and what to do. Exit code 2."""
-
-
-class OutputError(OSError):
-    """A result or checkpoint could not be written (full disk, read-only or forbidden folder).
-    Exit code 2 when it happens before training, 1 after (`exit_code`)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)
-        self.exit_code = exit_code
+        if exit_code is not None:
+            self.exit_code = exit_code
 
     def __str__(self) -> str:
-        return self.args[0]
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+class ConfigError(UserError, ValueError):
+    """A bad setting or environment variable: the message names the key and says what is valid."""
+
+
+class DataError(UserError, ValueError):
+    """Bad data on disk: the message names the file or folder and what to do."""
+
+
+class RunError(UserError):
+    """The run cannot go on as set up, though every setting is valid: an output folder in use by
+    another run, an LR range test whose curve cannot be read, no finished runs to report on."""
+
+
+class OutputError(UserError, OSError):
+    """A result or checkpoint could not be written (full disk, read-only or forbidden folder).
+    Exit code 2 when it happens before training, 1 after."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        UserError.__init__(self, message, exit_code)
+
+
+class TrainingStopped(UserError):
+    """The run stopped before its end on purpose or by a fault; the message says what to do."""
+
+    exit_code = 1
+    label = "stopped"
+
+
+class Preempted(TrainingStopped):
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a preempted job
+
+
+class NonFiniteLoss(TrainingStopped):
+    exit_code = 1
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message as one line, also when a DataLoader worker re-raised it with its
+    traceback folded into the text."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return (text.splitlines() or [type(error).__name__])[0]

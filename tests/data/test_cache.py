@@ -1,0 +1,70 @@
+"""The decoded in-memory cache with crops on the device gives the same pixels as the loader path."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from transfer.data.cache import DecodedImages
+from transfer.data.images import open_rgb
+from transfer.data.transforms import EvalTransform, TrainTransform
+from transfer.run import run
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("imgs")
+    paths = []
+    for k, (w, h) in enumerate([(40, 32), (32, 32), (32, 51), (64, 40), (33, 32), (50, 50)]):
+        path = folder / f"{k}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("hflip", [True, False])
+def test_train_crops_equal_train_transform(images, hflip):
+    cache = DecodedImages(images, list(range(len(images))), 32, "cpu")
+    index = torch.tensor([3, 0, 5, 2, 2, 1, 4])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        expected = torch.stack([TrainTransform(32, hflip)(open_rgb(images[k])) for k in index.tolist()])
+        after_expected = torch.rand(1)
+        torch.manual_seed(seed)
+        got = cache.crops(index, train=True, hflip=hflip)
+        assert torch.equal(got, expected) and torch.equal(torch.rand(1), after_expected)
+
+
+def test_eval_crops_equal_eval_transform(images):
+    cache = DecodedImages(images, list(range(len(images))), 32, "cpu", num_workers=2)
+    index = torch.arange(len(images))
+    expected = torch.stack([EvalTransform(32)(open_rgb(p)) for p in images])
+    assert torch.equal(cache.crops(index, train=False, hflip=True), expected)
+    # each image once, resized so its short side is 32: (40, 32) stays, (64, 40) becomes (51, 32), ...
+    import torchvision.transforms.functional as TF
+    assert cache.nbytes == sum(np.asarray(TF.resize(open_rgb(p), 32)).size for p in images)
+
+
+def test_cached_run_trains_exactly_like_the_loader_run(image_folder, tmp_path):
+    # with mixup and cutmix on: both paths give the same crops, and the same mixed batches from them
+    mixing = ("data.mixup=0.4", "data.cutmix=1.0", "train.label_smoothing=0.1")
+    a = run(tiny_config(image_folder, tmp_path / "loader", "data.cache=none", *mixing))
+    b = run(tiny_config(image_folder, tmp_path / "cached", "data.cache=memory", *mixing))
+    assert a.objective == b.objective == {"label_smoothing": 0.1, "mixing": True}
+    assert not a.decoded_cache and b.decoded_cache
+    wa = load_file(tmp_path / "loader" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "cached" / "model" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a.history[-1]["val_acc"] == b.history[-1]["val_acc"]
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_saves_a_plain_model(image_folder, tmp_path):
+    from transfer.training.model import load_saved_model
+
+    metrics = run(tiny_config(image_folder, tmp_path / "compiled", "train.epochs=1", "train.compile=true"))
+    model, config = load_saved_model(tmp_path / "compiled" / "model")
+    assert metrics.val_samples == 18 and config["num_classes"] == 3

@@ -1,0 +1,205 @@
+"""Any `datasets` source: parquet with embedded bytes, save_to_disk folders, string labels, a
+held-out validation split, and images decoded as `datasets` decodes them."""
+import csv
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_command, tiny_config
+from transfer.cli import main
+from transfer.data.images import open_rgb
+from transfer.run import run
+
+
+def shapes_dataset(image_folder, split_names=("train", "val"), label_kind="classlabel"):
+    """The shapes folder as a DatasetDict whose images are encoded bytes (no paths), as parquet holds them."""
+    import datasets
+
+    classes = sorted(p.name for p in (image_folder / "train").iterdir())
+    splits = {}
+    for name, folder in zip(split_names, ("train", "val")):
+        files = sorted((image_folder / folder).rglob("*.png"))
+        labels = [f.parent.name for f in files]
+        if label_kind == "classlabel":
+            label_feature, labels = datasets.ClassLabel(names=classes), [classes.index(c) for c in labels]
+        else:
+            label_feature = datasets.Value("string")
+        features = datasets.Features({"picture": datasets.Image(), "shape": label_feature})
+        splits[name] = datasets.Dataset.from_dict(
+            {"picture": [{"bytes": f.read_bytes(), "path": None} for f in files], "shape": labels}, features=features)
+    return datasets.DatasetDict(splits)
+
+
+@pytest.fixture(scope="module")
+def parquet_source(image_folder, tmp_path_factory):
+    """A local folder of parquet files as the Hub lays them out: data/<split>-00000-of-00001.parquet."""
+    root = tmp_path_factory.mktemp("parquet") / "shapes"
+    (root / "data").mkdir(parents=True)
+    for name, ds in shapes_dataset(image_folder, ("train", "validation")).items():
+        ds.to_parquet(str(root / "data" / f"{name}-00000-of-00001.parquet"))
+    return root
+
+
+def test_parquet_source_with_embedded_bytes(parquet_source, tmp_path):
+    out = tmp_path / "run"
+    metrics = run(tiny_config("unused", out, "train.epochs=1", f"data.dataset={parquet_source}"))
+    assert metrics.train_samples == 48 and metrics.val_samples == 18
+    assert set(metrics.per_class_val_acc) == {"circle", "square", "triangle"}
+    with open(out / "val_predictions.csv", newline="") as f:
+        ids = [r["id"] for r in csv.DictReader(f)]
+    assert ids == [f"validation[{i}]" for i in range(18)]
+    assert json.loads((out / "model" / "config.json").read_text())["label_names"] == ["circle", "square", "triangle"]
+    assert (out / "plots" / "mistakes.png").is_file() or metrics.final_val_acc == 1.0
+    evaluated = run(tiny_config("unused", tmp_path / "eval", "train.epochs=0", f"data.dataset={parquet_source}",
+                                "model.pretrained=true", f"model.weights_file={out / 'model'}", "data.cache=memory"))
+    assert evaluated.final_val_acc == metrics.final_val_acc  # decoded cache on bytes, same scores
+
+
+def test_save_to_disk_source_with_string_labels_and_a_held_out_split(image_folder, tmp_path, capsys):
+    source = tmp_path / "saved"
+    shapes_dataset(image_folder, ("train", "extra"), label_kind="string").save_to_disk(str(source))
+    outs = [tmp_path / f"seed{seed}" for seed in (0, 1)]
+    for seed, out in zip((0, 1), outs):
+        run(tiny_config("unused", out, "train.epochs=1", f"data.dataset={source}", "data.val_fraction=0.25",
+                        "data.label_column=shape", f"train.seed={seed}"))
+    printed = capsys.readouterr().out
+    assert "label column 'shape' holds strings: mapped to 3 classes in sorted order (circle, square, triangle)" in printed
+    assert "validation: 12 of 48 training images held out (data.val_fraction=0.25, data.split_seed=0" in printed
+    held = [json.loads((out / "val_split.json").read_text()) for out in outs]
+    assert held[0] == held[1] and len(held[0]["val"]) == 12  # the same images for every seed
+    assert all(i.startswith("train[") for i in held[0]["val"])
+    labels = [int(i[6:-1]) // 16 for i in held[0]["val"]]  # 16 images a class, in class order
+    assert sorted(labels) == [0] * 4 + [1] * 4 + [2] * 4  # stratified
+    metrics = json.loads((outs[0] / "metrics.json").read_text())
+    assert metrics["train_samples"] == 36 and metrics["val_samples"] == 12
+    other = tmp_path / "split1"  # another split seed holds out other images, stratified alike
+    run(tiny_config("unused", other, "train.epochs=0", f"data.dataset={source}", "data.val_fraction=0.25",
+                    "data.label_column=shape", "data.split_seed=1"))
+    drawn = json.loads((other / "val_split.json").read_text())["val"]
+    assert len(drawn) == 12 and set(drawn) != set(held[0]["val"])
+    assert sorted(int(i[6:-1]) // 16 for i in drawn) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_folder_without_val_and_val_fraction(image_folder, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(image_folder / "train", root / "train")
+    assert main(["--config", "configs/smoke.yaml", f"data.root={root}", f"output_dir={tmp_path / 'a'}"]) == 2
+    assert "or set data.val_fraction=0.2" in capsys.readouterr().err
+    metrics = run(tiny_config(root, tmp_path / "b", "train.epochs=1", "data.val_fraction=0.25"))
+    assert metrics.val_samples == 12 and metrics.train_samples == 36
+    held = json.loads((tmp_path / "b" / "val_split.json").read_text())["val"]
+    assert all(p.startswith(str(root / "train")) for p in held)  # paths, for a folder
+    assert main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={tmp_path / 'c'}",
+                 "data.val_fraction=0.2"]) == 2
+    assert "has val/ already" in capsys.readouterr().err
+
+
+def test_corrupt_image_in_parquet_is_named_by_split_and_index(image_folder, tmp_path, capsys):
+    ds = shapes_dataset(image_folder, ("train", "test"))
+    rows = ds["train"].cast_column("picture", __import__("datasets").Image(decode=False)).to_list()
+    rows[5]["picture"] = {"bytes": rows[5]["picture"]["bytes"][:50], "path": None}
+    import datasets
+
+    broken = datasets.Dataset.from_list(rows, features=datasets.Features(
+        {"picture": datasets.Image(), "shape": ds["train"].features["shape"]}))
+    root = tmp_path / "pq"
+    (root / "data").mkdir(parents=True)
+    broken.to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
+    ds["test"].to_parquet(str(root / "data" / "test-00000-of-00001.parquet"))
+    code = main(["--config", "configs/smoke.yaml", f"data.dataset={root}", f"output_dir={tmp_path / 'o'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "in the train split, first train[5]" in err, err
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.dataset=someone/no-such-dataset", ["data.dataset='someone/no-such-dataset'", "Hub dataset",
+                                              "HF_DATASETS_OFFLINE=1"]),
+    ("data.image_column=nope", ["data.image_column='nope' is not a column", "picture (Image)", "shape (ClassLabel)"]),
+    ("data.val_split=dev", ["data.val_split='dev' is not a split", "train, validation"]),
+])
+def test_bad_sources_are_one_line(parquet_source, tmp_path, capsys, override, words):
+    args = ["--config", "configs/smoke.yaml", f"output_dir={tmp_path / 'o'}"]
+    if not override.startswith("data.dataset="):
+        args.append(f"data.dataset={parquet_source}")
+    assert main(args + [override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+
+
+def test_exif_orientation_and_16_bit_images_decode_as_datasets_does(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    upright = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    sideways = Image.fromarray(np.rot90(upright, k=-1).copy())  # stored rotated 90° clockwise...
+    exif = Image.Exif()
+    exif[0x0112] = 8  # ...with the tag that says: rotate 90° counter-clockwise to view
+    buffer = io.BytesIO()
+    sideways.save(buffer, "PNG", exif=exif)
+    stored = {"bytes": buffer.getvalue(), "path": None}
+    ours = np.asarray(open_rgb(stored))
+    theirs = np.asarray(datasets.Image().decode_example(stored).convert("RGB"))
+    assert np.array_equal(ours, upright) and np.array_equal(ours, theirs)
+
+    grey = rng.integers(0, 256, (16, 16)).astype(np.uint16)
+    detector = Image.fromarray(grey * 16 + 1000)  # 12 bits of signal over an offset, as a detector writes
+    path = tmp_path / "xray.png"
+    detector.save(path)
+    assert Image.open(path).mode.startswith("I")
+    decoded = np.asarray(open_rgb(str(path)))[..., 0].astype(int)
+    expected = np.round((grey - grey.min()) * 255.0 / (grey.max() - grey.min()))
+    assert np.abs(decoded - expected).max() <= 1  # the contrast kept, not clipped to white
+
+
+@pytest.mark.slow
+def test_compare_sh_on_a_parquet_source_scores_the_same_held_out_images(image_folder, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    root = tmp_path / "pq"
+    (root / "data").mkdir(parents=True)
+    shapes_dataset(image_folder, ("train", "val"))["train"].to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
+    weights = tmp_path / "imagenet.safetensors"
+    save_file(timm.create_model("resnet10t", num_classes=1000).state_dict(), str(weights))
+    out = tmp_path / "cmp"
+    overrides = [f"data.dataset={root}", "data.val_fraction=0.25", "data.url=null", "model.name=resnet10t",
+                 "data.image_size=32", "train.epochs=1", "train.batch_size=8", "data.num_workers=0",
+                 f"model.weights_file={weights}"]
+    env = {**os.environ, "OUT": str(out), "SEEDS": "0 1", "PYTHON": sys.executable, "LAUNCH": sys.executable}
+    result = run_command(["scripts/compare.sh", *overrides], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    runs = [out / arm / f"seed{s}" for arm in ("pretrained", "scratch") for s in (0, 1)]
+    scored = []
+    for r in runs:
+        with open(r / "val_predictions.csv", newline="") as f:
+            scored.append(sorted(row["id"] for row in csv.DictReader(f)))
+    assert all(s == scored[0] for s in scored) and len(scored[0]) == 12
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arms"]["pretrained"]["seeds"] == summary["arms"]["scratch"]["seeds"] == 2
+
+
+@pytest.mark.parametrize("kind", ["folder", "parquet"])
+def test_cache_auto_estimates_the_decoded_size_from_headers(kind, image_folder, parquet_source, monkeypatch):
+    # on a (pretended) GPU: the estimate handed to the decision equals what decoding would take,
+    # for files on disk and for bytes inside parquet alike (fewer than 256 images: every header read)
+    from transfer.config import DataConfig
+    from transfer.data import cache, loaders
+
+    cfg = DataConfig(root=str(image_folder), url=None, image_size=32, cache="auto",
+                     dataset=str(parquet_source) if kind == "parquet" else None)
+    train_ds, val_ds, _, _ = loaders.build_datasets(cfg)
+    seen = {}
+    monkeypatch.setattr(cache, "free_memory", lambda device: (100 * 2**30, 100 * 2**30))
+    monkeypatch.setattr(cache, "choose_cache", lambda setting, cuda, needed, *rest: seen.update(needed=needed) or
+                        (True, ""))
+    loaders.choose_cache(cfg, train_ds, val_ds, "cuda", cuda=True, processes=1)
+    decoded = sum(cache.DecodedImages(loaders.samples(ds)[1], loaders.samples(ds)[2], 32, "cpu").nbytes
+                  for ds in (train_ds, val_ds))
+    assert seen["needed"] == pytest.approx(decoded, abs=2)

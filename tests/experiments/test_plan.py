@@ -1,0 +1,95 @@
+"""compare.sh's environment is a config of its own: read strictly, one line and exit 2 when it is
+wrong; GPUS gives each concurrent run its own GPU; OVERWRITE=1 retrains. A stand-in launcher
+(LAUNCH) records what each run was given, so nothing trains here."""
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+
+from conftest import run_command
+from transfer.errors import ConfigError
+from transfer.experiments.plan import CompareSpec
+
+WORDS = {"1": True, "true": True, "YES": True, "0": False, "false": False, "No": False, "": False}
+
+
+@pytest.mark.parametrize("text, expected", WORDS.items())
+def test_booleans_read_like_settings(text, expected):
+    spec = CompareSpec.from_environ({"PRINT_JOBS": text, "OVERWRITE": text}, sys.executable)
+    assert spec.print_jobs is expected and spec.overwrite is expected
+
+
+@pytest.mark.parametrize("name, value, says", [("PRINT_JOBS", "maybe", "PRINT_JOBS='maybe'"),
+                                               ("OVERWRITE", "2", "OVERWRITE='2'"),
+                                               ("JOBS", "two", "JOBS='two'"), ("SEEDS", "0 0", "repeats a seed"),
+                                               ("ARMS", "pretrained finetuned", "unknown arm 'finetuned'"),
+                                               ("SWEEP", "train.epochs", "not of the form key=v1,v2")])
+def test_a_bad_variable_is_named(name, value, says):
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace("?", r"\?")):
+        CompareSpec.from_environ({name: value}, sys.executable)
+
+
+def compare_sh(tmp_path, *args, **env):
+    return run_command(["scripts/compare.sh", *args], capture_output=True, text=True, timeout=120,
+                         
+                          env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, **env})
+
+
+def test_a_bad_compare_sh_variable_is_one_line_and_exit_2(tmp_path):
+    result = compare_sh(tmp_path, PRINT_JOBS="maybe")
+    assert result.returncode == 2 and result.stdout == "", result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: PRINT_JOBS='maybe' is invalid")
+    assert not (tmp_path / "out").exists()
+
+
+def test_print_jobs_true_prints_and_runs_nothing(tmp_path):
+    result = compare_sh(tmp_path, "train.epochs=1", PRINT_JOBS="true", SEEDS="0 1")
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and len(lines) == 4, result.stderr
+    assert all("-m transfer --config" in line and "train.epochs=1" in line for line in lines)
+    assert not (tmp_path / "out").exists()  # printed, not run
+
+
+@pytest.fixture
+def recording_launcher(tmp_path):
+    """A LAUNCH that records each run's GPU and when it ran, then fails (no metrics.json)."""
+    script = tmp_path / "launch.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys, time
+        out = [a.split("=", 1)[1] for a in sys.argv if a.startswith("output_dir=")][0]
+        start = time.time()
+        time.sleep(0.5)
+        with open({str(tmp_path / "calls.jsonl")!r}, "a") as f:
+            f.write(json.dumps({{"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "out": out,
+                                 "start": start, "end": time.time()}}) + "\\n")
+        print("error: stand-in launcher")
+        sys.exit(1)
+    """))
+    return f"{sys.executable} {script}", tmp_path / "calls.jsonl"
+
+
+@pytest.mark.slow
+def test_gpus_gives_each_concurrent_run_its_own_gpu(tmp_path, recording_launcher):
+    launch, calls = recording_launcher
+    result = compare_sh(tmp_path, "train.epochs=1", GPUS="0 1", SEEDS="0 1 2 3", LAUNCH=launch)
+    assert result.returncode == 1 and "8 of 8 runs failed" in result.stderr, result.stderr  # 2 arms x 4 seeds
+    runs = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert len(runs) == 8 and {r["gpu"] for r in runs} == {"0", "1"}
+    for a in runs:
+        overlapping = [b for b in runs if b is not a and b["start"] < a["end"] and a["start"] < b["end"]]
+        assert overlapping and all(b["gpu"] != a["gpu"] for b in overlapping)  # two at a time, never on one GPU
+
+
+@pytest.mark.slow
+def test_overwrite_retrains_a_finished_run(tmp_path, recording_launcher):
+    launch, calls = recording_launcher
+    finished = tmp_path / "out" / "scratch"
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text("{}")
+    kept = compare_sh(tmp_path, "train.epochs=1", ARMS="scratch", LAUNCH=launch)
+    assert "reusing it" in kept.stdout and not calls.exists()  # finished: not run again
+    again = compare_sh(tmp_path, "train.epochs=1", ARMS="scratch", LAUNCH=launch, OVERWRITE="1")
+    assert "OVERWRITE=1, training it again" in again.stdout and len(calls.read_text().splitlines()) == 1
+    assert not (finished / "metrics.json").exists()  # the old result is gone; the new run failed

@@ -1,0 +1,123 @@
+"""The package's shape holds: stages import only earlier stages, every module imports on its own,
+and the configs users read are the ones the package ships."""
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_command
+
+PACKAGE = Path(__file__).resolve().parents[1] / "transfer"
+
+# config -> data -> training -> results -> run -> experiments -> entry points
+STAGES = [{"config", "errors", "files", "records"}, {"data"}, {"training"}, {"results"}, {"run"}, {"experiments"},
+          {"cli", "compare", "__main__"}]
+
+
+def stage(module: str) -> int:
+    """`module`: a dotted name inside the package, e.g. "training.loop"."""
+    top = module.split(".")[0]
+    for i, names in enumerate(STAGES):
+        if top in names:
+            return i
+    raise AssertionError(f"transfer.{module} belongs to no stage: add it to STAGES (and the README's Layout)")
+
+
+def modules() -> list[str]:
+    return sorted(".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py")
+                  if p.name != "__init__.py")
+
+
+def imported(module: str) -> set[str]:
+    """Package modules that `module` imports, at the top or inside functions."""
+    path = PACKAGE.joinpath(*module.split(".")).with_suffix(".py")
+    package = module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("transfer.")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.startswith("transfer."):
+                target = node.module.split(".", 1)[1]
+            else:
+                continue
+            if target:
+                found.add(target)
+            else:  # `from . import x` at the top level
+                found |= {a.name for a in node.names}
+    return found
+
+
+def test_every_module_belongs_to_a_stage_and_imports_only_earlier_ones():
+    backwards = [f"transfer.{m} imports transfer.{t}" for m in modules() for t in imported(m)
+                 if stage(t) > stage(m)]
+    assert not backwards, "imports must point down the pipeline: " + "; ".join(backwards)
+
+
+def test_the_stage_check_sees_relative_and_function_level_imports():
+    assert "training.checkpoint" in imported("run") and "results.plots" in imported("run")  # inside lr_range_test
+    assert stage("experiments.plan") > stage("run") > stage("results.card") > stage("training.loop")
+
+
+@pytest.mark.slow
+def test_every_module_imports_on_its_own():
+    # each in a fresh interpreter: an import that only works after another module is a hidden cycle
+    failed = []
+    for module in modules():
+        if module == "__main__":
+            continue  # importing it runs the program
+        done = run_command([sys.executable, "-c", f"import transfer.{module}"], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode:
+            failed.append(f"transfer.{module}: {done.stderr.strip().splitlines()[-1]}")
+    assert not failed, "\n".join(failed)
+
+
+def test_documented_configs_are_the_shipped_ones():
+    shipped = {p.name: p.read_bytes() for p in (PACKAGE / "configs").glob("*.yaml")}
+    documented = {p.name: p.read_bytes() for p in (PACKAGE.parent / "configs").glob("*.yaml")}
+    assert shipped == documented, "configs/ and transfer/configs/ must hold the same files: copy the one you changed"
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_runs_from_any_folder(tmp_path, image_folder):
+    # `pip install .` (no checkout on the path): the arms' configs come from the installed package
+    import shutil
+
+    repo = tmp_path / "src"  # a copy: pip builds in the source tree, and the checkout stays as it is
+    top_level = {".git", "build", "runs", "data", "venv"}
+    shutil.copytree(PACKAGE.parent, repo, ignore=lambda folder, names: [
+        n for n in names if (Path(folder) == PACKAGE.parent and n in top_level) or n == "__pycache__"
+        or n.endswith(".egg-info")])
+    venv = tmp_path / "venv"
+    run_command([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
+                timeout=120)
+    python = str(venv / "bin" / "python")
+    run_command([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                 "--target", str(venv / "lib" / "site"), str(repo)], check=True, timeout=300, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(venv / "lib" / "site")}  # ahead of the editable install
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    every = "; ".join(f"import transfer.{m}" for m in modules() if m != "__main__")
+    found = run_command([python, "-c", f"import json, sys; {every}; print(json.dumps([m.__file__ for n, m in "
+                                       f"sys.modules.items() if n.split('.')[0] == 'transfer']))"],
+                        capture_output=True, text=True, cwd=where, env=env, timeout=120)
+    files = json.loads(found.stdout)  # every module of the package, from the installed copy, none from the checkout
+    assert files and all(f.startswith(str(venv / "lib" / "site")) for f in files), found.stdout + found.stderr
+    printed = run_command([python, "-m", "transfer.cli", "compare", "train.epochs=1"], capture_output=True, text=True,
+                          cwd=where, timeout=120, env={**env, "PRINT_JOBS": "1", "ARMS": "pretrained probe",
+                                                       "OUT": str(tmp_path / "cmp")})
+    assert printed.returncode == 0, printed.stderr
+    assert str(venv / "lib" / "site" / "transfer" / "configs" / "probe.yaml") in printed.stdout
+    trained = run_command([python, "-m", "transfer", "--config", str(venv / "lib" / "site" / "transfer" / "configs" /
+                                                                     "smoke.yaml"),
+                           f"data.root={image_folder}", "train.epochs=1", f"output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, cwd=where, env=env, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -1,0 +1,175 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from transfer.config import ConfigError, ModelConfig, OptimConfig
+from transfer.training.model import build_model, head_prefixes, set_backbone_frozen, train_mode
+from transfer.training.optim import OneCycle, build_optimizer
+
+
+def classes(n):
+    return [f"class{i}" for i in range(n)]
+
+
+def imagenet_like_weights(tmp_path, name="resnet10t", fmt="safetensors"):
+    """A stand-in for downloaded ImageNet weights: a 1000-class model's state dict, saved locally."""
+    import timm
+
+    torch.manual_seed(123)
+    state = timm.create_model(name, num_classes=1000).state_dict()
+    path = tmp_path / f"{name}.{fmt}"
+    save_file(state, str(path)) if fmt == "safetensors" else torch.save({"state_dict": state}, path)
+    return path, state
+
+
+def test_random_init_has_a_head_sized_to_the_data():
+    model = build_model(ModelConfig(name="resnet10t", pretrained=False), classes(7))[0]
+    assert model.get_classifier().out_features == 7
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_local_weights_load_and_the_head_is_replaced(tmp_path, fmt):
+    path, state = imagenet_like_weights(tmp_path, fmt=fmt)
+    model = build_model(ModelConfig(name="resnet10t", pretrained=True, weights_file=str(path)), classes(5))[0]
+    own = model.state_dict()
+    assert head_prefixes(model) == ("fc.",)
+    assert own["fc.weight"].shape == (5, 512)
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            torch.testing.assert_close(own[key], value)
+
+
+def trained_folder(tmp_path, labels, name="resnet10t"):
+    """A run's model/ folder: weights plus config.json with label names, as save_model writes it."""
+    from transfer.training.model import save_model
+
+    torch.manual_seed(7)
+    model = build_model(ModelConfig(name=name, pretrained=False), labels)[0]
+    save_model(model, tmp_path / "model", labels, labels, 32)
+    return tmp_path / "model", model.state_dict()
+
+
+def head_equal(model, state):
+    return torch.equal(model.state_dict()["fc.weight"], state["fc.weight"])
+
+
+def test_same_number_of_other_classes_gets_a_fresh_head(tmp_path):
+    folder, state = trained_folder(tmp_path, ["zero", "one", "two"])
+    model, note = build_model(ModelConfig(name="resnet10t", weights_file=str(folder)), ["five", "six", "seven"])
+    assert not head_equal(model, state) and "fresh classifier" in note and "other labels" in note
+    torch.testing.assert_close(model.state_dict()["conv1.0.weight"], state["conv1.0.weight"])  # backbone loaded
+    # the same labels in another order: the old head's rows would name the wrong classes
+    model, note = build_model(ModelConfig(name="resnet10t", weights_file=str(folder)), ["two", "one", "zero"])
+    assert not head_equal(model, state) and "another order" in note
+    # the weights file alone, beside its config.json, carries the labels too
+    model, note = build_model(ModelConfig(name="resnet10t", weights_file=str(folder / "model.safetensors")),
+                              ["zero", "one", "two"])
+    assert head_equal(model, state) and "kept" in note
+
+
+def test_same_labels_keep_the_head_and_new_replaces_it(tmp_path):
+    folder, state = trained_folder(tmp_path, ["zero", "one", "two"])
+    model, note = build_model(ModelConfig(name="resnet10t", weights_file=str(folder)), ["zero", "one", "two"])
+    assert head_equal(model, state) and "kept the classifier" in note
+    model, note = build_model(ModelConfig(name="resnet10t", weights_file=str(folder), head="new"),
+                              ["zero", "one", "two"])
+    assert not head_equal(model, state) and "model.head=new" in note
+
+
+def test_bare_weights_file_gets_a_fresh_head_unless_keep(tmp_path):
+    import timm
+
+    torch.manual_seed(3)
+    state = timm.create_model("resnet10t", num_classes=3).state_dict()
+    path = tmp_path / "bare.safetensors"
+    save_file(state, str(path))
+    model, note = build_model(ModelConfig(name="resnet10t", weights_file=str(path)), classes(3))
+    assert not head_equal(model, state) and "without label names" in note
+    model, note = build_model(ModelConfig(name="resnet10t", weights_file=str(path), head="keep"), classes(3))
+    assert head_equal(model, state) and "model.head=keep" in note
+
+
+def test_keep_with_another_number_of_classes_exits_2(tmp_path, image_folder, capsys):
+    from transfer.cli import main
+
+    folder, _ = trained_folder(tmp_path, classes(5))
+    code = main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={tmp_path / 'o'}",
+                 "model.pretrained=true", f"model.weights_file={folder}", "model.head=keep"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "has 5 classes and the data 3" in err, err
+
+
+def test_weights_of_another_architecture_name_the_missing_keys(tmp_path):
+    path, _ = imagenet_like_weights(tmp_path, name="resnet18")
+    with pytest.raises(ConfigError, match=r"does not fit model .*(missing|unexpected) keys .*check model.name"):
+        build_model(ModelConfig(name="resnet10t", weights_file=str(path)), classes(3))[0]
+
+
+def test_unreadable_weights_and_unknown_model_are_config_errors(tmp_path):
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        build_model(ModelConfig(name="resnet10t", weights_file=str(bad)), classes(3))[0]
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_model(ModelConfig(name="resnet10t", weights_file=str(tmp_path / "none.safetensors")), classes(3))[0]
+    with pytest.raises(ConfigError, match="not a timm model"):
+        build_model(ModelConfig(name="resnet5000", pretrained=False), classes(3))[0]
+
+
+def test_frozen_backbone_really_does_not_change():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet10t", pretrained=False), classes(3))[0]
+    optimizer = build_optimizer(OptimConfig(name="adam", lr=1e-2, weight_decay=1e-2), model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_backbone_frozen(model, True)
+    train_mode(model, frozen=True)
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}  # batch-norm running stats included in "unchanged"
+    set_backbone_frozen(model, False)
+    train_mode(model, frozen=False)
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+@pytest.mark.parametrize("total", [2, 7, 100])
+def test_one_cycle_equals_torch_one_cycle_lr(name, total):
+    make = lambda: build_optimizer(OptimConfig(name=name, lr=1e-3), [torch.zeros(1, requires_grad=True)])
+    reference_opt, our_opt = make(), make()
+    reference = torch.optim.lr_scheduler.OneCycleLR(reference_opt, max_lr=1e-3, total_steps=total)
+    ours = OneCycle(our_opt, 1e-3, total)
+    key = "betas" if name == "adam" else "momentum"
+    for step in range(total):
+        a, b = reference_opt.param_groups[0], our_opt.param_groups[0]
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-9, abs=1e-15) and b[key] == pytest.approx(a[key])
+        if step < total - 1:
+            reference_opt.step(), our_opt.step()
+            reference.step(), ours.step()
+    assert ours.get_last_lr()[0] == pytest.approx(1e-3 / 25 / 1e4)
+
+
+def test_one_cycle_plans_the_rest_of_a_time_budget_and_restores_the_plan():
+    optimizer = build_optimizer(OptimConfig(lr=1e-3), [torch.zeros(1, requires_grad=True)])
+    schedule = OneCycle(optimizer, 1e-3, total_steps=1000, time_budget_s=10.0)
+    schedule.step()
+    schedule.plan(1.0)  # the first step's time includes warm-up: it does not squeeze the cycle
+    assert schedule.stride == 1 and schedule.position() == 1
+    schedule.step()
+    schedule.plan(2.0)  # 1 s a step: 8 more fit, 10 in all; the cycle is where a 10-step one would be
+    assert schedule.position() == pytest.approx(2 * 999 / 9) and schedule.stride == pytest.approx((999 - 222) / 7)
+    for _ in range(3):
+        schedule.step()
+    restored = OneCycle(build_optimizer(OptimConfig(lr=1e-3), [torch.zeros(1, requires_grad=True)]), 1e-3,
+                        total_steps=1000, time_budget_s=10.0)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.position() == schedule.position() and restored.get_last_lr() == schedule.get_last_lr()
+    schedule.plan(12.0)  # over budget: the next step is the last, at the final value
+    assert schedule.get_last_lr()[0] == pytest.approx(1e-3 / 25 / 1e4) and not schedule.finished
+    schedule.step()
+    assert schedule.finished

@@ -1,0 +1,193 @@
+"""Decode once, crop on the device: the loader for a GPU that JPEG decoding cannot keep busy.
+
+Every image is decoded once (in parallel), resized so its short side is `image_size` (a no-op
+for Imagewoof-160), and kept as uint8 in one flat buffer on the device (Imagewoof-160: ~1.3 GB).
+Each batch is then one gather on the device: RandomCrop(size, padding=4, reflect) + flip for
+training, a centre crop for evaluation. The crop offsets and flips are drawn from torch's RNG
+in the same order as `TrainTransform`, so for the same random state both paths give identical
+pixels (tested); `normalize` runs on the device as on the other path.
+
+Sharding, shuffling and `set_epoch` stay with the (accelerate-prepared) loader of indices that
+this wraps, so multi-GPU, resume and `gather_for_metrics` work unchanged.
+
+`data.cache=auto` (`choose_cache`) decodes the data set onto the device only when it fits, as
+estimated from the image headers before anything is decoded.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import psutil
+import torch
+import torchvision.transforms.functional as TF
+from torch.utils.data import DataLoader, Dataset
+
+from .images import header_size, open_rgb
+from .transforms import PAD
+
+
+class _Decode(Dataset):
+    def __init__(self, images: list, size: int):
+        self.images, self.size = images, size  # paths or {"bytes", "path"}
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = open_rgb(self.images[i])
+        if min(img.size) != self.size:
+            img = TF.resize(img, self.size)
+        return np.asarray(img)
+
+
+class DecodedImages:
+    """All images of a split as one flat uint8 buffer, with each image's offset, height and width."""
+
+    def __init__(self, images: list, labels: list[int], size: int, device, num_workers: int = 0):
+        self.size, self.device = size, torch.device(device)
+        arrays = []
+        decode = DataLoader(_Decode(images, size), batch_size=64, num_workers=num_workers, collate_fn=list)
+        for chunk in decode:
+            arrays += chunk
+        shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long)
+        sizes = shapes[:, 0] * shapes[:, 1] * 3
+        self.offsets = (torch.cumsum(sizes, 0) - sizes).to(self.device)
+        self.heights, self.widths = shapes[:, 0].to(self.device), shapes[:, 1].to(self.device)
+        self._heights, self._widths = shapes[:, 0].tolist(), shapes[:, 1].tolist()  # for drawing crops on the CPU
+        self.buffer = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])).to(self.device)
+        self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel()
+
+    def crops(self, index: torch.Tensor, train: bool, hflip: bool) -> torch.Tensor:
+        """uint8 NHWC crops of the images at `index` (a host tensor)."""
+        return self.batch(index, train, hflip)[0]
+
+    def batch(self, index: torch.Tensor, train: bool, hflip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 NHWC crops, labels) of the images at `index`, a tensor on the host. The crop
+        offsets and flips are drawn on the host and travel with the indices in one non-blocking
+        copy: no step waits for the device to finish the previous one."""
+        s, index = self.size, index.cpu()
+        if train:  # the same draws, in the same order, as TrainTransform for each image in turn
+            tops, lefts, flips = [], [], []
+            for k in index.tolist():
+                ph, pw = self._heights[k] + 2 * PAD, self._widths[k] + 2 * PAD
+                i = j = 0
+                if (ph, pw) != (s, s):
+                    i = int(torch.randint(0, ph - s + 1, size=(1,)).item())
+                    j = int(torch.randint(0, pw - s + 1, size=(1,)).item())
+                tops.append(i - PAD), lefts.append(j - PAD)
+                flips.append(int(bool(hflip and torch.rand(1) < 0.5)))
+            top, left, flip = (torch.tensor(v, dtype=torch.long) for v in (tops, lefts, flips))
+        else:
+            h, w = torch.tensor(self._heights)[index], torch.tensor(self._widths)[index]
+            top = torch.round((h - s) / 2.0).long()  # as torchvision's CenterCrop
+            left = torch.round((w - s) / 2.0).long()
+            flip = torch.zeros(len(index), dtype=torch.long)
+        params = torch.stack([index.long(), top, left, flip])
+        if self.device.type == "cuda":
+            params = params.pin_memory()
+        index, top, left, flip = params.to(self.device, non_blocking=True)
+        flip = flip.bool()
+        h, w = self.heights[index], self.widths[index]
+        steps = torch.arange(s, device=self.device)
+        rows = _reflect(top[:, None] + steps, h[:, None])  # (B, s)
+        cols = _reflect(left[:, None] + steps, w[:, None])
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        pixel = self.offsets[index][:, None, None] + (rows[:, :, None] * w[:, None, None] + cols[:, None, :]) * 3
+        channels = torch.arange(3, device=self.device)
+        return self.buffer[pixel[..., None] + channels], self.labels[index]  # (B, s, s, 3), (B,)
+
+
+def _reflect(position: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """numpy's 'reflect' padding (no edge repeat) for overhangs shorter than the axis."""
+    position = position.abs()
+    return torch.where(position >= n, 2 * (n - 1) - position, position)
+
+
+class IndexDataset(Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+
+class CachedBatches:
+    """Iterates a (prepared) loader of indices and yields {'pixel_values', 'labels'} on the device."""
+
+    def __init__(self, index_loader, images: DecodedImages, train: bool, hflip: bool):
+        self.index_loader, self.images, self.train, self.hflip = index_loader, images, train, hflip
+
+    def __len__(self):
+        return len(self.index_loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.index_loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for index in self.index_loader:  # on the host (prepared with device_placement=False)
+            pixels, labels = self.images.batch(index, self.train, self.hflip)
+            yield {"pixel_values": pixels, "labels": labels}
+
+
+# ---------------------------------------------------------------------------- data.cache=auto
+
+CACHE_SHARE = 0.5  # data.cache=auto: the decoded set may take at most this share of free device and host memory
+HEADER_SAMPLE = 256  # images whose headers are read to estimate the decoded size
+
+
+
+
+def estimate_decoded_bytes(stored, size: int) -> int:
+    """Bytes of the uint8 buffer `cache.DecodedImages` would hold: each image resized so its
+    short side is `size`, from the headers of an even sample of at most HEADER_SAMPLE images."""
+    if not stored:
+        return 0
+    picks = np.linspace(0, len(stored) - 1, min(HEADER_SAMPLE, len(stored))).astype(int)
+    per_image = []
+    for i in picks:
+        width, height = header_size(stored[i])
+        scale = size / min(width, height)
+        per_image.append(round(width * scale) * round(height * scale) * 3)
+    return int(np.mean(per_image) * len(stored))
+
+
+def free_memory(device) -> tuple[int | None, int]:
+    """(free bytes on the device, or None for a CPU; available host bytes)."""
+    device_free = torch.cuda.mem_get_info(device)[0] if getattr(device, "type", "cpu") == "cuda" else None
+    return device_free, psutil.virtual_memory().available
+
+
+def choose_cache(setting: str, cuda: bool, needed: int, device_free: int | None, host_free: int,
+                 local_processes: int = 1) -> tuple[bool, str]:
+    """(decode into memory?, why). `needed`: the decoded train + val sets' bytes (estimated);
+    each process holds its own copy, and all of a host's processes decode at once."""
+    gib = f"{needed / 2**30:.2f} GiB"
+    if setting == "memory":
+        return True, ""  # decode() says how much it took
+    if setting == "none":
+        return False, ""
+    if not cuda:
+        return False, ""  # auto on a CPU: the loader path (the model, not decoding, is the bottleneck there)
+    host_need = needed * local_processes
+    if device_free is not None and needed > CACHE_SHARE * device_free:
+        return False, (f"data.cache=auto: the decoded images (about {gib}) would take over {CACHE_SHARE:.0%} of the "
+                       f"free GPU memory ({device_free / 2**30:.1f} GiB): decoding in loader workers instead")
+    if host_need > CACHE_SHARE * host_free:
+        return False, (f"data.cache=auto: decoding about {host_need / 2**30:.2f} GiB would take over "
+                       f"{CACHE_SHARE:.0%} of the available host memory ({host_free / 2**30:.1f} GiB): "
+                       f"decoding in loader workers instead")
+    return True, f"data.cache=auto: decoding about {gib} onto the GPU once, cropping there each batch"
+
+
+def decode_workers(loader_workers: int, local_processes: int) -> int:
+    """Workers that decode the cache: the loader needs none on that path, so every core of this
+    process's share of the machine (at least the loader's number)."""
+    return max(loader_workers, (os.cpu_count() or 1) // max(local_processes, 1))

@@ -1,0 +1,118 @@
+"""Data for a run: the source's splits (sources.py), every image checked once, transforms on the
+fly (transforms.py), and the loaders: JPEGs decoded by loader workers, or the set decoded once
+into device memory (cache.py), as `data.cache` and the free memory decide."""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import DataConfig
+from ..errors import DataError
+from . import cache
+from .images import image_error
+from .sources import Source, load_source
+from .transforms import BatchTransform, EvalTransform, TrainTransform, collate
+
+
+def drop_bad_images(ds, split: str, skip: bool, num_proc: int):
+    """Decode every image once before training (the result is cached by `datasets`):
+    a bad one stops the run naming it (its path, or `split[index]`), or is dropped with `skip`."""
+    checked = ds.map(lambda batch: {"error": [image_error(i) for i in batch["image"]]},
+                     batched=True, num_proc=num_proc if len(ds) >= 2000 and num_proc > 1 else None)
+    errors = list(checked["error"])
+    bad = [i for i, e in enumerate(errors) if e is not None]
+    if bad and not skip:
+        first = bad[0]
+        raise DataError(f"{len(bad)} unreadable image(s) in the {split} split, first {checked[first]['id']} "
+                        f"({errors[first]}); delete or replace them, or set data.skip_bad_images=true")
+    if bad:
+        ds = ds.select([i for i, e in enumerate(errors) if e is None])
+    return ds, len(bad)
+
+
+def build_datasets(cfg: DataConfig) -> tuple[object, object, Source, dict[str, int]]:
+    """Train and validation datasets with on-the-fly transforms, the source (classes, notes, any
+    held-out split), and how many bad images each split skipped ({"train": n, "val": m})."""
+    source = load_source(cfg)
+    train, val, bad_train, bad_val = source.train, source.val, 0, 0
+    if cfg.check_images:  # else a bad image stops the run when a loader reaches it, naming it
+        train, bad_train = drop_bad_images(train, "train", cfg.skip_bad_images, cfg.num_workers)
+        val, bad_val = drop_bad_images(val, "val", cfg.skip_bad_images, cfg.num_workers)
+    train = train.with_transform(BatchTransform(TrainTransform(cfg.image_size, cfg.hflip)))
+    val = val.with_transform(BatchTransform(EvalTransform(cfg.image_size)))
+    return train, val, source, {"train": bad_train, "val": bad_val}
+
+
+def samples(ds) -> tuple[list[str], list[dict], list[int]]:
+    """Id, stored image ({"bytes", "path"}) and label of each sample of a split, in order."""
+    raw = ds.with_format(None)
+    return list(raw["id"]), list(raw["image"]), list(raw["label"])
+
+
+def splits_line(train_images: int, val_images: int, classes: int, skipped: dict[str, int]) -> str:
+    """`train: 9,025 images in 10 classes; val: 3,929 images`, and what was skipped."""
+    def part(split, n):
+        return f"{n:,} images" + (f" ({skipped[split]:,} unreadable skipped)" if skipped.get(split) else "")
+    return f"train: {part('train', train_images)} in {classes} classes; val: {part('val', val_images)}"
+
+
+def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_processes: int, collate_fn=collate):
+    # No persistent workers: each epoch's workers are seeded from the (per-epoch reseeded) main
+    # RNG, so augmentation depends on the seed and epoch alone and a resumed run is exact.
+    common = dict(num_workers=num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
+    # Drop the ragged last batch (a batch of one breaks batch norm) unless that is all there is.
+    drop_last = len(train_ds) >= batch_size * num_processes
+    train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last, **common)
+    val_dl = DataLoader(val_ds, batch_size=batch_size * 2, shuffle=False, **common)
+    return train_dl, val_dl
+
+
+def class_display_names(classes: list[str]) -> list[str]:
+    """WordNet ids (Imagewoof's n02086240, ...) get their ImageNet names; other names stay."""
+    from timm.data import ImageNetInfo  # timm (seconds): predict and outputs call this, training has it loaded
+
+    info = ImageNetInfo()
+    names = []
+    for c in classes:
+        try:
+            names.append(info.label_name_to_description(c) if c.startswith("n") else c)
+        except (KeyError, ValueError, IndexError):
+            names.append(c)
+    return names
+
+
+def choose_cache(cfg: DataConfig, train_ds, val_ds, device, cuda: bool, processes: int) -> tuple[bool, str]:
+    """`data.cache`: decode the sets into memory? And why, in a line ("" when nothing to say)."""
+    needed = 0
+    if cfg.cache == "auto" and cuda:  # from the headers, before anything is decoded
+        # a lazy column: only the sampled rows are read (bytes-stored sources are not loaded whole)
+        needed = sum(cache.estimate_decoded_bytes(ds.with_format(None)["image"], cfg.image_size) for ds in (train_ds, val_ds))
+    return cache.choose_cache(cfg.cache, cuda, needed, *cache.free_memory(device), processes)
+
+
+def prepared_loaders(cfg: DataConfig, batch_size: int, train_ds, val_ds, accelerator, cached: bool,
+                     processes: int) -> tuple[object, object]:
+    """The train and validation loaders, sharded by `accelerator`. `cached`: loaders of indices
+    kept on the host, the images decoded onto the device once and cropped there each batch."""
+    if not cached:
+        loaders = make_loaders(train_ds, val_ds, batch_size, cfg.num_workers, accelerator.num_processes)
+        return tuple(accelerator.prepare_data_loader(dl) for dl in loaders)
+    loaders = make_loaders(cache.IndexDataset(len(train_ds)), cache.IndexDataset(len(val_ds)), batch_size, 0,
+                           accelerator.num_processes, collate_fn=None)
+    # index loaders stay on the host (device_placement=False): the crops are drawn there and sent
+    # in one non-blocking copy, with no host-device sync per step
+    train_dl, val_dl = (accelerator.prepare_data_loader(dl, device_placement=False) for dl in loaders)
+    workers = cache.decode_workers(cfg.num_workers, processes)
+    return tuple(cache.CachedBatches(loader, _decode(ds, cfg.image_size, accelerator, workers), train, cfg.hflip)
+                 for loader, ds, train in ((train_dl, train_ds, True), (val_dl, val_ds, False)))
+
+
+def _decode(ds, size: int, accelerator, workers: int) -> cache.DecodedImages:
+    start = time.perf_counter()
+    _, stored, labels = samples(ds)
+    images = cache.DecodedImages(stored, labels, size, accelerator.device, workers)
+    accelerator.print(f"decoded {len(ds)} images into {images.nbytes / 2**30:.2f} GiB on {accelerator.device} "
+                      f"in {time.perf_counter() - start:.1f} s")
+    return images

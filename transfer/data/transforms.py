@@ -1,0 +1,116 @@
+"""Transforms on the fly, equal to torchvision's for the same random state (tested):
+  train: Resize(short side) + RandomCrop(size, padding=4, reflect) + RandomHorizontalFlip + ToTensor + Normalize
+  val:   Resize(short side) + CenterCrop(size) + ToTensor + Normalize
+(Resize is a no-op when the short side already equals `size`, as in Imagewoof-160.)
+
+They return uint8 HWC tensors; `normalize` turns a batch into model input on the device. That
+keeps the float conversion off the CPU workers and makes host-to-device copies 4x smaller.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from .images import open_rgb
+
+PAD = 4  # the article's RandomCrop padding
+
+
+def _window(a: np.ndarray, axis: int, start: int, size: int) -> np.ndarray:
+    """a[start:start+size] along `axis`, reflecting (numpy 'reflect', no edge repeat) where the
+    window overhangs by at most PAD. Slices and one concatenate: no index arrays, no full pad."""
+    n, end = a.shape[axis], start + size
+    at = lambda s: (slice(None),) * axis + (s,)  # noqa: E731
+    if start >= 0 and end <= n:
+        return a[at(slice(start, end))]
+    pieces = [a[at(slice(-start, 0, -1))]] if start < 0 else []  # rows -start .. 1
+    pieces.append(a[at(slice(max(start, 0), min(end, n)))])
+    if end > n:
+        pieces.append(a[at(slice(n - 2, 2 * n - 2 - end, -1))])  # rows n-2 .. 2n-1-end
+    return np.concatenate(pieces, axis)
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, order="C"))  # a writable copy of the (read-only) PIL pixels
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """RandomCrop(size, padding=4, reflect) + optional flip, drawing torch RNG like torchvision
+    does. Returns HWC uint8: a stacked batch of these, permuted to NCHW, is channels_last."""
+    size: int
+    hflip: bool = True
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if min(img.size) != self.size:
+            img = TF.resize(img, self.size)
+        a = np.asarray(img)
+        h, w = a.shape[:2]
+        ph, pw = h + 2 * PAD, w + 2 * PAD
+        i = j = 0
+        if (ph, pw) != (self.size, self.size):  # torchvision's get_params draws nothing in that case
+            i = int(torch.randint(0, ph - self.size + 1, size=(1,)).item())
+            j = int(torch.randint(0, pw - self.size + 1, size=(1,)).item())
+        crop = _window(_window(a, 0, i - PAD, self.size), 1, j - PAD, self.size)
+        if self.hflip and torch.rand(1) < 0.5:
+            crop = crop[:, ::-1]
+        return _tensor(crop)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Resize the short side, then centre-crop: keeps the aspect ratio (the article squashed). HWC uint8."""
+    size: int
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if min(img.size) != self.size:
+            img = TF.resize(img, self.size)
+        a = np.asarray(img)
+        h, w = a.shape[:2]
+        top, left = int(round((h - self.size) / 2.0)), int(round((w - self.size) / 2.0))
+        return _tensor(a[top:top + self.size, left:left + self.size])
+
+
+@dataclass(frozen=True)
+class BatchTransform:
+    """`datasets.with_transform` hook: a batch of {'image': {'bytes', 'path'}, 'label', 'id'} -> uint8
+    tensors; a bad image is named by its id (a path, or `split[index]`)."""
+    image_transform: TrainTransform | EvalTransform
+
+    def __call__(self, batch: dict) -> dict:
+        return {"pixel_values": [self.image_transform(open_rgb(image, name))
+                                 for image, name in zip(batch["image"], batch["id"])],
+                "labels": batch["label"]}
+
+
+def collate(examples: list[dict]) -> dict:
+    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long)}
+
+
+class Normalize:
+    """`normalize` with the model's mean and std, as tensors made once per device: no host-device
+    copy per batch."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self._constants: dict = {}
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        constants = self._constants.get(pixels.device)
+        if constants is None:
+            constants = self._constants[pixels.device] = tuple(
+                torch.tensor(v, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        return normalize(pixels, *constants)
+
+
+def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 NHWC batch -> normalised float NCHW in channels_last memory (a permuted view, no
+    copy); the same arithmetic as ToTensor + Normalize."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+    return pixels.permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)

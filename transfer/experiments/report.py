@@ -1,0 +1,102 @@
+"""Side-by-side report of finished runs, from their saved files alone (no training, no GPU).
+
+    python -m transfer.compare runs/compare        # what scripts/compare.sh calls at the end
+
+Reads OUT/<arm>/metrics.json (or OUT/<arm>/seed<N>/metrics.json for several seeds) and each
+run's config.yaml, and writes OUT/comparison.png, OUT/report.md and OUT/summary.json. For a sweep
+(OUT/sweep.json, see sweep_report.py) it does so for the last swept value and adds OUT/sweep.png
+and the sweep's table and curve.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import RunError
+from ..files import write_atomic, write_json
+from ..results.plots import plot_comparison
+from . import sweep_report
+from .plan import read_sweep, value_folder, value_text
+from .summary import FRACTIONS, summarize
+
+
+def build(out: Path) -> dict:
+    """summary.json, report.md and comparison.png (and sweep.png) in `out`; the summary.
+    RunError (exit 2) when `out` holds no finished run."""
+    out = Path(out)
+    if not out.is_dir():
+        raise RunError(f"{out} does not exist; give the OUT folder of a comparison (scripts/compare.sh)")
+    meta = read_sweep(out)
+    if meta is None:
+        arms, summary = summarize(out)
+    else:  # the top level describes the last swept value that has runs, as a plain comparison would
+        sweep = sweep_report.build(out, meta)
+        values = sweep_report.values_with_runs(sweep)
+        arms, summary = summarize(value_folder(out, meta["key"], values[-1])) if values else ({}, {})
+        summary["sweep"] = sweep
+    if not arms:
+        raise RunError(f"no finished runs (metrics.json) under {out}; run scripts/compare.sh with OUT={out} first")
+    write_json(out / "summary.json", summary)
+    write_atomic(out / "report.md", markdown(summary))
+    plot_comparison({arm: [r.metrics.history for r in runs] for arm, runs in arms.items()}, out / "comparison.png")
+    return summary
+
+
+def _pct(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "—"
+    return f"{100 * mean:.1f}%" + (f" ± {100 * std:.1f}" if std else "")
+
+
+def _secs(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.0f} s"
+
+
+def _lrs(arm: dict) -> str:
+    text = ", ".join(f"{lr:.3g}" for lr in arm.get("peak_lr", []))
+    return f"{text} (found)" if arm.get("lr_found") else text
+
+
+def markdown(summary: dict) -> str:
+    arms = summary["arms"]
+    names = list(arms)
+    rows = [("runs (seeds)", lambda a: str(a["seeds"])),
+            ("best val accuracy", lambda a: _pct(a["best_val_acc"], a["best_val_acc_std"])),
+            ("final val accuracy", lambda a: _pct(a["final_val_acc"], a["final_val_acc_std"])),
+            ("val accuracy on images unseen by ImageNet",
+             lambda a: _pct(a.get("unseen_by_imagenet_val_acc"), a.get("unseen_by_imagenet_val_acc_std"))
+             + (f" (n={a['unseen_by_imagenet_samples']})" if "unseen_by_imagenet_samples" in a else "")),
+            ("epochs", lambda a: f"{a['epochs']:g}"),
+            ("train time (train + eval)", lambda a: _secs(a["train_seconds"])),
+            ("training images/s", lambda a: "—" if a["train_images_per_s"] is None else f"{a['train_images_per_s']:.0f}")]
+    rows += [(f"time to {int(f * 100)}% of best accuracy",
+              lambda a, f=f: _secs(a[f"seconds_to_{int(f * 100)}pct_of_best"])) for f in FRACTIONS]
+    lines = ["# Pretrained vs scratch", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(fn(arms[n]) for n in names) + " |" for label, fn in rows]
+    lines.append("")
+    if "gain" in summary:
+        g = summary["gain"]
+        lines.append(f"**Gain of pretraining**: {g['best_val_acc_points']:+.1f} points of best validation accuracy, "
+                     f"{g['final_val_acc_points']:+.1f} points of final accuracy"
+                     + (f", {g['unseen_by_imagenet_val_acc_points']:+.1f} points on the validation images "
+                        f"ImageNet's training set does not contain" if "unseen_by_imagenet_val_acc_points" in g
+                        else "") + ".")
+        lines.append("")
+    lines += ["Mean ± standard deviation over seeds. Times to X% are measured against each arm's own mean best "
+              "accuracy.", "", "## Settings that differ between the arms", ""]
+    diff = dict(summary["differing_settings"])
+    if any(a.get("lr_found") for a in arms.values()):  # what `optim.lr: find` picked, per arm (and seed)
+        diff["optim.lr (used)"] = {n: _lrs(arms[n]) for n in names}
+    if diff:
+        lines += ["| setting | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| `{k}` | " + " | ".join(f"`{v.get(n)}`" for n in names) + " |" for k, v in diff.items()]
+        if "optim.lr (used)" in diff:
+            lines += ["", "`optim.lr (used)`: the one-cycle peak each run trained with, one per seed; \"(found)\": "
+                      "picked by the run's LR range test (`optim.lr=find`, see its `plots/lr_find.png`)."]
+    else:
+        lines.append("None besides the output folder and seed.")
+    if "sweep" in summary:
+        sweep = summary["sweep"]
+        last = sweep_report.values_with_runs(sweep)[-1]
+        lines[0] += f" (at `{sweep['key']}={value_text(last)}`, the last value of the sweep)"
+        lines += ["", sweep_report.markdown(sweep)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,139 @@
+"""The runs behind `scripts/compare.sh`: every planned run (plan.py), one after another or
+several at once, each in its own folder, then the report.
+
+Finished runs (metrics.json) are reused unless OVERWRITE=1; interrupted ones resume
+(train.resume=auto). A failed run is named with its error and the others go on; the exit code
+is 1 at the end and the report marks what is missing. With JOBS=N, N runs at a time;
+GPUS="0 1 2 3" gives each concurrent run its own GPU (CUDA_VISIBLE_DEVICES) and sets JOBS to their
+number, so a GPU is never shared by two runs of one sweep. PRINT_JOBS=1 prints the runs as shell
+commands, one a line, for any scheduler (a SLURM array takes line $SLURM_ARRAY_TASK_ID).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..errors import RunError
+from ..files import write_json
+from ..records import is_finished, read_metrics
+from . import report
+from .plan import SWEEP_FILE, CompareSpec, Job, plan
+
+TRAIN = ("-m", "transfer")  # the training entry point, under any launcher (python, accelerate launch, torchrun)
+
+
+def command_line(job: Job, launch: list[str], gpu: str | None = None) -> str:
+    """One shell line that runs `job` from anywhere, logging into its folder."""
+    env = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
+    run = " ".join(shlex.quote(a) for a in [*launch, *TRAIN, *job.args])
+    log = shlex.quote(str(job.folder / "train.log"))
+    return f"mkdir -p {shlex.quote(str(job.folder))} && cd {shlex.quote(str(Path.cwd()))} && {env}{run} > {log} 2>&1"
+
+
+def _result(job: Job) -> str:
+    metrics = read_metrics(job.folder)
+    return f"val_acc {metrics.final_val_acc:.4f} (best {metrics.best_val_acc:.4f})"
+
+
+def _error(job: Job) -> str:
+    log = job.folder / "train.log"
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    found = [line for line in lines if line.startswith(("error: ", "stopped: "))]
+    return found[-1] if found else (lines[-1] if lines else "no output")
+
+
+class Runner:
+    def __init__(self, launch: list[str], jobs: int, gpus: list[str], key: str | None, echo: bool):
+        self.launch, self.key, self.echo = launch, key, echo
+        self.gpus: queue.Queue = queue.Queue()
+        for gpu in gpus:
+            self.gpus.put(gpu)
+        self.workers, self.use_gpus = len(gpus) or jobs, bool(gpus)
+        self.lock = threading.Lock()
+
+    def say(self, text: str, stream=sys.stdout) -> None:
+        with self.lock:
+            print(text, file=stream, flush=True)
+
+    def run(self, job: Job) -> bool:
+        gpu = self.gpus.get() if self.use_gpus else None  # as many workers as GPUs: one is always free
+        try:
+            job.folder.mkdir(parents=True, exist_ok=True)
+            self.say(f"started  {job.label(self.key)} -> {job.folder}" + (f" (GPU {gpu})" if gpu is not None else ""))
+            start = time.monotonic()
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
+            with open(job.folder / "train.log", "wb") as log:
+                process = subprocess.Popen([*self.launch, *TRAIN, *job.args], env=env, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT)
+                for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
+                    log.write(chunk)
+                    if self.echo:  # one run at a time: show its progress as it goes
+                        sys.stdout.buffer.write(chunk)
+                        sys.stdout.flush()
+                code = process.wait()
+            seconds = time.monotonic() - start
+            if code == 0 and is_finished(job.folder):
+                self.say(f"finished {job.label(self.key)}: {_result(job)} in {seconds:.0f} s")
+                return True
+            self.say(f"error: run {job.label(self.key)} failed ({_error(job)}); its log is {job.folder / 'train.log'}",
+                     sys.stderr)
+            return False
+        finally:
+            if gpu is not None:
+                self.gpus.put(gpu)
+
+
+def compare(spec: CompareSpec, overrides: list[str]) -> int:
+    """Plan, run (or print) and report; the exit code compare.sh returns: 0, or 1 when a run
+    failed. Settings that cannot run raise ConfigError (exit 2) before any run starts."""
+    planned = plan(spec.out, list(spec.arms), list(spec.seeds), overrides, spec.sweep)
+    key = spec.sweep.key if spec.sweep else None
+    if not spec.sweep and (spec.out / SWEEP_FILE).is_file():
+        raise RunError(f"{spec.out} holds a sweep ({spec.out / SWEEP_FILE}); give the same SWEEP, or another OUT")
+    if spec.sweep:  # what the report expects, also when a scheduler runs the printed commands
+        write_json(spec.out / SWEEP_FILE, {"key": key, "values": spec.sweep.values, "arms": list(spec.arms),
+                                           "seeds": list(spec.seeds)})
+    if spec.print_jobs:
+        for job in planned:
+            print(command_line(job, list(spec.launch)))
+        return 0
+    todo = []
+    for job in planned:
+        if is_finished(job.folder):
+            if not spec.overwrite:
+                print(f"== {job.folder}: finished before; reusing it (OVERWRITE=1 to retrain)")
+                continue
+            print(f"== {job.folder}: finished before; OVERWRITE=1, training it again")
+            shutil.rmtree(job.folder)
+        todo.append(job)
+    runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), key, echo=spec.jobs == 1 and not spec.gpus)
+    with ThreadPoolExecutor(max_workers=runner.workers) as pool:
+        failed = list(pool.map(runner.run, todo)).count(False)
+    try:
+        summary = report.build(spec.out)
+    except RunError:
+        if not failed:
+            raise
+        raise RunError(f"{failed} of {len(planned)} runs failed (named above) and none has finished: no report",
+                       exit_code=1) from None
+    print(report.markdown(summary))
+    print(f"report: {spec.out / 'report.md'}, {spec.out / 'comparison.png'}"
+          + (f", {spec.out / 'sweep.png'}" if spec.sweep else "") + f", {spec.out / 'summary.json'}")
+    if failed:
+        print(f"error: {failed} of {len(planned)} runs failed (named above); the report marks them missing",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """compare.sh: its environment (CompareSpec) and the key=value settings for every run."""
+    return compare(CompareSpec.from_environ(os.environ, sys.executable), argv)

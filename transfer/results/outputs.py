@@ -1,0 +1,130 @@
+"""What a run leaves in output_dir: config.yaml, metrics.json, plots/, model/.
+
+    output_dir/
+      config.yaml            resolved settings; `--config output_dir/config.yaml` reruns it
+      metrics.json           history per epoch, best/final accuracy, per-class accuracy, versions
+      val_predictions.csv    path, label, predicted, confidence of each validation image
+      plots/                 accuracy.png loss.png lr.png samples.png confusion.png mistakes.png
+      model/                 timm Hub layout: config.json (labels, mean/std, input size) + model.safetensors
+      checkpoints/epoch_NNN  accelerate state of the newest epochs (train.resume)
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, dump_yaml
+from ..data.loaders import class_display_names
+from ..files import versions, write_atomic, write_json
+from ..records import CONFIG_FILE, RunMetrics
+from ..training.metrics import confusion_matrix, per_class_accuracy
+from ..training.model import save_model
+from .card import model_card
+
+GRID_SIZE = 16  # images in samples.png and mistakes.png
+# Imagewoof's validation files named so come from ImageNet's own validation set; the others are
+# ImageNet *training* images, which ImageNet-pretrained weights have already seen.
+UNSEEN_PREFIX = "ILSVRC2012_val_"
+
+
+def subset_scores(paths: list[str], final: dict) -> dict:
+    """Accuracy on the validation images ImageNet's training set does not contain, when there are any."""
+    unseen = np.array([Path(p).name.startswith(UNSEEN_PREFIX) for p in paths])
+    if not unseen.any():
+        return {}
+    correct = final["predictions"][unseen] == final["references"][unseen]
+    return {"unseen_by_imagenet": {"prefix": UNSEEN_PREFIX, "samples": int(unseen.sum()),
+                                   "val_acc": float(correct.mean())}}
+
+
+def run_metrics(history: list[dict], final: dict, classes: list[str], train_seconds: float, paths: list[str],
+                **run_info) -> RunMetrics:
+    """The finished run's record (records.RunMetrics); `run_info`: its remaining fields."""
+    best = max(history, key=lambda h: h["val_acc"]) if history else None
+    per_class = per_class_accuracy(final["predictions"], final["references"], len(classes))
+    return RunMetrics(
+        history=history,
+        best_val_acc=best["val_acc"] if best else final["val_acc"],
+        best_epoch=best["epoch"] if best else 0,
+        final_val_acc=final["val_acc"],
+        final_val_loss=final["val_loss"],
+        val_samples=final["val_samples"],
+        train_seconds=train_seconds,
+        per_class_val_acc=dict(zip(classes, per_class)),
+        val_subsets=subset_scores(paths, final),
+        versions=versions(),
+        **run_info)
+
+
+def write_start(out: Path, cfg: Config, records: dict[str, dict] | None = None) -> None:
+    """config.yaml and the records of which images were used (val_split.json,
+    train_subset.json), before the first step."""
+    write_atomic(out / CONFIG_FILE, dump_yaml(cfg))
+    for name, record in (records or {}).items():
+        write_json(out / name, record)
+
+
+def draw_samples(out: Path, train_ds, classes: list[str]) -> None:
+    """plots/samples.png: a grid of augmented training images."""
+    from . import plots  # matplotlib (0.6 s): only where a figure is drawn, in the drawer process
+
+    with torch.random.fork_rng():  # drawing these crops must not shift the training run's random numbers
+        batch = train_ds[np.linspace(0, len(train_ds) - 1, min(GRID_SIZE, len(train_ds))).astype(int).tolist()]
+    names = class_display_names(classes)
+    images = [p.numpy() for p in batch["pixel_values"] if p is not None]
+    plots.plot_image_grid(np.stack(images), [names[label] for label in batch["labels"]],
+                          out / "plots" / "samples.png", "training samples, as augmented")
+
+
+def predictions_csv(paths: list[str], final: dict, classes: list[str]) -> str:
+    """One row per validation image; quoted as CSV, so any file or class name reads back."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["id", "label", "predicted", "confidence"])
+    writer.writerows([p, classes[t], classes[y], f"{c:.4f}"]
+                     for p, t, y, c in zip(paths, final["references"], final["predictions"], final["confidence"]))
+    return text.getvalue()
+
+
+def write_final(out: Path, metrics_: RunMetrics, final: dict, model, classes: list[str], names: list[str],
+                cfg: Config, paths: list[str]) -> None:
+    """Predictions and model/ (with its card); the figures are draw_final's, metrics.json is
+    records.write_metrics' (last)."""
+    write_atomic(out / "val_predictions.csv", predictions_csv(paths, final, classes))
+    card = model_card(cfg, metrics_, classes, names, getattr(model, "pretrained_cfg", {}).get("license"))
+    save_model(model, out / "model", classes, names, cfg.data.image_size, card)
+
+
+def draw_final(out: Path, metrics_: RunMetrics, final: dict, names: list[str], val_ds) -> None:
+    """plots/: accuracy, loss, lr, lr_find, confusion, mistakes."""
+    from . import plots  # matplotlib (0.6 s): only where a figure is drawn, in the drawer process
+
+    history = metrics_.history
+    if history:
+        plots.plot_accuracy(history, out / "plots" / "accuracy.png")
+        plots.plot_loss(history, out / "plots" / "loss.png")
+        plots.plot_lr(metrics_.lr_per_step, metrics_.steps_per_epoch, out / "plots" / "lr.png")
+    if metrics_.lr_find:
+        plots.plot_lr_find(metrics_.lr_find, out / "plots" / "lr_find.png")
+    counts = confusion_matrix(final["predictions"], final["references"], len(names))
+    plots.plot_confusion(counts, names, out / "plots" / "confusion.png")
+    _plot_mistakes(final, val_ds, names, out / "plots" / "mistakes.png")
+
+
+def _plot_mistakes(final: dict, val_ds, names: list[str], path: Path) -> None:
+    """The most confident wrong predictions, as the model saw them."""
+    from . import plots  # (see draw_final)
+
+    wrong = np.flatnonzero(final["predictions"] != final["references"])
+    wrong = wrong[np.argsort(-final["confidence"][wrong])][:GRID_SIZE]
+    if len(wrong) == 0:
+        return
+    images = [val_ds[int(i)]["pixel_values"].numpy() for i in wrong]
+    titles = [f"{names[final['references'][i]]}\n→ {names[final['predictions'][i]]} "
+              f"({final['confidence'][i]:.0%})" for i in wrong]
+    plots.plot_image_grid(np.stack(images), titles, path, "most confident mistakes (true → predicted)")
+

@@ -1,0 +1,76 @@
+"""Where a run executes: the one `Accelerator` (device, processes, mixed precision, gradient
+accumulation), the precision `auto` resolves to, the GPU-only backend settings, and the DDP
+wrapper rebuilt for each frozen/unfrozen phase.
+
+The backend settings (cuDNN autotuning for the fixed input size, TF32 for what runs in fp32, the
+fused Adam/AdamW/SGD kernels) are chosen on CUDA only. They cost bit-for-bit reproducibility
+between GPU runs (autotuning may pick other convolution algorithms; TF32 rounds fp32 matmuls to
+a 10-bit mantissa); the CPU path stays exact (tested: none is set there).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+
+from ..config import Config
+from ..errors import ConfigError
+
+
+def use_cuda() -> bool:
+    return torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+
+
+def local_processes() -> int:
+    """Processes of this run on this host (torchrun / accelerate launch set LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
+def resolve_precision(requested: str) -> str:
+    """`auto`: bf16 on a GPU that has it, else fp16 on a GPU, else fp32 (bf16 is slow on most CPUs)."""
+    cuda = use_cuda()
+    if requested == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    if requested == "fp16" and not cuda:
+        raise ConfigError("train.mixed_precision='fp16' needs a GPU; on a CPU use 'no' (or 'auto')")
+    return requested
+
+
+def make_accelerator(cfg: Config, out: Path | None, precision: str) -> Accelerator:
+    return Accelerator(
+        cpu=not use_cuda() and not torch.backends.mps.is_available(),  # lets torchrun on CPUs use gloo
+        mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        log_with=None if cfg.train.log_with == "none" else cfg.train.log_with,
+        project_dir=None if out is None else str(out),
+        dynamo_backend="inductor" if cfg.train.compile else None,  # None: accelerate launch's setting
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))  # DDP: see fit_ddp
+
+
+def backend_settings(cuda: bool) -> dict[str, bool]:
+    return {"cudnn_benchmark": cuda, "tf32_matmul": cuda, "fused_optimizer": cuda}
+
+
+def apply_backend_settings(settings: dict[str, bool]) -> None:
+    if settings["cudnn_benchmark"]:
+        torch.backends.cudnn.benchmark = True
+    if settings["tf32_matmul"]:
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def fit_ddp(accelerator: Accelerator, model, frozen: bool):
+    """DDP syncs the parameters that required a gradient when it was built. The first epochs may
+    freeze the backbone: build it for the phase at hand (a parameter broadcast) instead of one
+    wrapper with find_unused_parameters=True, whose search for parameters without a gradient costs
+    an autograd traversal every step of the run (and a warning each time it finds none)."""
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel) or getattr(model, "built_frozen", False) == frozen:
+        return model  # accelerate's wrapper is built before anything is frozen
+    kwargs = accelerator.ddp_handler.to_kwargs() if accelerator.ddp_handler is not None else {}
+    rebuilt = torch.nn.parallel.DistributedDataParallel(model.module, device_ids=model.device_ids,
+                                                        output_device=model.output_device, **kwargs)
+    rebuilt.built_frozen = frozen
+    # what save_state/load_state see: the wrapper on GPUs; on CPUs accelerate keeps the inner module
+    accelerator._models = [rebuilt if m is model else m for m in accelerator._models]
+    return rebuilt

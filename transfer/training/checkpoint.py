@@ -1,0 +1,135 @@
+"""Checkpoints under output_dir/checkpoints/: `epoch_NNN` after NNN whole epochs, and
+`epoch_NNN_batch_BBBBBB` when a stop signal came BBBBBB batches into the next one. Each is
+written by `accelerator.save_state` into a temporary folder and renamed into place when
+complete, so a folder with such a name is always whole, even after `kill -9` mid-save."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError, DataError
+from ..files import guard_write, publish_folder, write_json
+from .model import state_bytes
+
+STATE_FILE = "trainer_state.json"  # written last: epoch, position and metric history
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint holds besides accelerate's states (model, optimizer, scheduler, RNGs):
+    where the run is, what it has recorded so far, and the settings it was started with, so that
+    a resume can be checked against them; each resume is recorded with what it changed."""
+    config: dict  # the run's settings (config.to_dict)
+    epoch: int = 0  # whole epochs done
+    batches_done: int = 0  # batches of epoch `epoch` done (a checkpoint written on a stop signal)
+    partial: tuple[float, int] = (0.0, 0)  # that half epoch's (loss sum, images)
+    history: list[dict] = field(default_factory=list)  # one record per evaluated epoch
+    lrs: list[float] = field(default_factory=list)  # each optimizer step's learning rate
+    train_seconds: float = 0.0
+    resumes: list[dict] = field(default_factory=list)  # {"from", "changed"} per resume
+    lr_find: dict | None = None  # the LR range test's record (optim.lr=find), reused on resume
+
+    def at(self, epoch: int, batches_done: int = 0, partial: tuple[float, int] = (0.0, 0)) -> "TrainerState":
+        """This state at another position (what a checkpoint written there holds)."""
+        return dataclasses.replace(self, epoch=epoch, batches_done=batches_done, partial=tuple(partial))
+
+    @classmethod
+    def read(cls, path: Path) -> "TrainerState":
+        """The state in a checkpoint folder, without loading its tensors; an unknown key is an
+        error naming the file (a checkpoint of another version), a missing one takes its default."""
+        file = Path(path) / STATE_FILE
+        raw = json.loads(file.read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise DataError(f"{file} holds keys this version does not know ({', '.join(unknown)}); resume it with the "
+                            f"version that wrote it, or start a fresh run in another output_dir")
+        raw.setdefault("config", None)
+        raw["partial"] = tuple(raw.get("partial", (0.0, 0)))
+        return cls(**raw)
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (the names sort in training order)."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("epoch_*") if (p / STATE_FILE).is_file())
+
+
+def save_checkpoint(accelerator, output_dir: Path, name: str, state: TrainerState, keep: int,
+                    size: int | None = None) -> Path:
+    """`size`: the expected bytes, for the message when the disk is full. A failed save leaves
+    no temporary folder and the previous checkpoints untouched."""
+    root = checkpoint_dir(output_dir)
+    final, tmp = root / name, root / f".tmp_{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed mid-save
+    accelerator.wait_for_everyone()
+    try:
+        with guard_write(tmp, size):
+            accelerator.save_state(str(tmp))  # every process writes its own RNG state here
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                write_json(tmp / STATE_FILE, dataclasses.asdict(state))
+                publish_folder(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for leftover in root.glob(".tmp_*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def checkpoint_bytes(model, optimizer_name: str) -> int:
+    """About what one checkpoint takes on disk: the weights and buffers, plus the optimizer's
+    state per parameter (Adam: two moments; SGD: one momentum buffer)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return state_bytes(model) + params * (1 if optimizer_name == "sgd" else 2)
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """`train.resume`: None, 'auto' (newest complete checkpoint, or none yet) or a path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if not (path / STATE_FILE).is_file():
+        raise ConfigError(f"train.resume={resume!r} is not a complete checkpoint folder "
+                          f"(no {STATE_FILE} in it); use train.resume=auto or a checkpoints/epoch_NNN folder")
+    return path
+
+
+def saved_config(path: Path, output_dir: Path) -> dict | None:
+    """The settings a checkpoint was made with: stored in it, or (older checkpoints) the run's
+    config.yaml; None when neither exists."""
+    state = TrainerState.read(path)
+    if state.config is not None:
+        return state.config
+    saved = Path(output_dir) / "config.yaml"
+    if saved.is_file():
+        return yaml.safe_load(saved.read_text())
+    return None
+
+
+def load_checkpoint(accelerator, path: Path) -> TrainerState:
+    """Restore model, optimizer, scheduler and RNG states; return the saved trainer state."""
+    accelerator.load_state(str(path))
+    return TrainerState.read(path)

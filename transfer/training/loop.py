@@ -1,0 +1,137 @@
+"""The epochs: train, evaluate, record, checkpoint. One `Accelerator` owns device, precision,
+processes and accumulation (accel.py); the step is step.py's; the schedule is optim.py's."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..data.transforms import Normalize
+from .checkpoint import TrainerState
+from .metrics import accuracy
+from .setup import Setup
+from .step import Loop
+
+LOG_EVERY = 10  # optimizer steps between syncs: tracker, progress bar, stop/NaN/budget checks
+
+
+def check_due(steps: int) -> bool:
+    """Sync after these optimizer steps: early ones give the time budget a first time per step."""
+    return steps % LOG_EVERY == 0 or steps in (1, 2, 4, 8)
+
+
+def epoch_line(record: dict) -> str:
+    """The article's per-epoch line."""
+    return (f"Epoch [{record['epoch']}], last_lr: {record['lr']:.5f}, train_loss: {record['train_loss']:.4f}, "
+            f"val_loss: {record['val_loss']:.4f}, val_acc: {record['val_acc']:.4f}")
+
+
+def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, partial=(0.0, 0)) -> dict:
+    """Train until the loader ends or the watch says stop; `batches_done`/`partial` continue a
+    half-finished epoch. Returns the epoch's mean loss and where it stopped.
+
+    A half-finished epoch is continued by replaying its first `batches_done` batches through the
+    loader without training on them: loading draws the same random numbers as the first time
+    (crops, flips, worker seeds, mixing), so the rest of the epoch sees exactly the same batches."""
+    trainer, scheduler, watch = loop.trainer, loop.scheduler, loop.watch
+    accelerator = trainer.accelerator
+    trainer.objective.set_epoch(epoch)
+    lr = scheduler.get_last_lr()[0]
+    mine = accelerator.is_main_process  # a half epoch's global totals restart on one process only
+    loss_sum = torch.tensor(float(partial[0]) if mine else 0.0, device=accelerator.device)
+    seen = torch.tensor(float(partial[1]) if mine else 0.0, device=accelerator.device)
+    batch_index, stop = 0, None
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not accelerator.is_local_main_process)
+    for batch in bar:
+        if batch_index < batches_done:  # replay (see above)
+            trainer.objective.replay(batch)
+            batch_index += 1
+            continue
+        loss = trainer.step(batch)
+        batch_index += 1
+        watch.observe(loss, batch_index)
+        loss_sum += loss.detach().float() * len(batch["labels"])
+        seen += len(batch["labels"])
+        if accelerator.sync_gradients:
+            lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used (the article's last_lr)
+            loop.lrs.append(lr)
+            scheduler.step()
+            if check_due(scheduler.steps):
+                stop = watch.check(epoch)  # raises NonFiniteLoss; one sync across processes
+                scheduler.plan(watch.elapsed)  # the budget's remaining steps, from the synced clock
+                step_loss = loss.item()
+                accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=scheduler.steps)
+                bar.set_postfix(loss=f"{step_loss:.3f}")
+            if scheduler.finished and loop.time_budget:
+                stop = stop or "budget"  # the step at the schedule's final value is done
+            if stop:
+                break
+    if stop != "budget":
+        stop = watch.check(epoch) or stop
+        scheduler.plan(watch.elapsed)
+    totals = accelerator.reduce(torch.stack([loss_sum, seen]), "sum")
+    return {"train_loss": (totals[0] / totals[1].clamp(min=1)).item(), "train_images": int(totals[1].item()),
+            "lr": lr, "stop": stop, "batches_done": batch_index, "partial": (totals[0].item(), int(totals[1].item()))}
+
+
+@torch.inference_mode()
+def evaluate(model, loader, accelerator, normalize: Normalize) -> dict:
+    """Every validation image exactly once across processes; loss averaged per image. Results stay
+    on the device until the end: no host sync per batch."""
+    model.eval()
+    gathered = []
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
+        logits = model(normalize(batch["pixel_values"])).float()
+        loss = F.cross_entropy(logits, batch["labels"], reduction="none")  # plain, whatever training optimises
+        confidence, prediction = logits.softmax(dim=1).max(dim=1)
+        # gather_for_metrics drops the samples duplicated to even out the last batch across processes
+        gathered.append(accelerator.gather_for_metrics((prediction, batch["labels"], loss, confidence)))
+    preds, labels, losses, confidence = (torch.cat(ts).cpu().numpy() for ts in zip(*gathered))
+    return {"val_loss": float(losses.mean()), "val_acc": accuracy(preds, labels), "val_samples": len(labels),
+            "predictions": preds, "references": labels, "confidence": confidence}
+
+
+def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
+                 save: Callable[[str, TrainerState], object]) -> tuple[dict | None, str | None]:
+    """The epochs still to run: train, evaluate, record, checkpoint. (last evaluation, stop reason)
+    `state` is updated in place (history, lrs, seconds); `save(name, state)` writes a checkpoint."""
+    trainer, watch, train_dl = loop.trainer, loop.watch, setup.train_dl
+    accelerator = trainer.accelerator
+    final, stop, first_epoch = None, None, state.epoch
+    with watch.signals():
+        for epoch in range(first_epoch, cfg.train.epochs):
+            batches_done = state.batches_done if epoch == first_epoch else 0
+            set_seed(cfg.train.seed + epoch)  # shuffling and augmentation depend on seed and epoch alone
+            train_dl.set_epoch(epoch)
+            frozen = epoch < cfg.train.frozen_epochs
+            trainer.set_phase(frozen)
+            watch.start(state.train_seconds)
+            result = train_one_epoch(loop, train_dl, epoch, batches_done, state.partial if batches_done else (0.0, 0))
+            train_time, stop = watch.seconds(), result["stop"]
+            if stop == "signal":  # preempted: save where we are, finish nothing else
+                state.train_seconds += train_time
+                done = result["batches_done"]
+                watch.raise_stopped(save(f"epoch_{epoch:03d}_batch_{done:06d}", state.at(epoch, done, result["partial"])))
+            final = evaluate(trainer.model, setup.val_dl, accelerator, trainer.objective.normalize)
+            epoch_seconds = watch.seconds()
+            state.train_seconds += epoch_seconds
+            done = result["batches_done"]
+            record = {"epoch": epoch + 1 if done == len(train_dl) else round(epoch + done / len(train_dl), 3),
+                      "lr": result["lr"], "train_loss": result["train_loss"], "val_loss": final["val_loss"],
+                      "val_acc": final["val_acc"], "frozen": frozen, "epoch_seconds": epoch_seconds,
+                      "train_images_per_s": result["train_images"] / train_time}
+            state.history.append(record)
+            accelerator.log({f"epoch/{k}": record[k] for k in ("train_loss", "val_loss", "val_acc", "lr")},
+                            step=loop.scheduler.steps)
+            accelerator.print(epoch_line(record))
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs or stop == "budget":
+                save(f"epoch_{epoch + 1:03d}", state.at(epoch + 1))
+            if stop == "budget":
+                accelerator.print(f"time budget of {cfg.train.time_budget_s:g} s spent: the schedule ended after "
+                                  f"{record['epoch']:.2f} epochs ({loop.scheduler.steps} optimizer steps)")
+                break
+    return final, stop

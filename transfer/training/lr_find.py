@@ -1,0 +1,174 @@
+"""`optim.lr: find`: an LR range test (Smith 2015; fastai's `lr_find`, Lightning's `lr_find`).
+
+Before training, the run's own model, data, transforms, objective, optimizer and precision take
+`STEPS` optimizer steps (passing over the training data again when an epoch is shorter, as
+fastai and Lightning do: a curve of a dozen noisy points cannot be read) with the learning rate rising
+exponentially from `START_LR` to `END_LR`. The loss of each step is averaged over processes (so
+every process sees the same curve and picks the same value) and smoothed; the test stops early
+once the smoothed loss exceeds `DIVERGED` times its minimum, or is not finite.
+
+The rule (stated in metrics.json) is fastai's default, `valley`: find the longest stretch of
+the curve over which the smoothed loss keeps falling (its longest decreasing subsequence) and
+pick the learning rate about halfway down it: where the loss falls fastest, well before it stops
+falling. (A minimum of a few noisy early steps, which `minimum / 10` would pick, cannot win.)
+
+Afterwards model, optimizer, gradient scaler, accumulation counter and every random generator
+are restored, so the training that follows is the one it would have been with the found value
+typed in (tested). A curve that cannot be trusted is an error naming why and what to set.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import RunError
+from .optim import PCT_START
+from .step import Trainer
+
+START_LR, END_LR, STEPS = 1e-7, 10.0, 100
+DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
+MIN_FALL = 0.05  # along the valley, the smoothed loss must fall at least this fraction for a pick
+RULE = "valley: halfway down the longest stretch where the smoothed loss falls (fastai)"
+BY_HAND = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.1}  # a usual starting point, named in the error
+
+
+@dataclass
+class Snapshot:
+    """Everything a few optimizer steps change, to put back afterwards."""
+    model: dict
+    optimizer: dict
+    scaler: dict | None
+    step: int
+    rng: tuple
+
+    @classmethod
+    def take(cls, model, optimizer, accelerator) -> "Snapshot":
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+               torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        return cls(weights, copy.deepcopy(optimizer.state_dict()), scaler, accelerator.step, rng)
+
+    def restore(self, model, optimizer, accelerator) -> None:
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(self.optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            accelerator.scaler.load_state_dict(self.scaler)
+        accelerator.step = self.step
+        random.setstate(self.rng[0])
+        np.random.set_state(self.rng[1])
+        torch.set_rng_state(self.rng[2])
+        if self.rng[3] is not None:
+            torch.cuda.set_rng_state_all(self.rng[3])
+
+
+def schedule(steps: int) -> list[float]:
+    """Exponentially from START_LR to END_LR in `steps` values."""
+    return [START_LR * (END_LR / START_LR) ** (i / max(steps - 1, 1)) for i in range(steps)]
+
+
+def smooth(losses: list[float], steps: int) -> list[float]:
+    """Bias-corrected exponential moving average; beta is fastai's 0.98 for 100 steps, scaled so
+    that other step counts smooth over the same share of the range."""
+    beta = 0.98 ** (STEPS / max(steps, 1))
+    average, out = 0.0, []
+    for i, loss in enumerate(losses, 1):
+        average = beta * average + (1 - beta) * loss
+        out.append(average / (1 - beta ** i))
+    return out
+
+
+def suggest(lrs: list[float], losses: list[float], steps: int, optimizer: str) -> dict:
+    """The pick from a recorded curve, or RunError saying why there is none."""
+    by_hand = f"set optim.lr by hand (e.g. optim.lr={BY_HAND[optimizer]:g}, or sweep it: SWEEP='optim.lr=...')"
+    if not losses or not math.isfinite(losses[0]):
+        raise RunError(f"optim.lr=find: the LR range test was inconclusive: the loss was not finite from the first "
+                       f"step (at lr {START_LR:g}), so the model, the data or fp16 is broken; fix that, or {by_hand}")
+    finite = [loss for loss in losses if math.isfinite(loss)]
+    smoothed = smooth(finite, steps)
+    first, last = valley(smoothed)
+    if smoothed[last] > smoothed[first] * (1 - MIN_FALL):
+        raise RunError(f"optim.lr=find: the LR range test was inconclusive: the loss did not fall between lr "
+                       f"{START_LR:g} and {lrs[len(finite) - 1]:.3g} (smoothed: {smoothed[0]:.4f} at the start, "
+                       f"lowest {min(smoothed):.4f}); {by_hand}")
+    length = last - first
+    pick = first + length // 3 + length // 6  # fastai's point, about halfway down
+    return {"rule": RULE, "suggested_lr": lrs[pick], "valley_lrs": [lrs[first], lrs[last]],
+            "lowest_loss_lr": lrs[int(np.argmin(smoothed))], "steps": len(losses), "start_lr": START_LR,
+            "end_lr": END_LR, "lrs": lrs[:len(losses)], "losses": losses, "smoothed_losses": smoothed}
+
+
+def valley(values: list[float]) -> tuple[int, int]:
+    """First and last index of the longest decreasing subsequence of `values` (fastai's valley)."""
+    longest = [1] * len(values)
+    start = end = 0
+    for i in range(1, len(values)):
+        for j in range(i):
+            if values[i] < values[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+        if longest[i] > longest[end]:
+            end = i
+            start = end - longest[end]
+    return max(start, 0), end
+
+
+def find_lr(trainer: Trainer, loader, epochs: int, frozen_epochs: int, optimizer_name: str) -> dict:
+    """The LR range test, on the model as it trains when the one-cycle schedule peaks (after the
+    warm-up, 30% into the run): the whole model when only the first epoch or so freezes the
+    backbone, the head alone for a linear probe (frozen throughout)."""
+    trainer.set_phase(frozen=int(PCT_START * epochs) < frozen_epochs)
+    trainer.objective.set_epoch(0)
+    return range_test(trainer, loader, optimizer_name)
+
+
+def range_test(trainer: Trainer, loader, optimizer_name: str, steps: int = STEPS) -> dict:
+    """Run the test with `trainer` set up for the first epoch; return the metrics.json record,
+    or raise RunError when inconclusive."""
+    accelerator, optimizer = trainer.accelerator, trainer.optimizer
+    model = trainer.module
+    lrs = schedule(steps)
+    snapshot = Snapshot.take(model, optimizer.optimizer, accelerator)
+    losses, pending, best = [], [], math.inf
+    try:
+        _set_lr(optimizer, lrs[0])
+        for batch in _cycle(loader):
+            pending.append(trainer.step(batch).detach().float())
+            if not accelerator.sync_gradients:
+                continue
+            loss = accelerator.reduce(torch.stack(pending).mean(), "mean").item()  # every process: one curve
+            pending = []
+            losses.append(loss)
+            smoothed = smooth(losses, steps)[-1] if math.isfinite(loss) else math.inf
+            best = min(best, smoothed)
+            if len(losses) == steps or not math.isfinite(smoothed) or smoothed > DIVERGED * best:
+                break
+            _set_lr(optimizer, lrs[len(losses)])
+    finally:
+        snapshot.restore(model, optimizer.optimizer, accelerator)
+    found = suggest(lrs, losses, steps, optimizer_name)
+    picks = accelerator.gather(torch.tensor([found["suggested_lr"]], dtype=torch.float64, device=accelerator.device))
+    if not bool((picks == picks[0]).all()):  # by construction they agree (one reduced curve); never train apart
+        raise RuntimeError(f"LR range test: processes picked different learning rates {picks.tolist()}")
+    return found
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def line(found: dict) -> str:
+    low, high = found["valley_lrs"]
+    return (f"lr range test: {found['steps']} steps from lr {found['start_lr']:g}; the loss falls for lr from {low:.2g} "
+            f"to {high:.2g}; using optim.lr={found['suggested_lr']:.3g} ({found['rule']})")

@@ -1,0 +1,61 @@
+"""One training step and what it needs (shared by the epoch loop in loop.py and the LR range
+test in lr_find.py, so that the test trains exactly as the run will)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+
+from .accel import fit_ddp
+from .model import set_backbone_frozen, train_mode
+from .objective import Objective
+from .optim import OneCycle
+from .watch import Watch
+
+
+@dataclass
+class Trainer:
+    """The prepared model and optimizer, the objective (loss, smoothing, mixing) and clipping.
+    `model` is the one name of the model being trained: `set_phase` re-wraps it for DDP when the
+    backbone is frozen or unfrozen (accel.fit_ddp)."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    accelerator: Accelerator
+    objective: Objective
+    grad_clip: float | None
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model without any wrapper (DDP, torch.compile): what is saved and frozen."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def set_phase(self, frozen: bool) -> None:
+        """Backbone frozen (weights and batch-norm statistics) or not; training mode set."""
+        set_backbone_frozen(self.module, frozen)
+        train_mode(self.module, frozen)
+        self.model = fit_ddp(self.accelerator, self.model, frozen)
+
+    def step(self, batch: dict) -> torch.Tensor:
+        """Forward, backward, clip and (at an accumulation boundary) an optimizer step; the loss."""
+        accelerator = self.accelerator
+        with accelerator.accumulate(self.model):
+            inputs, targets = self.objective.inputs(batch)
+            loss = self.objective.loss(self.model(inputs), targets)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and self.grad_clip is not None:
+                accelerator.clip_grad_value_(self.model.parameters(), self.grad_clip)  # unscales fp16 first
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+@dataclass
+class Loop:
+    """What whole epochs need besides the trainer: the schedule, the watch (signals, non-finite
+    losses, the budget clock) and the record of each optimizer step's learning rate."""
+    trainer: Trainer
+    scheduler: OneCycle
+    watch: Watch
+    time_budget: bool = False
+    lrs: list = field(default_factory=list)
