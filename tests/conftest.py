@@ -1,6 +1,7 @@
 """Offline, CPU-only test set-up: HF caches in a temp folder (removed at the end), no Hub access,
 tiny data; every process a test starts runs in its own process group, has a timeout and is
 killed, group and all, when its test ends."""
+import atexit
 import os
 import shutil
 import signal
@@ -8,8 +9,11 @@ import subprocess
 import tempfile
 
 # Everything the suite and the processes it starts write to a temp folder lands in this one
-# (TMPDIR for subprocesses: torchrun's, the benchmark's, compare.sh's runs), removed at the end.
+# (tests' tmp_path, torch's compile caches; TMPDIR for subprocesses: torchrun's, the benchmark's,
+# compare.sh's runs), removed when the suite ends (`--basetemp DIR` keeps tests' files).
 _TMP = tempfile.mkdtemp(prefix="transfer-test-")
+tempfile.tempdir = _TMP
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 _CACHE = os.path.join(_TMP, "hf")
 os.environ.update({"HF_HOME": _CACHE, "HF_DATASETS_CACHE": os.path.join(_CACHE, "datasets"),
                    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -20,10 +24,6 @@ import pytest  # noqa: E402
 
 from transfer.config import load_config  # noqa: E402
 from transfer.data.synthetic import make_image_folder  # noqa: E402
-
-
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_TMP, ignore_errors=True)
 
 
 _STARTED: list[subprocess.Popen] = []

@@ -68,14 +68,15 @@ def test_the_stage_check_sees_relative_and_function_level_imports():
 @pytest.mark.slow
 def test_every_module_imports_on_its_own():
     # each in a fresh interpreter: an import that only works after another module is a hidden cycle
-    failed = []
-    for module in modules():
-        if module == "__main__":
-            continue  # importing it runs the program
+    from concurrent.futures import ThreadPoolExecutor
+
+    def import_alone(module: str) -> str | None:
         done = run_command([sys.executable, "-c", f"import transfer.{module}"], capture_output=True, text=True,
-                              timeout=120)
-        if done.returncode:
-            failed.append(f"transfer.{module}: {done.stderr.strip().splitlines()[-1]}")
+                           timeout=120)
+        return f"transfer.{module}: {done.stderr.strip().splitlines()[-1]}" if done.returncode else None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # importing torch is mostly one core's work
+        failed = [f for f in pool.map(import_alone, [m for m in modules() if m != "__main__"]) if f]
     assert not failed, "\n".join(failed)
 
 
