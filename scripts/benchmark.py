@@ -159,10 +159,14 @@ def our_steps(model, pixels, y, steps, precision, device_name):
     from transfer.training.step import Loop, Trainer
     from transfer.training.watch import Watch
 
+    from transfer.training.accel import apply_backend_settings, backend_settings, fuse_optimizer
+
     accelerator = Accelerator(cpu=device_name == "cpu", mixed_precision=precision)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(accelerator.device, memory_format=torch.channels_last)
     cfg = Config()
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    settings = backend_settings(accelerator.device.type == "cuda")  # what a run uses: autotuning, TF32, fused
+    apply_backend_settings(settings)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), fused=fuse_optimizer(settings, cfg.optim.name, precision))
     model, optimizer = accelerator.prepare(model, optimizer)
     normalize = Normalize(MEAN, STD)
     trainer = Trainer(model, optimizer, accelerator, Objective(cfg.train.label_smoothing, cfg.data, 10, normalize),

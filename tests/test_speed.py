@@ -107,3 +107,28 @@ def test_a_figure_that_cannot_be_written_fails_the_run_before_metrics(image_fold
     assert not (out / "metrics.json").exists() and (out / "model" / "model.safetensors").exists()
     assert (out / "plots" / "samples.png").exists() and not (out / "plots" / "confusion.png").exists()
     assert np.all([p.suffix == ".png" for p in (out / "plots").iterdir()])  # no temporary files left
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, expected):
+    # torch reports bf16 as supported on a T4 (7.5) too, where it is emulated and slow
+    monkeypatch.setattr(accel, "use_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    assert accel.resolve_precision("auto") == expected
+
+
+def test_the_cache_decodes_with_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})  # e.g. a 4-CPU SLURM allocation
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert cache.decode_workers(loader_workers=2, local_processes=2) == 2
+    assert cache.decode_workers(loader_workers=0, local_processes=1) == 4
+
+
+def test_batches_reach_the_gpu_without_blocking_the_host(image_folder, tmp_path):
+    from transfer.training.accel import make_accelerator
+
+    accelerator = make_accelerator(tiny_config(image_folder, tmp_path / "r"), None, "no")
+    assert accelerator.dataloader_config.non_blocking and accelerator.dataloader_config.use_seedable_sampler

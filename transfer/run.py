@@ -42,7 +42,7 @@ def run(cfg: Config, phases: Phases | None = None) -> RunMetrics:
         if is_finished(out) and cfg.train.resume is not None:
             accelerator.print(f"{out} holds a finished run; nothing to resume")
             return read_metrics(out)
-        resume_from, state = starting_state(cfg, out, accelerator)
+        resume_from, state = starting_state(cfg, out, accelerator, precision)
         setup = build(cfg, accelerator, phases, out, resume_from)
         peak_lr = learning_rate(cfg, setup, state, phases)
         scheduler = OneCycle(setup.trainer.optimizer.optimizer, peak_lr or 0.0,  # None: evaluate-only, nothing found
@@ -76,18 +76,22 @@ def run(cfg: Config, phases: Phases | None = None) -> RunMetrics:
             return finish(cfg, accelerator, setup, final, metrics, phases, drawer)
 
 
-def starting_state(cfg: Config, out: Path, accelerator: Accelerator) -> tuple[Path | None, TrainerState]:
+def starting_state(cfg: Config, out: Path, accelerator: Accelerator,
+                   precision: str) -> tuple[Path | None, TrainerState]:
     """The checkpoint to resume from (None: a fresh run) and the trainer state to start with.
-    Checked before any work: a run resumed with other settings would be a run that never existed."""
+    Checked before any work: a run resumed with other settings, another process count or another
+    precision would be a run that never existed."""
     resume_from = checkpoint.resolve_resume(cfg.train.resume, out)
+    execution = {"num_processes": accelerator.num_processes, "mixed_precision": precision}
     if resume_from is None:
         rundir.check_fresh(out, resumable=cfg.train.resume == "auto")
-        return None, TrainerState(config=to_dict(cfg))
+        return None, TrainerState(config=to_dict(cfg), **execution)
     changed = rundir.check_resume(checkpoint.saved_config(resume_from, out), to_dict(cfg), out)
     saved = TrainerState.read(resume_from)
+    checkpoint.check_same_execution(saved, resume_from, accelerator.num_processes, precision)
     resumes = [*saved.resumes, {"from": str(resume_from), "changed": {k: list(v) for k, v in changed.items()}}]
     accelerator.print(f"resumed from {resume_from}" + "".join(f"; {k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-    return resume_from, dataclasses.replace(saved, config=to_dict(cfg), resumes=resumes)
+    return resume_from, dataclasses.replace(saved, config=to_dict(cfg), resumes=resumes, **execution)
 
 
 def learning_rate(cfg: Config, setup: Setup, state: TrainerState, phases: Phases) -> float | None:

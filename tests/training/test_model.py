@@ -173,3 +173,75 @@ def test_one_cycle_plans_the_rest_of_a_time_budget_and_restores_the_plan():
     assert schedule.get_last_lr()[0] == pytest.approx(1e-3 / 25 / 1e4) and not schedule.finished
     schedule.step()
     assert schedule.finished
+
+
+# ---------------------------------------------------------------------------- fused optimizers (the GPU path, on CPU)
+
+def overflow_then_finite(optimizer_name: str, fused: bool) -> torch.Tensor:
+    """Three steps under a gradient scaler, the first overflowing (fp16's usual start)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.ones(4))
+    optimizer = build_optimizer(OptimConfig(name=optimizer_name, lr=0.1), [p], fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    for g in (float("inf"), 1.0, 1.0):
+        optimizer.zero_grad()
+        scaler.scale((p * g).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return p.detach()
+
+
+def test_sgd_is_not_fused_under_the_fp16_scaler():
+    from transfer.training.accel import fuse_optimizer
+
+    # torch's fault: fused SGD's momentum buffers start uninitialised when the first step overflows;
+    # overflow_then_finite("sgd", True) gave weights of 2.5e12 where the plain SGD gives 0.71 (what
+    # it gives depends on the memory it gets, so it is not asserted here)
+    on = {"fused_optimizer": True}
+    assert fuse_optimizer(on, "sgd", "fp16") is False and fuse_optimizer(on, "sgd", "bf16") is True
+    assert fuse_optimizer(on, "adam", "fp16") is True and fuse_optimizer({"fused_optimizer": False}, "adam", "no") is False
+    assert torch.allclose(overflow_then_finite("adam", True), overflow_then_finite("adam", False))
+
+
+def test_an_unfused_optimizer_is_built_without_the_fused_argument(monkeypatch):
+    seen = {}
+
+    class SGD(torch.optim.SGD):  # torch 2.1's SGD: no `fused` argument at all
+        def __init__(self, params, lr, momentum, weight_decay, nesterov):
+            seen.update(lr=lr)
+            super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    monkeypatch.setattr(torch.optim, "SGD", SGD)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    for fused in (False, True):
+        assert isinstance(build_optimizer(OptimConfig(name="sgd", lr=0.1), params, fused=fused), SGD)
+    assert seen
+
+
+def test_a_run_with_fused_adam_builds_it_on_the_models_device(image_folder, tmp_path, monkeypatch):
+    # what a CUDA run does, forced on the CPU: the optimizer is made after the model is on its device
+    from conftest import tiny_config
+    from transfer.run import run
+    from transfer.training import accel, setup
+
+    built = {}
+
+    def spy(cfg, params, fused=False):
+        params = list(params)
+        built.update(devices={p.device for p in params}, fused=fused)
+        return build_optimizer(cfg, params, fused=fused)
+    monkeypatch.setattr(accel, "backend_settings", lambda cuda: {"cudnn_benchmark": False, "tf32_matmul": False,
+                                                                 "fused_optimizer": True})
+    monkeypatch.setattr(setup, "build_optimizer", spy)
+    monkeypatch.setattr(torch.nn.Module, "to", noting_moves(torch.nn.Module.to, built))
+    run(tiny_config(image_folder, tmp_path / "r", "train.epochs=1"))
+    assert built["fused"] is True and built["devices"] == {torch.device("cpu")}
+    assert built["moved_before_optimizer"]
+
+
+def noting_moves(to, built):
+    """Module.to, noting whether a move to a device came before the optimizer was built."""
+    def recording_to(self, *args, **kwargs):
+        if (args and isinstance(args[0], (torch.device, str))) or "device" in kwargs:
+            built.setdefault("moved_before_optimizer", "fused" not in built)
+        return to(self, *args, **kwargs)
+    return recording_to

@@ -290,3 +290,19 @@ def test_a_time_budget_run_resumed_mid_epoch_ends_as_the_uninterrupted_one(image
     assert resumed.lr_per_step[-1] == pytest.approx(FINAL_LR, rel=1e-6)
     assert resumed.train_seconds == pytest.approx(reference.train_seconds)
     assert same_weights(out, tmp_path / "reference")
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("num_processes", 2, "was written by a run on 2 processes and this one has 1"),
+    ("mixed_precision", "bf16", "was trained with mixed precision 'bf16' and this run would continue in 'no'")])
+def test_resume_on_another_process_count_or_precision_is_refused(reference, tmp_path, capsys, key, value, says):
+    # a preempted 2-GPU bf16 job rescheduled on one CPU: its schedule counts the other run's steps
+    out = killed_after_epoch_1(reference, tmp_path / "run")
+    state_file = out / "checkpoints" / "epoch_001" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["num_processes"] == 1 and state["mixed_precision"] == "no"  # recorded with every checkpoint
+    state_file.write_text(json.dumps({**state, key: value}))
+    code = main(["--config", str(out / "config.yaml"), f"output_dir={out}", "train.resume=auto"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err and "start a fresh run" in err, err
+    assert not (out / "metrics.json").exists()

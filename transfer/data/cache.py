@@ -50,12 +50,18 @@ class DecodedImages:
         decode = DataLoader(_Decode(images, size), batch_size=64, num_workers=num_workers, collate_fn=list)
         for chunk in decode:
             arrays += chunk
-        shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long)
+        shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long).view(-1, 2)
         sizes = shapes[:, 0] * shapes[:, 1] * 3
-        self.offsets = (torch.cumsum(sizes, 0) - sizes).to(self.device)
+        starts = torch.cumsum(sizes, 0) - sizes
+        self.offsets = starts.to(self.device)
         self.heights, self.widths = shapes[:, 0].to(self.device), shapes[:, 1].to(self.device)
         self._heights, self._widths = shapes[:, 0].tolist(), shapes[:, 1].tolist()  # for drawing crops on the CPU
-        self.buffer = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])).to(self.device)
+        # each decoded image is copied into the buffer and let go, so the host holds the set about
+        # once (a concatenation held it twice; the cache-size estimate counts it once)
+        self.buffer = torch.empty(int(sizes.sum()), dtype=torch.uint8, device=self.device)
+        for i, start in enumerate(starts.tolist()):
+            a, arrays[i] = arrays[i], None
+            self.buffer[start:start + a.size].copy_(torch.from_numpy(a.reshape(-1)))
         self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
 
     @property
@@ -187,7 +193,16 @@ def choose_cache(setting: str, cuda: bool, needed: int, device_free: int | None,
     return True, f"data.cache=auto: decoding about {gib} onto the GPU once, cropping there each batch"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a SLURM allocation or `taskset` narrows them), not the
+    machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def decode_workers(loader_workers: int, local_processes: int) -> int:
-    """Workers that decode the cache: the loader needs none on that path, so every core of this
-    process's share of the machine (at least the loader's number)."""
-    return max(loader_workers, (os.cpu_count() or 1) // max(local_processes, 1))
+    """Workers that decode the cache: the loader needs none on that path, so every CPU of this
+    process's share (at least the loader's number)."""
+    return max(loader_workers, usable_cpus() // max(local_processes, 1))

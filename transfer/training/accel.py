@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import is_compiled_module
 
 from ..config import Config
 from ..errors import ConfigError
@@ -28,11 +29,19 @@ def local_processes() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
+def native_bf16() -> bool:
+    """A GPU with bf16 in hardware (compute capability 8.0, Ampere, and later). Not
+    `torch.cuda.is_bf16_supported()`: from torch 2.3 it is also true on older GPUs, which emulate
+    bf16 slowly."""
+    return torch.cuda.get_device_capability() >= (8, 0)
+
+
 def resolve_precision(requested: str) -> str:
-    """`auto`: bf16 on a GPU that has it, else fp16 on a GPU, else fp32 (bf16 is slow on most CPUs)."""
+    """`auto`: bf16 on a GPU that has it in hardware, else fp16 on a GPU, else fp32 (bf16 is slow
+    on most CPUs)."""
     cuda = use_cuda()
     if requested == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+        return ("bf16" if native_bf16() else "fp16") if cuda else "no"
     if requested == "fp16" and not cuda:
         raise ConfigError("train.mixed_precision='fp16' needs a GPU; on a CPU use 'no' (or 'auto')")
     return requested
@@ -45,11 +54,32 @@ def make_accelerator(cfg: Config, out: Path | None, precision: str) -> Accelerat
         log_with=None if cfg.train.log_with == "none" else cfg.train.log_with,
         project_dir=None if out is None else str(out),
         dynamo_backend="inductor" if cfg.train.compile else None,  # None: accelerate launch's setting
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))  # DDP: see fit_ddp
+        # one shuffle for every process (see loop.epoch_seed); batches copied to the GPU from pinned
+        # memory without blocking the host
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True))
+
+
+def on_every_process(flag: bool, accelerator: Accelerator) -> bool:
+    """True where every process says so (decisions each process makes from its own view, such as
+    its free memory, that must come out the same everywhere)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor(int(flag), device=accelerator.device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())
 
 
 def backend_settings(cuda: bool) -> dict[str, bool]:
     return {"cudnn_benchmark": cuda, "tf32_matmul": cuda, "fused_optimizer": cuda}
+
+
+def fuse_optimizer(settings: dict[str, bool], optimizer_name: str, precision: str) -> bool:
+    """The fused kernel, where the backend settings chose it and it computes what the plain one
+    does: not SGD under fp16's gradient scaler. Torch makes SGD's momentum buffers with
+    `empty_like` on the first step, and the fused kernel skips a step whose gradients overflowed,
+    so a first step that overflows (the scaler's usual start) leaves them uninitialised: the
+    following steps read garbage (seen on CPU with GradScaler("cpu"): weights off by 1e12)."""
+    return settings["fused_optimizer"] and not (optimizer_name == "sgd" and precision == "fp16")
 
 
 def apply_backend_settings(settings: dict[str, bool]) -> None:
@@ -64,13 +94,21 @@ def fit_ddp(accelerator: Accelerator, model, frozen: bool):
     """DDP syncs the parameters that required a gradient when it was built. The first epochs may
     freeze the backbone: build it for the phase at hand (a parameter broadcast) instead of one
     wrapper with find_unused_parameters=True, whose search for parameters without a gradient costs
-    an autograd traversal every step of the run (and a warning each time it finds none)."""
-    if not isinstance(model, torch.nn.parallel.DistributedDataParallel) or getattr(model, "built_frozen", False) == frozen:
+    an autograd traversal every step of the run (and a warning each time it finds none).
+
+    With `train.compile` (or an accelerate config with dynamo on) accelerate compiles after
+    wrapping: the DDP sits inside the compiled module, and is rebuilt there and compiled again
+    (once per phase change)."""
+    compiled = is_compiled_module(model)
+    ddp = model._orig_mod if compiled else model
+    if not isinstance(ddp, torch.nn.parallel.DistributedDataParallel) or getattr(ddp, "built_frozen", False) == frozen:
         return model  # accelerate's wrapper is built before anything is frozen
     kwargs = accelerator.ddp_handler.to_kwargs() if accelerator.ddp_handler is not None else {}
-    rebuilt = torch.nn.parallel.DistributedDataParallel(model.module, device_ids=model.device_ids,
-                                                        output_device=model.output_device, **kwargs)
+    rebuilt = torch.nn.parallel.DistributedDataParallel(ddp.module, device_ids=ddp.device_ids,
+                                                        output_device=ddp.output_device, **kwargs)
     rebuilt.built_frozen = frozen
+    if compiled:
+        rebuilt = torch.compile(rebuilt, **accelerator.state.dynamo_plugin.to_kwargs())
     # what save_state/load_state see: the wrapper on GPUs; on CPUs accelerate keeps the inner module
-    accelerator._models = [rebuilt if m is model else m for m in accelerator._models]
+    accelerator._models = [rebuilt if m is model or m is ddp else m for m in accelerator._models]
     return rebuilt

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RunError
 from ..files import guard_write, publish_folder, write_json
 from .model import state_bytes
 
@@ -33,6 +33,8 @@ class TrainerState:
     train_seconds: float = 0.0
     resumes: list[dict] = field(default_factory=list)  # {"from", "changed"} per resume
     lr_find: dict | None = None  # the LR range test's record (optim.lr=find), reused on resume
+    num_processes: int | None = None  # the schedule and the epoch position count this many processes' steps
+    mixed_precision: str | None = None  # as `auto` resolved (no, fp16, bf16): what the optimizer state holds
 
     def at(self, epoch: int, batches_done: int = 0, partial: tuple[float, int] = (0.0, 0)) -> "TrainerState":
         """This state at another position (what a checkpoint written there holds)."""
@@ -52,6 +54,23 @@ class TrainerState:
         raw.setdefault("config", None)
         raw["partial"] = tuple(raw.get("partial", (0.0, 0)))
         return cls(**raw)
+
+
+def check_same_execution(state: TrainerState, path: Path, num_processes: int, precision: str) -> None:
+    """A checkpoint continues only on the process count and precision it was written with: its
+    schedule position and half-epoch position count that run's optimizer steps and batches, and an
+    fp16 run's gradient scaler exists only there. (Older checkpoints recorded neither: on trust.)"""
+    if state.num_processes is not None and state.num_processes != num_processes:
+        n = state.num_processes
+        raise RunError(f"train.resume: {path} was written by a run on {n} process{'es' * (n != 1)} and this one has "
+                       f"{num_processes}; its schedule and position count that run's steps, so resume it on {n} "
+                       f"(torchrun --nproc_per_node {n}, or accelerate launch --num_processes {n}), or start a fresh "
+                       f"run in another output_dir")
+    if state.mixed_precision is not None and state.mixed_precision != precision:
+        raise RunError(f"train.resume: {path} was trained with mixed precision {state.mixed_precision!r} and this "
+                       f"run would continue in {precision!r} (train.mixed_precision resolves by the hardware); resume "
+                       f"it on hardware where it resolves to {state.mixed_precision!r}, or start a fresh run in "
+                       f"another output_dir")
 
 
 def checkpoint_dir(output_dir: Path) -> Path:

@@ -17,6 +17,16 @@ from .setup import Setup
 from .step import Loop
 
 LOG_EVERY = 10  # optimizer steps between syncs: tracker, progress bar, stop/NaN/budget checks
+PROCESS_STRIDE = 1_000_003  # the seeds of two processes lie this far apart: no (process, epoch) pair shares one
+
+
+def epoch_seed(seed: int, epoch: int, process_index: int) -> int:
+    """What one process's epoch draws its augmentation from (crops, flips, mixing, the loader
+    workers' seeds): each process its own, so N processes see N times the variety per global
+    batch, and process 0 draws as a one-process run does. The shuffle is not drawn from it:
+    accelerate's seedable sampler seeds itself with train.seed + epoch on every process alike, so
+    the shards still split one permutation."""
+    return seed + epoch + PROCESS_STRIDE * process_index
 
 
 def check_due(steps: int) -> bool:
@@ -105,7 +115,7 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
     with watch.signals():
         for epoch in range(first_epoch, cfg.train.epochs):
             batches_done = state.batches_done if epoch == first_epoch else 0
-            set_seed(cfg.train.seed + epoch)  # shuffling and augmentation depend on seed and epoch alone
+            set_seed(epoch_seed(cfg.train.seed, epoch, accelerator.process_index))  # seed, epoch and process alone
             train_dl.set_epoch(epoch)
             frozen = epoch < cfg.train.frozen_epochs
             trainer.set_phase(frozen)

@@ -175,7 +175,6 @@ def save_model(model: nn.Module, directory: Path, classes: list[str], display_na
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = getattr(model, "_orig_mod", model)  # the module behind torch.compile
     normalization = data_config(model)
     dense = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # safetensors wants dense tensors
     try:

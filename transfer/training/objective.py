@@ -3,7 +3,7 @@ smoothing (`train.label_smoothing`) and mixup/cutmix (`data.mixup`, `data.cutmix
 
 Mixing is timm's `Mixup` in its per-batch mode, applied on the device to the normalised batch,
 so the loader path and the decoded-cache path mix alike. Its random numbers come from numpy's
-global generator, which each epoch reseeds (`set_seed(seed + epoch)`) and nothing else in the
+global generator, which each epoch reseeds (`loop.epoch_seed`) and nothing else in the
 main process draws from: the same seed gives the same mixed batches on either path, and a resume
 that replays an epoch's first batches through `inputs` draws them again in the same order.
 

@@ -1,6 +1,7 @@
 """Optimizer and the one-cycle schedule (pure: no Accelerator, no data)."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -15,15 +16,15 @@ def build_optimizer(cfg: OptimConfig, params, fused: bool = False) -> torch.opti
     """Adam with L2 weight decay as in the article; AdamW (decoupled decay) and SGD on request.
     Parameters without a gradient (a frozen backbone) are skipped by all three, decay included.
     The learning rate given here is a placeholder: the schedule (or the LR range test) sets it.
-    `fused`: one kernel for the whole update (on CUDA; see speed.py); torch's default otherwise."""
+    `fused`: one kernel for the whole update (chosen on CUDA: accel.fuse_optimizer), where this
+    torch's optimizer has one (SGD's came in torch 2.3); otherwise torch's default, and the
+    argument is not passed at all (torch 2.1's SGD has none)."""
     lr = cfg.lr if isinstance(cfg.lr, float) else 1e-3
-    fused = True if fused else None
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
-                           fused=fused)
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.name]
+    options = {"momentum": cfg.momentum, "nesterov": True} if cfg.name == "sgd" else {}
+    if fused and "fused" in inspect.signature(kind).parameters:
+        options["fused"] = True
+    return kind(params, lr=lr, weight_decay=cfg.weight_decay, **options)
 
 
 def _cos(start: float, end: float, pct: float) -> float:

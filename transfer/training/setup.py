@@ -57,17 +57,22 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
         rundir.check_records(out, source.records())
     with phases("model"):
         model, head_note = build_model(cfg.model, source.classes)
-        model = model.to(memory_format=torch.channels_last)
+        # on its device before the optimizer is built: torch before 2.4 makes fused Adam for CUDA tensors only
+        model = model.to(accelerator.device, memory_format=torch.channels_last)
     if head_note:
         accelerator.print(head_note)
     normalization = data_config(model)
     cuda, processes = accel.use_cuda(), accel.local_processes()
-    cached, why = choose_cache(cfg.data, train_ds, val_ds, accelerator.device, cuda, processes)
+    chosen, why = choose_cache(cfg.data, train_ds, val_ds, accelerator.device, cuda, processes)
+    cached = accel.on_every_process(chosen, accelerator)  # one decision: near the limit, processes' memory differs
+    if chosen and not cached:
+        why = "data.cache=auto: not every process has the memory for the decoded set; loading images from files"
     if why:
         accelerator.print(why)
     settings = accel.backend_settings(accelerator.device.type == "cuda")
     accel.apply_backend_settings(settings)
-    optimizer = build_optimizer(cfg.optim, model.parameters(), fused=settings["fused_optimizer"])
+    optimizer = build_optimizer(cfg.optim, model.parameters(),
+                                fused=accel.fuse_optimizer(settings, cfg.optim.name, accelerator.mixed_precision))
     checkpoint_size = checkpoint.checkpoint_bytes(model, cfg.optim.name)
     if out is not None and accelerator.is_main_process and cfg.train.epochs:
         check_space(out, checkpoint_size + state_bytes(model))  # a new checkpoint lands before the old goes; then model/

@@ -27,8 +27,11 @@ class Trainer:
 
     @property
     def module(self) -> torch.nn.Module:
-        """The model without any wrapper (DDP, torch.compile): what is saved and frozen."""
-        return self.accelerator.unwrap_model(self.model)
+        """The model without any wrapper (DDP, torch.compile): what is saved and frozen. Not
+        accelerate's default `keep_torch_compile=True`, which puts the bare model inside the
+        compiled wrapper in place of its DDP (so several processes would train without DDP's
+        gradient sync, and fail at the second step)."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def set_phase(self, frozen: bool) -> None:
         """Backbone frozen (weights and batch-norm statistics) or not; training mode set."""
