@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 BATCH=${BATCH:-64}
 WORKERS=${WORKERS:-$(( $(nproc) < 16 ? $(nproc) : 16 ))}
+WHEELS=${WHEELS:-.whl}  # what scripts/gpu_wheels.sh fetched
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HOME=${HF_HOME:-$OUT/hf} PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout, not installed there
@@ -26,8 +27,8 @@ step() {  # step NAME command...: its stderr to $OUT/NAME.err; on failure, say w
   fi
 }
 
-if compgen -G ".whl/*.whl" > /dev/null; then  # the wheels scripts/gpu_wheels.sh fetched
-  step wheels "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$OUT/site" .whl/*.whl
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  step wheels "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$OUT/site" "$WHEELS"/*.whl
   export PYTHONPATH="$PYTHONPATH:$PWD/$OUT/site"
 fi
 # everything a run imports, matplotlib included (a run without it would train and then fail drawing)

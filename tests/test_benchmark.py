@@ -1,5 +1,6 @@
 """The benchmark runs end to end on a tiny setting and writes its JSON (no timing asserted)."""
 import json
+import os
 import sys
 
 import pytest
@@ -27,3 +28,13 @@ def test_benchmark_runs_and_writes_json(tmp_path):
     outside = sum(v for k, v in phases.items() if k != "first_step")  # (the first step is inside the epoch)
     assert 0 < outside <= ours["outside_loop_seconds"] and ours["epoch_seconds"] > 0
     assert "| input pipeline, images/s" in result.stdout and "| outside the loop" in result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_names_the_step_that_fails_and_shows_its_error(tmp_path):
+    # here there is no GPU: the pre-flight step fails, says so in one line, and shows why
+    result = run_command(["scripts/gpu_check.sh"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OUT": str(tmp_path / "gpu"), "WHEELS": str(tmp_path / "none")})
+    assert result.returncode == 1
+    assert f"error: step 'preflight' failed; the end of {tmp_path / 'gpu'}/preflight.err:" in result.stderr
+    assert "AssertionError: torch sees no GPU" in result.stderr
