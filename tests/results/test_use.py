@@ -95,7 +95,8 @@ def test_model_folder_is_a_publishable_card_that_timm_and_transformers_load(trai
     assert meta["library_name"] == "timm" and {"image-classification", "transfer-learning"} <= set(meta["tags"])
     (result,) = meta["model-index"][0]["results"]
     assert result["metrics"][0]["value"] == round(metrics.final_val_acc, 4)
-    assert "huggingface-cli upload" in body and "| circle |" in body
+    assert "hf upload <you>/<repo> path/to/this/folder ." in body and "| circle |" in body
+    assert str(image_folder) not in card and str(out) not in card and "github.com" not in card  # no local path, no fake link
 
     image = image_folder / "val" / "circle" / "circle_000.png"
     assert predict_main([str(out / "model"), str(image), "--json", "--top-k", "3"]) == 0

@@ -28,11 +28,24 @@ def _hub_dataset(cfg: Config) -> str | None:
     return name if name and not Path(name).expanduser().exists() else None
 
 
+LOCAL_PATHS = ("data.root", "data.url", "data.dataset", "model.weights_file", "train.resume")
+
+
+def _shown(key: str, value):
+    """A setting as the card shows it: a path of the machine that trained is named by its file
+    name alone (a card is published; the training machine's folders are nobody's business)."""
+    if key in LOCAL_PATHS and isinstance(value, str) and ("/" in value or Path(value).expanduser().exists()) \
+            and "://" not in value:
+        return Path(value).name
+    return value
+
+
 def model_card(cfg: Config, metrics: RunMetrics, classes: list[str], names: list[str], license_: str | None) -> str:
     hub = _hub_dataset(cfg)
     dataset = hub or cfg.data.dataset or Path(cfg.data.root).name
     origin = ("ImageNet weights from timm" if cfg.model.pretrained and not cfg.model.weights_file else
-              f"the weights in {cfg.model.weights_file}" if cfg.model.pretrained else "random weights (from scratch)")
+              f"the weights in {_shown('model.weights_file', cfg.model.weights_file)}" if cfg.model.pretrained
+              else "random weights (from scratch)")
     front = {
         "library_name": "timm",
         "license": license_ or "other",
@@ -51,7 +64,7 @@ def model_card(cfg: Config, metrics: RunMetrics, classes: list[str], names: list
         }],
     }
     defaults, ours = flat_config(to_dict(Config())), flat_config(to_dict(cfg))
-    changed = [f"`{k}={ours[k]}`" for k in ours if k != "output_dir" and ours[k] != defaults.get(k)]
+    changed = [f"`{k}={_shown(k, ours[k])}`" for k in ours if k != "output_dir" and ours[k] != defaults.get(k)]
     if metrics.lr_find:  # optim.lr=find: say what it found
         changed = [f"`optim.lr=find` (found {metrics.lr_find['suggested_lr']:.3g})" if c == "`optim.lr=find`" else c
                    for c in changed]
@@ -64,7 +77,7 @@ def model_card(cfg: Config, metrics: RunMetrics, classes: list[str], names: list
         f"# {cfg.model.name} trained on {dataset}", "",
         f"A `timm` `{cfg.model.name}` started from {origin} and trained for {epochs:g} epochs on {dataset} "
         f"({metrics.train_samples} training images, {metrics.val_samples} validation images, "
-        f"{len(classes)} classes) by [transfer](https://github.com/) (`run_transfer.py`), one arm of a "
+        f"{len(classes)} classes) by transfer (`run_transfer.py`), one arm of a "
         f"pretrained-vs-scratch comparison.", "",
         "Settings that differ from the defaults: " + (", ".join(changed) if changed else "none") + ".", "",
         "## Results", "",
@@ -78,14 +91,14 @@ def model_card(cfg: Config, metrics: RunMetrics, classes: list[str], names: list
         "## Use", "",
         "```python",
         "import timm",
-        f'model = timm.create_model("local-dir:{Path(cfg.output_dir) / "model"}", pretrained=True)  # or "hf-hub:<you>/<repo>"',
+        'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True)  # or "hf-hub:<you>/<repo>"',
         "```", "",
         "Or with transformers: `pipeline(\"image-classification\", model=\"<this folder>\")`; or "
-        f"`python scripts/predict.py {Path(cfg.output_dir) / 'model'} photo.jpg` (the run's own evaluation "
+        "`python scripts/predict.py path/to/this/folder photo.jpg` (the run's own evaluation "
         f"transform: short side resized to {cfg.data.image_size}, centre crop, the model's mean/std).", "",
         "## Publish", "",
         "```bash",
-        f"huggingface-cli upload <you>/<repo> {Path(cfg.output_dir) / 'model'} .",
+        "hf upload <you>/<repo> path/to/this/folder .   # huggingface_hub >= 0.34; before: huggingface-cli upload",
         "```", "",
     ]
     return "\n".join(lines)
