@@ -29,6 +29,7 @@ class DataConfig:
     image_column: Optional[str] = None  # null: the one Image column
     label_column: Optional[str] = None  # null: the one ClassLabel column (or one named label/labels)
     val_fraction: Optional[float] = None  # hold out this fraction of train when the source has no validation split
+    select_fraction: Optional[float] = None  # hold out this fraction of train to choose the best epoch on
     split_seed: int = 0  # seeds the held-out split (independent of train.seed: every arm and seed scores the same)
     train_per_class: Optional[int] = None  # at most N training images per class (nested subsets, drawn by split_seed)
     root: str = "data/imagewoof2-160"  # folder with train/ and val/, one subfolder per class
@@ -53,6 +54,8 @@ class DataConfig:
                self.train_per_class, "an integer >= 1, or null for all")
         _check(self.val_fraction is None or 0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a fraction between 0 and 1, or null")
+        _check(self.select_fraction is None or 0 < self.select_fraction < 1, "data.select_fraction",
+               self.select_fraction, "a fraction between 0 and 1, or null")
         _check(self.check_images or not self.skip_bad_images, "data.check_images", self.check_images,
                "true when data.skip_bad_images=true (bad images are found by the check)")
         for key in ("mixup", "cutmix"):

@@ -27,12 +27,14 @@ class RunMetrics:
     """metrics.json. Accuracies are fractions; `history` has one record per evaluated epoch:
     epoch, lr, train_loss, val_loss, val_acc, frozen, epoch_seconds, train_images_per_s."""
     history: list[dict]
-    best_val_acc: float  # the best epoch's, chosen on the validation images themselves
+    best_val_acc: float  # the validation accuracy of the best epoch (chosen as best_chosen_on says)
     best_epoch: float
     final_val_acc: float  # after the fixed schedule: the headline
     final_val_loss: float
     val_samples: int
     train_seconds: float  # training and per-epoch evaluation
+    best_chosen_on: str = "val"  # "select": the epoch was chosen on data.select_fraction's images
+    final_val_ece: float | None = None  # expected calibration error, 15 bins (training.metrics)
     per_class_val_acc: dict = field(default_factory=dict)  # class -> accuracy (None without images)
     val_subsets: dict = field(default_factory=dict)  # e.g. unseen_by_imagenet: {prefix, samples, val_acc}
     num_processes: int = 1

@@ -203,3 +203,22 @@ def test_cache_auto_estimates_the_decoded_size_from_headers(kind, image_folder, 
     decoded = sum(cache.DecodedImages(loaders.samples(ds)[1], loaders.samples(ds)[2], 32, "cpu").nbytes
                   for ds in (train_ds, val_ds))
     assert seen["needed"] == pytest.approx(decoded, abs=2)
+
+
+def test_the_best_epoch_is_chosen_on_a_selection_split_kept_out_of_training_and_scoring(image_folder, tmp_path):
+    out = tmp_path / "run"
+    metrics = run(tiny_config(image_folder, out, "train.epochs=3", "data.select_fraction=0.25"))
+    chosen = json.loads((out / "select_split.json").read_text())["select"]
+    assert len(chosen) == 12 and metrics.train_samples == 36 and metrics.val_samples == 18  # 4 a class, from train
+    assert all(p.startswith(str(image_folder / "train")) for p in chosen)
+    with open(out / "val_predictions.csv", newline="") as f:
+        scored = {row["id"] for row in csv.DictReader(f)}
+    assert not scored & set(chosen)
+    assert metrics.best_chosen_on == "select" and all("select_acc" in h for h in metrics.history)
+    best = max(metrics.history, key=lambda h: h["select_acc"])
+    assert metrics.best_epoch == best["epoch"] and metrics.best_val_acc == best["val_acc"]
+    other = run(tiny_config(image_folder, tmp_path / "subset", "train.epochs=0", "data.select_fraction=0.25",
+                            "data.train_per_class=6"))  # a subset is drawn from what the selection left
+    assert json.loads((tmp_path / "subset" / "select_split.json").read_text())["select"] == chosen
+    trained_on = json.loads((tmp_path / "subset" / "train_subset.json").read_text())["train"]
+    assert other.train_samples == len(trained_on) == 18 and not set(trained_on) & set(chosen)

@@ -38,7 +38,7 @@ class _Decode(Dataset):
         img = open_rgb(self.images[i])
         if min(img.size) != self.size:
             img = TF.resize(img, self.size)
-        return np.asarray(img)
+        return np.array(img)  # its own (writable) copy: the buffer takes it without a read-only warning
 
 
 class DecodedImages:

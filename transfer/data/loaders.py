@@ -34,7 +34,8 @@ def drop_bad_images(ds, split: str, skip: bool, num_proc: int):
 
 def build_datasets(cfg: DataConfig) -> tuple[object, object, Source, dict[str, int]]:
     """Train and validation datasets with on-the-fly transforms, the source (classes, notes, any
-    held-out split), and how many bad images each split skipped ({"train": n, "val": m})."""
+    held-out split; `source.select`, with data.select_fraction, transformed like validation), and
+    how many bad images each split skipped ({"train": n, "val": m})."""
     source = load_source(cfg)
     train, val, bad_train, bad_val = source.train, source.val, 0, 0
     if cfg.check_images:  # else a bad image stops the run when a loader reaches it, naming it
@@ -42,7 +43,13 @@ def build_datasets(cfg: DataConfig) -> tuple[object, object, Source, dict[str, i
         val, bad_val = drop_bad_images(val, "val", cfg.skip_bad_images, cfg.num_workers)
     train = train.with_transform(BatchTransform(TrainTransform(cfg.image_size, cfg.hflip)))
     val = val.with_transform(BatchTransform(EvalTransform(cfg.image_size)))
-    return train, val, source, {"train": bad_train, "val": bad_val}
+    skipped = {"train": bad_train, "val": bad_val}
+    if source.select is not None:  # scored like validation, each epoch (source.select becomes the transformed set)
+        if cfg.check_images:
+            source.select, skipped["select"] = drop_bad_images(source.select, "select", cfg.skip_bad_images,
+                                                               cfg.num_workers)
+        source.select = source.select.with_transform(BatchTransform(EvalTransform(cfg.image_size)))
+    return train, val, source, skipped
 
 
 def samples(ds) -> tuple[list[str], list[dict], list[int]]:
@@ -67,6 +74,16 @@ def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_proces
     train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last, **common)
     val_dl = DataLoader(val_ds, batch_size=batch_size * 2, shuffle=False, **common)
     return train_dl, val_dl
+
+
+def selection_loader(select_ds, batch_size: int, num_workers: int, accelerator):
+    """The selection split's loader (data.select_fraction), evaluated like validation each epoch;
+    None without one. Always decoded by loader workers: it is small."""
+    if select_ds is None:
+        return None
+    loader = DataLoader(select_ds, batch_size=batch_size * 2, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate, pin_memory=torch.cuda.is_available())
+    return accelerator.prepare_data_loader(loader)
 
 
 def class_display_names(classes: list[str]) -> list[str]:

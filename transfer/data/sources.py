@@ -38,10 +38,12 @@ class Source:
     held_out: dict | None = None  # what val_split.json records when validation was held out of train
     notes: list[str] = field(default_factory=list)  # lines for the user (label mapping, ...)
     subset: dict | None = None  # what train_subset.json records with data.train_per_class
+    select: object = None  # data.select_fraction: held out of train to choose the best epoch on
+    selection: dict | None = None  # what select_split.json records
 
     def records(self) -> dict[str, dict]:
         """The files that say which images a run used: file name -> content."""
-        return {name: record for name, record in (("val_split.json", self.held_out),
+        return {name: record for name, record in (("val_split.json", self.held_out), ("select_split.json", self.selection),
                                                    ("train_subset.json", self.subset)) if record is not None}
 
 
@@ -50,6 +52,14 @@ def load_source(cfg: DataConfig) -> Source:
 
     datasets.disable_progress_bars()  # listing local files is no download worth a bar
     source = load_folder(resolve_root(cfg), cfg) if cfg.dataset is None else load_datasets_source(cfg)
+    if cfg.select_fraction is not None:  # before any subset: every subset and arm chooses on the same images
+        pick = held_out_indices(list(source.train["label"]), cfg.select_fraction, cfg.split_seed)
+        source.select = source.train.select(pick)
+        source.train = source.train.select(sorted(set(range(len(source.train))) - set(pick)))
+        source.selection = {"fraction": cfg.select_fraction, "split_seed": cfg.split_seed,
+                            "select": list(source.select["id"])}
+        source.notes.append(f"selection: {len(pick):,} training images held out to choose the best epoch on "
+                            f"(data.select_fraction={cfg.select_fraction:g}; list in select_split.json)")
     if cfg.train_per_class is not None:
         keep = per_class_subset(list(source.train["label"]), cfg.train_per_class, cfg.split_seed)
         source.train = source.train.select(keep)

@@ -56,12 +56,34 @@ def _lrs(arm: dict) -> str:
     return f"{text} (found)" if arm.get("lr_found") else text
 
 
+def gain_lines(g: dict) -> list[str]:
+    """The gain of pretraining, explained: per seed, the test per seed, the method."""
+    lines = [f"**Gain of pretraining**: {g['final_val_acc_points']:+.1f} points of final validation accuracy"
+             + (f", {g['unseen_by_imagenet_val_acc_points']:+.1f} on the validation images ImageNet's training set "
+                f"does not contain" if "unseen_by_imagenet_val_acc_points" in g else "")
+             + f"; {g['best_val_acc_points']:+.1f} points at each run's best epoch (not the headline: unless the "
+               f"runs chose it on a selection split, data.select_fraction, it was picked on the images it is scored on)."]
+    if g.get("paired"):
+        seeds = ", ".join(f"seed {s}: {v:+.1f}" for s, v in zip(g["paired_seeds"], g["per_seed_final_val_acc_points"]))
+        tests = ", ".join(f"{p:.2g}" for p in g["mcnemar_p"])
+        lines.append(f"Per seed (same images for both arms): {seeds}. McNemar's exact test per seed, on the images "
+                     f"exactly one arm gets right: p = {tests}.")
+    lines += [f"Interval: {g['ci_method']}.", ""]
+    return lines
+
+
 def markdown(summary: dict) -> str:
     arms = summary["arms"]
     names = list(arms)
     rows = [("runs (seeds)", lambda a: str(a["seeds"])),
-            ("best val accuracy", lambda a: _pct(a["best_val_acc"], a["best_val_acc_std"])),
-            ("final val accuracy", lambda a: _pct(a["final_val_acc"], a["final_val_acc_std"])),
+            ("**final val accuracy** (after the fixed schedule)", lambda a: _pct(a["final_val_acc"], a["final_val_acc_std"])),
+            ("best val accuracy (at the best epoch)",
+             lambda a: _pct(a["best_val_acc"], a["best_val_acc_std"]) + (
+                 " (chosen on the selection split)" if a.get("best_chosen_on") == ["select"]
+                 else " (chosen on the val images: optimistic)")),
+            ("calibration error (ECE, 15 bins)",
+             lambda a: "—" if a.get("final_val_ece") is None else f"{a['final_val_ece']:.3f}"
+             + (f" ± {a['final_val_ece_std']:.3f}" if a.get("final_val_ece_std") else "")),
             ("val accuracy on images unseen by ImageNet",
              lambda a: _pct(a.get("unseen_by_imagenet_val_acc"), a.get("unseen_by_imagenet_val_acc_std"))
              + (f" (n={a['unseen_by_imagenet_samples']})" if "unseen_by_imagenet_samples" in a else "")),
@@ -70,17 +92,20 @@ def markdown(summary: dict) -> str:
             ("training images/s", lambda a: "—" if a["train_images_per_s"] is None else f"{a['train_images_per_s']:.0f}")]
     rows += [(f"time to {int(f * 100)}% of best accuracy",
               lambda a, f=f: _secs(a[f"seconds_to_{int(f * 100)}pct_of_best"])) for f in FRACTIONS]
-    lines = ["# Pretrained vs scratch", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = ["# Pretrained vs scratch", ""]
+    if "gain" in summary:
+        lines += [f"**{summary['gain']['headline']}**", ""]
+    seed_sets = {n: tuple(arms[n].get("seed_values", [])) for n in names}
+    if len(set(seed_sets.values())) > 1:
+        lines += ["**Warning**: the arms ran different seeds ("
+                  + "; ".join(f"{n}: {', '.join(map(str, v)) or 'none recorded'}" for n, v in seed_sets.items())
+                  + "): runs pair up only by a common seed, and what has no partner is left out of the paired gain.",
+                  ""]
+    lines += ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(fn(arms[n]) for n in names) + " |" for label, fn in rows]
     lines.append("")
     if "gain" in summary:
-        g = summary["gain"]
-        lines.append(f"**Gain of pretraining**: {g['best_val_acc_points']:+.1f} points of best validation accuracy, "
-                     f"{g['final_val_acc_points']:+.1f} points of final accuracy"
-                     + (f", {g['unseen_by_imagenet_val_acc_points']:+.1f} points on the validation images "
-                        f"ImageNet's training set does not contain" if "unseen_by_imagenet_val_acc_points" in g
-                        else "") + ".")
-        lines.append("")
+        lines += gain_lines(summary["gain"])
     lines += ["Mean ± standard deviation over seeds. Times to X% are measured against each arm's own mean best "
               "accuracy.", "", "## Settings that differ between the arms", ""]
     diff = dict(summary["differing_settings"])

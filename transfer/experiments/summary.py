@@ -1,5 +1,6 @@
 """The numbers of a comparison, from finished runs alone (records.load_run): per arm, mean and
-standard deviation over seeds, the settings that differ, and the gain of pretraining. Shared by
+standard deviation over seeds, the settings that differ, and the gain of pretraining with its
+interval (intervals.py). Shared by
 the report of one comparison (report.py) and of a sweep (sweep_report.py)."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..records import FinishedRun, load_run
+from .intervals import headline, paired_gain, seed_of
 from .plan import find_runs
 
 FRACTIONS = (0.5, 0.8, 0.9)  # "time to reach X of the best accuracy"
@@ -33,9 +35,14 @@ def summarize_arm(runs: list[FinishedRun]) -> dict:
     summary = {"runs": [str(r.folder) for r in runs], "seeds": len(runs)}
     for key in ("best_val_acc", "final_val_acc", "train_seconds"):
         summary[key], summary[f"{key}_std"] = _mean_std([getattr(m, key) for m in metrics])
-    best = [m.best_val_acc for m in metrics]
-    summary["best_val_acc_min"], summary["best_val_acc_max"] = min(best), max(best)
+    for key in ("best_val_acc", "final_val_acc"):
+        values = [getattr(m, key) for m in metrics]
+        summary[f"{key}_min"], summary[f"{key}_max"] = min(values), max(values)
     summary["epochs"] = float(np.mean([m.epochs for m in metrics]))
+    summary["best_chosen_on"] = sorted({m.best_chosen_on for m in metrics})
+    summary["seed_values"] = sorted(s for s in (seed_of(r) for r in runs) if s is not None)
+    eces = [m.final_val_ece for m in metrics]
+    summary["final_val_ece"], summary["final_val_ece_std"] = (_mean_std(eces) if None not in eces else (None, None))
     lrs = [m.peak_lr for m in metrics]  # the value used: typed in, or found (optim.lr=find)
     summary["peak_lr"] = [lr for lr in lrs if lr is not None]
     summary["lr_found"] = any(m.lr_find for m in metrics)
@@ -69,7 +76,8 @@ def summarize(folder: Path) -> tuple[dict[str, list[FinishedRun]], dict]:
     if {"pretrained", "scratch"} <= set(arms):
         p, s = summary["arms"]["pretrained"], summary["arms"]["scratch"]
         summary["gain"] = {"best_val_acc_points": 100 * (p["best_val_acc"] - s["best_val_acc"]),
-                           "final_val_acc_points": 100 * (p["final_val_acc"] - s["final_val_acc"])}
+                           **paired_gain(arms["pretrained"], arms["scratch"])}
+        summary["gain"]["headline"] = headline(summary["gain"], summary["arms"])
         if "unseen_by_imagenet_val_acc" in p and "unseen_by_imagenet_val_acc" in s:
             summary["gain"]["unseen_by_imagenet_val_acc_points"] = 100 * (
                 p["unseen_by_imagenet_val_acc"] - s["unseen_by_imagenet_val_acc"])

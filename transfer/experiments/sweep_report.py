@@ -44,34 +44,45 @@ def values_with_runs(sweep: dict) -> list:
 
 
 def catch_up_value(points_: list[dict]):
-    """The smallest swept value (in sweep order) at which scratch is within 1 point of pretrained."""
+    """The first swept value (in sweep order) at which scratch has caught up: the gain's 95%
+    interval lies below 1 point (a mean alone, read off two noisy arms, does not decide it)."""
     for point in points_:
-        gain = point.get("gain")
-        if gain is not None and gain["best_val_acc_points"] <= CATCH_UP_POINTS:
+        interval = (point.get("gain") or {}).get("final_val_acc_ci95")
+        if interval is not None and interval[1] < CATCH_UP_POINTS:
             return point["value"]
     return None
+
+
+def _gain_cell(gain: dict | None) -> str:
+    if gain is None:
+        return "—"
+    interval = gain.get("final_val_acc_ci95")
+    return f"{gain['final_val_acc_points']:+.1f} points" + (
+        f" ({interval[0]:+.1f} to {interval[1]:+.1f})" if interval else "")
 
 
 def markdown(sweep: dict) -> str:
     key, pts = sweep["key"], sweep["points"]
     arms = list(dict.fromkeys(a for p in pts for a in p["arms"]))
-    lines = [f"## Sweep over `{key}`", "", f"Best validation accuracy, mean ± std over seeds, per value of `{key}`.", "",
-             f"| `{key}` | " + " | ".join(arms) + " | gain of pretraining | missing runs |",
+    lines = [f"## Sweep over `{key}`", "", f"Final validation accuracy, mean ± std over seeds, per value of `{key}`; "
+             f"the gain with its 95% interval.", "",
+             f"| `{key}` | " + " | ".join(arms) + " | gain of pretraining (95% CI) | missing runs |",
              "|---" * (len(arms) + 3) + "|"]
     for p in pts:
         cells = []
         for arm in arms:
             a = p["arms"].get(arm)
             cells.append("missing" if a is None else
-                         f"{100 * a['best_val_acc']:.1f}%" + (f" ± {100 * a['best_val_acc_std']:.1f}" if a["seeds"] > 1 else ""))
-        gain = p["gain"]["best_val_acc_points"] if p.get("gain") else None
-        lines.append(f"| {value_label(p['value'])} | " + " | ".join(cells) + f" | {'—' if gain is None else f'{gain:+.1f} points'} | "
+                         f"{100 * a['final_val_acc']:.1f}%" + (f" ± {100 * a['final_val_acc_std']:.1f}" if a["seeds"] > 1 else ""))
+        lines.append(f"| {value_label(p['value'])} | " + " | ".join(cells) + f" | {_gain_cell(p.get('gain'))} | "
                      + (", ".join(p["missing"]) or "none") + " |")
     lines.append("")
     if any(p.get("gain") for p in pts):
         at = sweep["scratch_within_1_point_at"]
-        lines.append(f"Scratch comes within {CATCH_UP_POINTS:g} point of pretrained at `{key}={value_label(at)}`." if at is not None
-                     else f"Scratch does not come within {CATCH_UP_POINTS:g} point of pretrained at any swept value.")
+        lines.append(f"Scratch has caught up (the gain's 95% interval below {CATCH_UP_POINTS:g} point) at "
+                     f"`{key}={value_label(at)}`." if at is not None
+                     else f"Scratch has not caught up within this sweep (no value where the gain's 95% interval lies "
+                          f"below {CATCH_UP_POINTS:g} point).")
         lines.append("")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from ..config import Config, dump_yaml
 from ..data.loaders import class_display_names
 from ..files import versions, write_atomic, write_json
 from ..records import CONFIG_FILE, RunMetrics
-from ..training.metrics import confusion_matrix, per_class_accuracy
+from ..training.metrics import calibration_error, confusion_matrix, per_class_accuracy
 from ..training.model import save_model
 from .card import model_card
 
@@ -44,14 +44,19 @@ def subset_scores(paths: list[str], final: dict) -> dict:
 def run_metrics(history: list[dict], final: dict, classes: list[str], train_seconds: float, paths: list[str],
                 **run_info) -> RunMetrics:
     """The finished run's record (records.RunMetrics); `run_info`: its remaining fields."""
-    best = max(history, key=lambda h: h["val_acc"]) if history else None
+    # the best epoch: chosen on the selection split when there is one (data.select_fraction), else on
+    # the validation images themselves (optimistic: chosen and scored on the same images)
+    chosen_on = "select" if history and all("select_acc" in h for h in history) else "val"
+    best = max(history, key=lambda h: h[f"{chosen_on}_acc"]) if history else None
     per_class = per_class_accuracy(final["predictions"], final["references"], len(classes))
     return RunMetrics(
         history=history,
         best_val_acc=best["val_acc"] if best else final["val_acc"],
         best_epoch=best["epoch"] if best else 0,
+        best_chosen_on=chosen_on,
         final_val_acc=final["val_acc"],
         final_val_loss=final["val_loss"],
+        final_val_ece=calibration_error(final["confidence"], final["predictions"], final["references"]),
         val_samples=final["val_samples"],
         train_seconds=train_seconds,
         per_class_val_acc=dict(zip(classes, per_class)),

@@ -160,8 +160,8 @@ def _positions(values: list) -> tuple[list[float], list[str], bool]:
 
 
 def plot_sweep(sweep: dict, path: Path) -> None:
-    """Best validation accuracy of each arm (mean, min-max band over seeds) and the gain of
-    pretraining in points, against the swept value."""
+    """Final validation accuracy of each arm (mean, min-max band over seeds) and the gain of
+    pretraining in points with its 95% interval as a band, against the swept value."""
     pts = sweep["points"]
     x, labels, log = _positions([p["value"] for p in pts])
     fig = Figure(figsize=(11, 4.2))
@@ -172,14 +172,20 @@ def plot_sweep(sweep: dict, path: Path) -> None:
         if not have:
             continue
         xs = [h[0] for h in have]
-        (line,) = acc_ax.plot(xs, [100 * a["best_val_acc"] for _, a in have], "-o", ms=4, label=arm)
-        acc_ax.fill_between(xs, [100 * a["best_val_acc_min"] for _, a in have],
-                            [100 * a["best_val_acc_max"] for _, a in have], color=line.get_color(), alpha=0.2)
-    gains = [(xi, p["gain"]["best_val_acc_points"]) for xi, p in zip(x, pts) if p.get("gain")]
+        (line,) = acc_ax.plot(xs, [100 * a["final_val_acc"] for _, a in have], "-o", ms=4, label=arm)
+        acc_ax.fill_between(xs, [100 * a["final_val_acc_min"] for _, a in have],
+                            [100 * a["final_val_acc_max"] for _, a in have], color=line.get_color(), alpha=0.2)
+    gains = [(xi, p["gain"]) for xi, p in zip(x, pts) if p.get("gain")]
     if gains:
-        gain_ax.plot([g[0] for g in gains], [g[1] for g in gains], "-o", ms=4, color="tab:green")
+        gain_ax.plot([xi for xi, _ in gains], [g["final_val_acc_points"] for _, g in gains], "-o", ms=4,
+                     color="tab:green")
+        banded = [(xi, g["final_val_acc_ci95"]) for xi, g in gains if g.get("final_val_acc_ci95")]
+        if banded:
+            gain_ax.fill_between([xi for xi, _ in banded], [ci[0] for _, ci in banded], [ci[1] for _, ci in banded],
+                                 color="tab:green", alpha=0.2, label="95% interval")
+            gain_ax.legend()
         gain_ax.axhline(0, color="grey", lw=0.8)
-    for ax, ylabel in ((acc_ax, "best validation accuracy (%)"), (gain_ax, "gain of pretraining (points)")):
+    for ax, ylabel in ((acc_ax, "final validation accuracy (%)"), (gain_ax, "gain of pretraining (points)")):
         if log:
             ax.set_xscale("log")
             ax.minorticks_off()
@@ -189,6 +195,7 @@ def plot_sweep(sweep: dict, path: Path) -> None:
     if arms:
         acc_ax.legend()
     seeds = max((a["seeds"] for p in pts for a in p["arms"].values()), default=0)
-    fig.suptitle(f"Pretrained vs scratch against {sweep['key']} (mean of {seeds} seed(s), band: min-max)")
+    fig.suptitle(f"Pretrained vs scratch against {sweep['key']} (mean of {seeds} seed(s); bands: min-max, "
+                 f"the gain's 95% interval)")
     fig.tight_layout()
     save_figure(fig, path)

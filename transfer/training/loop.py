@@ -127,13 +127,16 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
                 done = result["batches_done"]
                 watch.raise_stopped(save(f"epoch_{epoch:03d}_batch_{done:06d}", state.at(epoch, done, result["partial"])))
             final = evaluate(trainer.model, setup.val_dl, accelerator, trainer.objective.normalize)
+            chooser = None if setup.select_dl is None else evaluate(trainer.model, setup.select_dl, accelerator,
+                                                                    trainer.objective.normalize)
             epoch_seconds = watch.seconds()
             state.train_seconds += epoch_seconds
             done = result["batches_done"]
             record = {"epoch": epoch + 1 if done == len(train_dl) else round(epoch + done / len(train_dl), 3),
                       "lr": result["lr"], "train_loss": result["train_loss"], "val_loss": final["val_loss"],
                       "val_acc": final["val_acc"], "frozen": frozen, "epoch_seconds": epoch_seconds,
-                      "train_images_per_s": result["train_images"] / train_time}
+                      "train_images_per_s": result["train_images"] / train_time,
+                      **({} if chooser is None else {"select_acc": chooser["val_acc"], "select_loss": chooser["val_loss"]})}
             state.history.append(record)
             accelerator.log({f"epoch/{k}": record[k] for k in ("train_loss", "val_loss", "val_acc", "lr")},
                             step=loop.scheduler.steps)

@@ -53,3 +53,21 @@ def confusion_matrix(predictions, references, num_classes: int) -> np.ndarray:
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(counts, (np.asarray(references), np.asarray(predictions)), 1)
     return counts
+
+
+ECE_BINS = 15
+
+
+def calibration_error(confidence, predictions, references, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: over `bins` equal-width confidence bins, the share of images
+    in each times |accuracy - mean confidence| there (Guo et al. 2017; a bin holds confidences in
+    (lower, upper], the first also 0)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(predictions) == np.asarray(references)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(error)

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..config import Config
-from ..data.loaders import build_datasets, choose_cache, prepared_loaders, splits_line
+from ..data.loaders import build_datasets, choose_cache, prepared_loaders, selection_loader, splits_line
 from ..data.sources import Source
 from ..files import check_space
 from . import accel, checkpoint, rundir
@@ -37,6 +37,7 @@ class Setup:
     checkpoint_size: int
     grad_accum_steps: int
     speed_settings: dict
+    select_dl: object = None  # data.select_fraction's loader: the best epoch is chosen on it
 
     @property
     def steps_per_epoch(self) -> int:  # per process, after sharding
@@ -80,7 +81,8 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
     with phases("cache_decode") if cached else contextlib.nullcontext():
         train_dl, val_dl = prepared_loaders(cfg.data, cfg.train.batch_size, train_ds, val_ds, accelerator, cached,
                                             processes)
+    select_dl = selection_loader(source.select, cfg.train.batch_size, cfg.data.num_workers, accelerator)
     objective = Objective(cfg.train.label_smoothing, cfg.data, len(source.classes), normalization)
     trainer = Trainer(model, optimizer, accelerator, objective, cfg.optim.grad_clip)
     return Setup(train_ds, val_ds, source, skipped, trainer, train_dl, val_dl, cached, checkpoint_size,
-                 cfg.train.grad_accum_steps, settings)
+                 cfg.train.grad_accum_steps, settings, select_dl)
