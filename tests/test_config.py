@@ -20,7 +20,7 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
 
 def test_shipped_arms_differ_only_in_what_the_experiment_varies():
     pretrained, scratch = load_config("configs/pretrained.yaml"), load_config("configs/scratch.yaml")
-    assert pretrained.model.name == scratch.model.name == "resnet50"
+    assert pretrained.model.name == scratch.model.name == "resnet50.tv_in1k"  # the article's torchvision weights
     assert pretrained.model.pretrained and not scratch.model.pretrained
     assert pretrained.data == scratch.data
     same = lambda a, b, skip: {k for k in a.__dataclass_fields__ if k not in skip and getattr(a, k) != getattr(b, k)}
@@ -115,3 +115,10 @@ def test_help_lists_every_key_with_its_default(capsys):
     listed = flatten(yaml.safe_load(printed.split("settings and their defaults (override any with key=value):")[1]))
     assert set(listed) == every_key()
     assert listed["train.epochs"] == Config().train.epochs and listed["optim.lr"] == Config().optim.lr
+
+
+def test_the_strong_pretrained_arm_adds_layer_decay_and_nothing_else():
+    pretrained, strong = load_config("configs/pretrained.yaml"), load_config("configs/pretrained_strong.yaml")
+    assert strong.optim.layer_decay == 0.7
+    assert dataclasses.replace(strong, output_dir=pretrained.output_dir,
+                               optim=dataclasses.replace(strong.optim, layer_decay=None)) == pretrained

@@ -75,6 +75,7 @@ class ModelConfig:
     # the weights file's classifier: auto keeps it only when it comes with label names equal to
     # the data's classes (same order); new: always a fresh head; keep: always keep it
     head: Literal["auto", "new", "keep"] = "auto"
+    export: Literal["raw", "ema"] = "raw"  # what model/ holds and the final scores are of: ema needs train.ema_decay
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class OptimConfig:
     weight_decay: float = 1.0e-4
     momentum: float = 0.9  # sgd only
     grad_clip: Optional[float] = 0.1  # clip gradients by value; null = off
+    # layer-wise LR decay: the head gets optim.lr, each of timm's block groups below it this times the one above
+    layer_decay: Optional[float] = None
 
     def __post_init__(self):
         _check(self.lr == "find" or self.lr > 0, "optim.lr", self.lr, "a number > 0, or find")
@@ -91,6 +94,8 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "a number in [0, 1)")
         _check(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip,
                "a number > 0, or null for no clipping")
+        _check(self.layer_decay is None or 0 < self.layer_decay <= 1, "optim.layer_decay", self.layer_decay,
+               "a number in (0, 1], or null for one learning rate for every layer")
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,10 @@ class TrainConfig:
     batch_size: int = 64  # per process
     # backbone frozen (weights and batch-norm statistics) for these first epochs; all: every epoch (a linear probe)
     freeze_epochs: Union[int, Literal["all"]] = 0
+    # batch norm while the backbone is frozen: eval = its statistics and weights fixed; train = both
+    # keep training (fastai's train_bn)
+    frozen_bn: Literal["eval", "train"] = "eval"
+    ema_decay: Optional[float] = None  # an average of the weights (timm's ModelEmaV3, with warm-up); null = off
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, no on CPU
     grad_accum_steps: int = 1
     seed: int = 0
@@ -115,6 +124,8 @@ class TrainConfig:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
         _check(self.freeze_epochs == "all" or self.freeze_epochs >= 0, "train.freeze_epochs", self.freeze_epochs,
                "an integer >= 0, or all")
+        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay", self.ema_decay,
+               "a number in (0, 1), e.g. 0.999, or null for no weight average")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "an integer >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "an integer >= 1")
@@ -135,6 +146,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _check(self.model.export == "raw" or self.train.ema_decay is not None, "model.export", self.model.export,
+               "raw unless train.ema_decay is set (there are no averaged weights to export)")
 
 
 def _check(ok: bool, key: str, value, valid: str) -> None:

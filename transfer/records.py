@@ -34,7 +34,8 @@ class RunMetrics:
     val_samples: int
     train_seconds: float  # training and per-epoch evaluation
     best_chosen_on: str = "val"  # "select": the epoch was chosen on data.select_fraction's images
-    final_val_ece: float | None = None  # expected calibration error, 15 bins (training.metrics)
+    final_val_ece: float | None = None
+    final_ema_val_acc: float | None = None  # train.ema_decay: the weight average's, at the last epoch  # expected calibration error, 15 bins (training.metrics)
     per_class_val_acc: dict = field(default_factory=dict)  # class -> accuracy (None without images)
     val_subsets: dict = field(default_factory=dict)  # e.g. unseen_by_imagenet: {prefix, samples, val_acc}
     num_processes: int = 1
@@ -49,7 +50,9 @@ class RunMetrics:
     train_samples: int = 0
     resumes: list = field(default_factory=list)
     lr_per_step: list = field(default_factory=list)
-    peak_lr: float | None = None  # the one-cycle peak used: typed in, or found
+    weights: str | None = None  # what the run started from: timm's architecture.tag, a file's name, or random
+    peak_lr: float | None = None  # the one-cycle peak used (the head's): typed in, or found
+    peak_lr_per_group: dict = field(default_factory=dict)  # optimizer group -> its peak (optim.layer_decay)
     lr_find: dict | None = None  # the LR range test's record (optim.lr=find)
     objective: dict = field(default_factory=dict)
     speed_settings: dict = field(default_factory=dict)

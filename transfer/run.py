@@ -25,7 +25,7 @@ from .training.checkpoint import TrainerState
 from .training.loop import evaluate, train_epochs
 from .training.lr_find import find_lr
 from .training.lr_find import line as lr_find_line
-from .training.optim import OneCycle
+from .training.optim import OneCycle, group_scales
 from .training.phases import Phases
 from .training.setup import Setup, build
 from .training.step import Loop
@@ -47,10 +47,12 @@ def run(cfg: Config, phases: Phases | None = None) -> RunMetrics:
         peak_lr = learning_rate(cfg, setup, state, phases)
         scheduler = OneCycle(setup.trainer.optimizer.optimizer, peak_lr or 0.0,  # None: evaluate-only, nothing found
                              cfg.train.epochs * setup.steps_per_epoch, cfg.train.time_budget_s)
-        accelerator.register_for_checkpointing(scheduler)
+        for resumable in (scheduler, setup.ema):  # the weight average too: a resume continues it exactly
+            if resumable is not None:
+                accelerator.register_for_checkpointing(resumable)
         if resume_from is not None:
             checkpoint.load_checkpoint(accelerator, resume_from)  # weights, optimizer, schedule, RNGs
-        loop = Loop(setup.trainer, scheduler, Watch(accelerator), bool(cfg.train.time_budget_s), state.lrs)
+        loop = Loop(setup.trainer, scheduler, Watch(accelerator), bool(cfg.train.time_budget_s), state.lrs, setup.ema)
         write_start(cfg, accelerator, out, setup, phases)
         # figures are drawn in a child process while training runs, forked before any loader worker
         with Drawer(accelerator.is_main_process, out=out, train_ds=setup.train_ds, val_ds=setup.val_ds,
@@ -62,18 +64,33 @@ def run(cfg: Config, phases: Phases | None = None) -> RunMetrics:
             final, stop = train_epochs(cfg, loop, setup, state, functools.partial(save, cfg, accelerator, setup, phases))
             if loop.watch.first_check_seconds is not None:
                 phases.add("first_step", loop.watch.first_check_seconds)
-            if final is None:  # evaluate-only run, or resumed after the last epoch
+            if final is None or cfg.model.export == "ema":  # evaluate-only, resumed after the end, or the average's
                 with phases("final_evaluation"):
-                    final = evaluate(setup.trainer.model, setup.val_dl, accelerator, setup.trainer.objective.normalize)
-            metrics = outputs.run_metrics(
-                state.history, final, setup.source.classes, state.train_seconds, samples(setup.val_ds)[0],
-                num_processes=accelerator.num_processes, device=str(accelerator.device), mixed_precision=precision,
-                steps_per_epoch=setup.steps_per_epoch, optimizer_steps=scheduler.steps,
-                startup_seconds=startup_seconds, decoded_cache=setup.cached, stopped_by_time_budget=stop == "budget",
-                skipped_images=sum(setup.skipped.values()), train_samples=len(setup.train_ds), resumes=state.resumes,
-                lr_per_step=loop.lrs, peak_lr=peak_lr, lr_find=state.lr_find, objective=setup.trainer.objective.describe,
-                speed_settings=setup.speed_settings, phase_seconds=phases.seconds)
+                    final = evaluate(exported(cfg, setup), setup.val_dl, accelerator, setup.trainer.objective.normalize)
+            metrics = record(cfg, setup, state, loop, final, peak_lr, precision, startup_seconds, stop, phases)
             return finish(cfg, accelerator, setup, final, metrics, phases, drawer)
+
+
+def record(cfg: Config, setup: Setup, state: TrainerState, loop: Loop, final: dict, peak_lr: float | None,
+           precision: str, startup_seconds: float, stop: str | None, phases: Phases) -> RunMetrics:
+    """The finished run's metrics.json record."""
+    accelerator, optimizer = setup.trainer.accelerator, setup.trainer.optimizer
+    return outputs.run_metrics(
+        state.history, final, setup.source.classes, state.train_seconds, samples(setup.val_ds)[0],
+        num_processes=accelerator.num_processes, device=str(accelerator.device), mixed_precision=precision,
+        steps_per_epoch=setup.steps_per_epoch, optimizer_steps=loop.scheduler.steps,
+        startup_seconds=startup_seconds, decoded_cache=setup.cached, stopped_by_time_budget=stop == "budget",
+        skipped_images=sum(setup.skipped.values()), train_samples=len(setup.train_ds), resumes=state.resumes,
+        final_ema_val_acc=state.history[-1].get("ema_val_acc") if state.history else None,
+        lr_per_step=loop.lrs, peak_lr=peak_lr, lr_find=state.lr_find,
+        peak_lr_per_group={name: (peak_lr or 0.0) * scale for name, scale in group_scales(optimizer).items()},
+        objective=setup.trainer.objective.describe, speed_settings=setup.speed_settings,
+        phase_seconds=phases.seconds, weights=setup.weights)
+
+
+def exported(cfg: Config, setup: Setup):
+    """What model/ holds and the final scores are of: the trained weights, or their average."""
+    return setup.ema.module if cfg.model.export == "ema" else setup.trainer.module
 
 
 def starting_state(cfg: Config, out: Path, accelerator: Accelerator,
@@ -134,7 +151,7 @@ def finish(cfg: Config, accelerator: Accelerator, setup: Setup, final: dict, met
         out = Path(cfg.output_dir)
         with phases("final_outputs"):
             drawer.submit("final", metrics=metrics, final=final, names=names)
-            outputs.write_final(out, metrics, final, setup.trainer.module, classes, names, cfg,
+            outputs.write_final(out, metrics, final, exported(cfg, setup), classes, names, cfg,
                                 samples(setup.val_ds)[0])
             drawer.wait()
         write_metrics(out, metrics)  # last: a run is finished when its metrics.json exists

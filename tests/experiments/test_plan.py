@@ -93,3 +93,12 @@ def test_overwrite_retrains_a_finished_run(tmp_path, recording_launcher):
     again = compare_sh(tmp_path, "train.epochs=1", ARMS="scratch", LAUNCH=launch, OVERWRITE="1")
     assert "OVERWRITE=1, training it again" in again.stdout and len(calls.read_text().splitlines()) == 1
     assert not (finished / "metrics.json").exists()  # the old result is gone; the new run failed
+
+
+def test_all_four_arms_plan_from_their_shipped_configs(tmp_path):
+    result = compare_sh(tmp_path, "train.epochs=1", PRINT_JOBS="1",
+                        ARMS="pretrained pretrained_strong scratch scratch_strong")
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and len(lines) == 4, result.stderr
+    for line, arm in zip(lines, ("pretrained", "pretrained_strong", "scratch", "scratch_strong")):
+        assert f"configs/{arm}.yaml" in line and f"output_dir={tmp_path / 'out' / arm}" in line

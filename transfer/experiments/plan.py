@@ -21,7 +21,7 @@ from ..config import load_config
 from ..errors import ConfigError
 from ..records import is_finished
 
-ARMS = ("pretrained", "scratch", "scratch_strong", "probe")  # the shipped arms, in report order
+ARMS = ("pretrained", "pretrained_strong", "scratch", "scratch_strong", "probe")  # the shipped arms, in report order
 SWEEP_FILE = "sweep.json"
 
 

@@ -76,6 +76,7 @@ def markdown(summary: dict) -> str:
     arms = summary["arms"]
     names = list(arms)
     rows = [("runs (seeds)", lambda a: str(a["seeds"])),
+            ("started from", lambda a: ", ".join(f"`{w}`" for w in a.get("weights", [])) or "—"),
             ("**final val accuracy** (after the fixed schedule)", lambda a: _pct(a["final_val_acc"], a["final_val_acc_std"])),
             ("best val accuracy (at the best epoch)",
              lambda a: _pct(a["best_val_acc"], a["best_val_acc_std"]) + (

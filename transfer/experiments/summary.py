@@ -39,6 +39,7 @@ def summarize_arm(runs: list[FinishedRun]) -> dict:
         values = [getattr(m, key) for m in metrics]
         summary[f"{key}_min"], summary[f"{key}_max"] = min(values), max(values)
     summary["epochs"] = float(np.mean([m.epochs for m in metrics]))
+    summary["weights"] = sorted({m.weights for m in metrics if m.weights})
     summary["best_chosen_on"] = sorted({m.best_chosen_on for m in metrics})
     summary["seed_values"] = sorted(s for s in (seed_of(r) for r in runs) if s is not None)
     eces = [m.final_val_ece for m in metrics]

@@ -43,7 +43,7 @@ def _shown(key: str, value):
 def model_card(cfg: Config, metrics: RunMetrics, classes: list[str], names: list[str], license_: str | None) -> str:
     hub = _hub_dataset(cfg)
     dataset = hub or cfg.data.dataset or Path(cfg.data.root).name
-    origin = ("ImageNet weights from timm" if cfg.model.pretrained and not cfg.model.weights_file else
+    origin = (f"ImageNet weights from timm (`{metrics.weights}`)" if cfg.model.pretrained and not cfg.model.weights_file else
               f"the weights in {_shown('model.weights_file', cfg.model.weights_file)}" if cfg.model.pretrained
               else "random weights (from scratch)")
     front = {

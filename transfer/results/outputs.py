@@ -112,7 +112,9 @@ def draw_final(out: Path, metrics_: RunMetrics, final: dict, names: list[str], v
     if history:
         plots.plot_accuracy(history, out / "plots" / "accuracy.png")
         plots.plot_loss(history, out / "plots" / "loss.png")
-        plots.plot_lr(metrics_.lr_per_step, metrics_.steps_per_epoch, out / "plots" / "lr.png")
+        peaks = metrics_.peak_lr_per_group
+        stem_scale = min(peaks.values()) / max(peaks.values()) if peaks and max(peaks.values()) > 0 else 1.0
+        plots.plot_lr(metrics_.lr_per_step, metrics_.steps_per_epoch, out / "plots" / "lr.png", stem_scale)
     if metrics_.lr_find:
         plots.plot_lr_find(metrics_.lr_find, out / "plots" / "lr_find.png")
     counts = confusion_matrix(final["predictions"], final["references"], len(names))

@@ -43,10 +43,16 @@ def plot_loss(history: list[dict], path: Path) -> None:
     _epoch_plot(history, {"train_loss": "train", "val_loss": "validation"}, "loss", "Loss vs. epochs", path)
 
 
-def plot_lr(lrs: list[float], steps_per_epoch: int, path: Path) -> None:
+def plot_lr(lrs: list[float], steps_per_epoch: int, path: Path, stem_scale: float = 1.0) -> None:
+    """The head's rate per optimizer step, and the stem's when optim.layer_decay scales it."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.plot(np.arange(1, len(lrs) + 1) / max(steps_per_epoch, 1), lrs)
+    x = np.arange(1, len(lrs) + 1) / max(steps_per_epoch, 1)
+    ax.plot(x, lrs, label="head")
+    if stem_scale != 1.0:
+        ax.plot(x, np.asarray(lrs) * stem_scale, label=f"stem (x{stem_scale:.3g}, optim.layer_decay)")
+        ax.set_yscale("log")
+        ax.legend()
     ax.set(xlabel="epoch", ylabel="learning rate", title="One-cycle learning rate (per optimizer step)")
     ax.grid(alpha=0.3)
     save_figure(fig, path)

@@ -50,7 +50,7 @@ def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, parti
     trainer, scheduler, watch = loop.trainer, loop.scheduler, loop.watch
     accelerator = trainer.accelerator
     trainer.objective.set_epoch(epoch)
-    lr = scheduler.get_last_lr()[0]
+    lr = scheduler.last_lr
     mine = accelerator.is_main_process  # a half epoch's global totals restart on one process only
     loss_sum = torch.tensor(float(partial[0]) if mine else 0.0, device=accelerator.device)
     seen = torch.tensor(float(partial[1]) if mine else 0.0, device=accelerator.device)
@@ -67,9 +67,11 @@ def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, parti
         loss_sum += loss.detach().float() * len(batch["labels"])
         seen += len(batch["labels"])
         if accelerator.sync_gradients:
-            lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used (the article's last_lr)
+            lr = scheduler.last_lr  # the (head's) rate this optimizer step used (the article's last_lr)
             loop.lrs.append(lr)
             scheduler.step()
+            if loop.ema is not None:  # with timm's warm-up: early steps weigh the latest weights more
+                loop.ema.update(trainer.module, step=scheduler.steps)
             if check_due(scheduler.steps):
                 stop = watch.check(epoch)  # raises NonFiniteLoss; one sync across processes
                 scheduler.plan(watch.elapsed)  # the budget's remaining steps, from the synced clock
@@ -129,6 +131,8 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
             final = evaluate(trainer.model, setup.val_dl, accelerator, trainer.objective.normalize)
             chooser = None if setup.select_dl is None else evaluate(trainer.model, setup.select_dl, accelerator,
                                                                     trainer.objective.normalize)
+            averaged = None if loop.ema is None else evaluate(loop.ema.module, setup.val_dl, accelerator,
+                                                              trainer.objective.normalize)
             epoch_seconds = watch.seconds()
             state.train_seconds += epoch_seconds
             done = result["batches_done"]
@@ -136,7 +140,9 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
                       "lr": result["lr"], "train_loss": result["train_loss"], "val_loss": final["val_loss"],
                       "val_acc": final["val_acc"], "frozen": frozen, "epoch_seconds": epoch_seconds,
                       "train_images_per_s": result["train_images"] / train_time,
-                      **({} if chooser is None else {"select_acc": chooser["val_acc"], "select_loss": chooser["val_loss"]})}
+                      **({} if chooser is None else {"select_acc": chooser["val_acc"], "select_loss": chooser["val_loss"]}),
+                      **({} if averaged is None else {"ema_val_acc": averaged["val_acc"],
+                                                      "ema_val_loss": averaged["val_loss"]})}
             state.history.append(record)
             accelerator.log({f"epoch/{k}": record[k] for k in ("train_loss", "val_loss", "val_acc", "lr")},
                             step=loop.scheduler.steps)

@@ -164,8 +164,9 @@ def _cycle(loader):
 
 
 def _set_lr(optimizer, lr: float) -> None:
+    """The head's rate (with optim.layer_decay the groups below it scaled as in training)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def line(found: dict) -> str:

@@ -136,25 +136,41 @@ def _head_modules(model: nn.Module) -> set[nn.Module]:
     return set(classifier.modules()) if isinstance(classifier, nn.Module) else set()
 
 
-def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
+def _norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def set_backbone_frozen(model: nn.Module, frozen: bool, train_bn: bool = False) -> None:
     """Freeze everything but the classifier: no gradients, so optimizers (weight decay included)
-    leave those parameters untouched. Batch-norm statistics are held by `train_mode`."""
-    head = _head_modules(model)
+    leave those parameters untouched. Batch-norm statistics are held by `train_mode`.
+    `train_bn` (train.frozen_bn=train, fastai's train_bn): batch-norm layers keep training."""
+    head = _head_modules(model) | (set(_norms(model)) if train_bn else set())
     for module in model.modules():
         if module not in head:
             for p in module.parameters(recurse=False):
                 p.requires_grad_(not frozen)
 
 
-def train_mode(model: nn.Module, frozen: bool) -> None:
+def train_mode(model: nn.Module, frozen: bool, train_bn: bool = False) -> None:
     """model.train(), except that a frozen backbone stays in eval mode so its batch-norm
-    running statistics do not move either."""
+    running statistics do not move either (with `train_bn`, its batch-norm layers train on)."""
     if not frozen:
         model.train()
         return
     model.eval()
-    for module in _head_modules(model):
+    for module in [*_head_modules(model), *(_norms(model) if train_bn else [])]:
         module.train()
+
+
+def weights_loaded(cfg: ModelConfig, model: nn.Module) -> str:
+    """Which weights a run started from, by name: timm's architecture.tag (e.g. resnet50.tv_in1k),
+    a weights file's name, or random."""
+    if not cfg.pretrained:
+        return "random (from scratch)"
+    if cfg.weights_file:
+        return Path(cfg.weights_file).name
+    pretrained = model.pretrained_cfg
+    return ".".join(p for p in (pretrained.get("architecture"), pretrained.get("tag")) if p)
 
 
 def data_config(model: nn.Module) -> Normalize:

@@ -27,6 +27,29 @@ def build_optimizer(cfg: OptimConfig, params, fused: bool = False) -> torch.opti
     return kind(params, lr=lr, weight_decay=cfg.weight_decay, **options)
 
 
+def parameter_groups(model: torch.nn.Module, cfg: OptimConfig):
+    """What the optimizer updates: every parameter at one rate, or with `optim.layer_decay` timm's
+    layer-wise groups (`timm.optim.param_groups_layer_decay`, over the model's `group_matcher`):
+    each group's `lr_scale` is layer_decay ** (layers above it), the head's 1, and biases and norm
+    weights get no weight decay (timm's rule for these groups). The schedule scales every group's
+    whole cycle (peak, warm-up start, final value) by its `lr_scale`."""
+    if cfg.layer_decay is None:
+        return model.parameters()
+    from timm.optim import param_groups_layer_decay  # (timm: imported with the model already)
+
+    groups = param_groups_layer_decay(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+    scales = sorted({g["lr_scale"] for g in groups})
+    for g in groups:  # a name for each depth: layer_0 is the stem, the deepest scale 1.0 is the head
+        depth = scales.index(g["lr_scale"])
+        g["group_name"] = "head" if depth == len(scales) - 1 else f"layer_{depth}"
+    return groups
+
+
+def group_scales(optimizer) -> dict[str, float]:
+    """Group name -> lr_scale (one group named "all" without layer decay)."""
+    return {g.get("group_name", "all"): g.get("lr_scale", 1.0) for g in optimizer.param_groups}
+
+
 def _cos(start: float, end: float, pct: float) -> float:
     return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
@@ -81,8 +104,9 @@ class OneCycle:
 
     def _apply(self) -> None:
         lr, momentum = one_cycle(self.next_position, self.total_steps, self.max_lr)
+        self.last_lr = lr  # the schedule's own value: the head's rate
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # the head's (scale 1) is the schedule's
             if "betas" in group:
                 group["betas"] = (momentum, group["betas"][1])
             else:

@@ -10,15 +10,16 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from timm.utils import ModelEmaV3
 
 from ..config import Config
 from ..data.loaders import build_datasets, choose_cache, prepared_loaders, selection_loader, splits_line
 from ..data.sources import Source
 from ..files import check_space
 from . import accel, checkpoint, rundir
-from .model import build_model, data_config, state_bytes
+from .model import build_model, data_config, state_bytes, weights_loaded
 from .objective import Objective
-from .optim import build_optimizer
+from .optim import build_optimizer, parameter_groups
 from .phases import Phases
 from .step import Trainer
 
@@ -38,6 +39,8 @@ class Setup:
     grad_accum_steps: int
     speed_settings: dict
     select_dl: object = None  # data.select_fraction's loader: the best epoch is chosen on it
+    ema: object = None  # train.ema_decay: timm's ModelEmaV3 of the trained module
+    weights: str = ""  # what the model started from (model.weights_loaded)
 
     @property
     def steps_per_epoch(self) -> int:  # per process, after sharding
@@ -58,6 +61,7 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
         rundir.check_records(out, source.records())
     with phases("model"):
         model, head_note = build_model(cfg.model, source.classes)
+        weights = weights_loaded(cfg.model, model)
         # on its device before the optimizer is built: torch before 2.4 makes fused Adam for CUDA tensors only
         model = model.to(accelerator.device, memory_format=torch.channels_last)
     if head_note:
@@ -72,7 +76,7 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
         accelerator.print(why)
     settings = accel.backend_settings(accelerator.device.type == "cuda")
     accel.apply_backend_settings(settings)
-    optimizer = build_optimizer(cfg.optim, model.parameters(),
+    optimizer = build_optimizer(cfg.optim, parameter_groups(model, cfg.optim),
                                 fused=accel.fuse_optimizer(settings, cfg.optim.name, accelerator.mixed_precision))
     checkpoint_size = checkpoint.checkpoint_bytes(model, cfg.optim.name)
     if out is not None and accelerator.is_main_process and cfg.train.epochs:
@@ -83,6 +87,8 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
                                             processes)
     select_dl = selection_loader(source.select, cfg.train.batch_size, cfg.data.num_workers, accelerator)
     objective = Objective(cfg.train.label_smoothing, cfg.data, len(source.classes), normalization)
-    trainer = Trainer(model, optimizer, accelerator, objective, cfg.optim.grad_clip)
+    trainer = Trainer(model, optimizer, accelerator, objective, cfg.optim.grad_clip, cfg.train.frozen_bn == "train")
+    ema = None if cfg.train.ema_decay is None else ModelEmaV3(trainer.module, decay=cfg.train.ema_decay,
+                                                               use_warmup=True)
     return Setup(train_ds, val_ds, source, skipped, trainer, train_dl, val_dl, cached, checkpoint_size,
-                 cfg.train.grad_accum_steps, settings, select_dl)
+                 cfg.train.grad_accum_steps, settings, select_dl, ema, weights)

@@ -24,6 +24,7 @@ class Trainer:
     accelerator: Accelerator
     objective: Objective
     grad_clip: float | None
+    train_bn: bool = False  # train.frozen_bn=train: batch norm trains on while the backbone is frozen
 
     @property
     def module(self) -> torch.nn.Module:
@@ -35,8 +36,8 @@ class Trainer:
 
     def set_phase(self, frozen: bool) -> None:
         """Backbone frozen (weights and batch-norm statistics) or not; training mode set."""
-        set_backbone_frozen(self.module, frozen)
-        train_mode(self.module, frozen)
+        set_backbone_frozen(self.module, frozen, self.train_bn)
+        train_mode(self.module, frozen, self.train_bn)
         self.model = fit_ddp(self.accelerator, self.model, frozen)
 
     def step(self, batch: dict) -> torch.Tensor:
@@ -56,9 +57,11 @@ class Trainer:
 @dataclass
 class Loop:
     """What whole epochs need besides the trainer: the schedule, the watch (signals, non-finite
-    losses, the budget clock) and the record of each optimizer step's learning rate."""
+    losses, the budget clock), the record of each optimizer step's learning rate, and the weight
+    average (train.ema_decay; timm's ModelEmaV3), updated after each optimizer step."""
     trainer: Trainer
     scheduler: OneCycle
     watch: Watch
     time_budget: bool = False
     lrs: list = field(default_factory=list)
+    ema: object = None
