@@ -38,7 +38,10 @@ class _Decode(Dataset):
         img = open_rgb(self.images[i])
         if min(img.size) != self.size:
             img = TF.resize(img, self.size)
-        return np.array(img)  # its own (writable) copy: the buffer takes it without a read-only warning
+        return np.asarray(img)
+
+
+COPY_CHUNK = 256  # images per host-to-device copy while the cache is filled
 
 
 class DecodedImages:
@@ -56,12 +59,15 @@ class DecodedImages:
         self.offsets = starts.to(self.device)
         self.heights, self.widths = shapes[:, 0].to(self.device), shapes[:, 1].to(self.device)
         self._heights, self._widths = shapes[:, 0].tolist(), shapes[:, 1].tolist()  # for drawing crops on the CPU
-        # each decoded image is copied into the buffer and let go, so the host holds the set about
-        # once (a concatenation held it twice; the cache-size estimate counts it once)
+        # copied into the buffer a chunk of images at a time and let go, so the host holds the set
+        # about once (one concatenation held it twice; the cache-size estimate counts it once)
         self.buffer = torch.empty(int(sizes.sum()), dtype=torch.uint8, device=self.device)
-        for i, start in enumerate(starts.tolist()):
-            a, arrays[i] = arrays[i], None
-            self.buffer[start:start + a.size].copy_(torch.from_numpy(a.reshape(-1)))
+        start = 0
+        for first in range(0, len(arrays), COPY_CHUNK):
+            chunk = np.concatenate([a.reshape(-1) for a in arrays[first:first + COPY_CHUNK]])
+            arrays[first:first + COPY_CHUNK] = [None] * len(arrays[first:first + COPY_CHUNK])
+            self.buffer[start:start + chunk.size].copy_(torch.from_numpy(chunk))
+            start += chunk.size
         self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
 
     @property

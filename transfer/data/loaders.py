@@ -68,12 +68,17 @@ def splits_line(train_images: int, val_images: int, classes: int, skipped: dict[
 def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_processes: int, collate_fn=collate):
     # No persistent workers: each epoch's workers are seeded from the (per-epoch reseeded) main
     # RNG, so augmentation depends on the seed and epoch alone and a resumed run is exact.
-    common = dict(num_workers=num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
     # Drop the ragged last batch (a batch of one breaks batch norm) unless that is all there is.
     drop_last = len(train_ds) >= batch_size * num_processes
-    train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last, **common)
-    val_dl = DataLoader(val_ds, batch_size=batch_size * 2, shuffle=False, **common)
-    return train_dl, val_dl
+    train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last, num_workers=num_workers,
+                          collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
+    return train_dl, eval_loader(val_ds, batch_size, num_workers, collate_fn)
+
+
+def eval_loader(ds, batch_size: int, num_workers: int, collate_fn=collate) -> DataLoader:
+    """A split scored in order, twice the training batch (no gradients to hold)."""
+    return DataLoader(ds, batch_size=batch_size * 2, shuffle=False, num_workers=num_workers, collate_fn=collate_fn,
+                      pin_memory=torch.cuda.is_available())
 
 
 def selection_loader(select_ds, batch_size: int, num_workers: int, accelerator):
@@ -81,9 +86,7 @@ def selection_loader(select_ds, batch_size: int, num_workers: int, accelerator):
     None without one. Always decoded by loader workers: it is small."""
     if select_ds is None:
         return None
-    loader = DataLoader(select_ds, batch_size=batch_size * 2, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate, pin_memory=torch.cuda.is_available())
-    return accelerator.prepare_data_loader(loader)
+    return accelerator.prepare_data_loader(eval_loader(select_ds, batch_size, num_workers))
 
 
 def class_display_names(classes: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import stats
@@ -53,7 +54,7 @@ def _bootstrap(samples: tuple, statistic, paired: bool):
                                batch=500, method=method, random_state=np.random.default_rng(BOOTSTRAP_SEED))
     if all(np.all(s == s[0]) for s in samples):  # nothing varies (identical arms): no spread to resample
         value = float(statistic(*samples, axis=-1))
-        return type("Degenerate", (), {"confidence_interval": (value, value), "standard_error": 0.0})()
+        return SimpleNamespace(confidence_interval=(value, value), standard_error=0.0)
     result = run("BCa")
     if not np.all(np.isfinite(result.confidence_interval)):  # BCa's jackknife can degenerate on 0/1 data
         result = run("percentile")
