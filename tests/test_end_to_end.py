@@ -64,7 +64,8 @@ def test_saved_model_reloads_as_weights_file_and_scores_the_same(finished_run, i
     assert model.get_classifier().out_features == 3
     evaluated = run(tiny_config(image_folder, tmp_path / "eval", "train.epochs=0", "model.pretrained=true",
                                 f"model.weights_file={out / 'model'}"))
-    assert evaluated.history == []
+    assert evaluated.history == [] and evaluated.weights == f"{out.name}/model"  # named, without this machine's path
+    assert metrics.weights == "random (from scratch)"  # the smoke config trains from scratch
     assert evaluated.final_val_acc == metrics.final_val_acc
     assert evaluated.final_val_loss == pytest.approx(metrics.final_val_loss, rel=1e-5)
 

@@ -167,8 +167,9 @@ def weights_loaded(cfg: ModelConfig, model: nn.Module) -> str:
     a weights file's name, or random."""
     if not cfg.pretrained:
         return "random (from scratch)"
-    if cfg.weights_file:
-        return Path(cfg.weights_file).name
+    if cfg.weights_file:  # a file by its name, a run's model/ folder with its run's: no path of this machine
+        path = Path(cfg.weights_file)
+        return "/".join(path.parts[-2:]) if path.is_dir() else path.name
     pretrained = model.pretrained_cfg
     return ".".join(p for p in (pretrained.get("architecture"), pretrained.get("tag")) if p)
 
