@@ -7,12 +7,14 @@
 #   ARMS="pretrained scratch probe" scripts/compare.sh          # + linear probe (backbone frozen throughout)
 #   scripts/compare.sh train.time_budget_s=300                  # equal time instead of equal epochs
 #   SWEEP='data.train_per_class=5,20,100,null' SEEDS="0 1 2" JOBS=2 scripts/compare.sh   # a curve, 2 runs at a time
+#   TUNE='optim.lr=1e-4,3e-4,1e-3,3e-3' scripts/compare.sh data.select_fraction=0.1  # each arm tuned the same way
 #
 # Every key=value goes to every run. Finished runs are reused, not retrained (OVERWRITE=1 retrains
 # them); interrupted ones resume. The report is rebuilt from the saved runs alone:
 #   python -m transfer.compare "$OUT"
 # Environment: OUT (runs/compare), ARMS ("pretrained scratch"), SEEDS (empty: the config's seed),
-# SWEEP (key=v1,v2,...), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
+# SWEEP (key=v1,v2,...), TUNE (key=v1,v2,...[;key2=...]: a grid every arm runs on the first seed, chosen per arm
+# on the selection split, data.select_fraction; the reported runs use the choice), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
 # (1: print the runs as shell commands instead), OVERWRITE (0), PYTHON (the python that has this
 # project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch", i.e.
 # `accelerate launch`: your accelerate config picks GPUs and processes). See transfer/experiments/ (plan.py, runner.py).

@@ -80,7 +80,7 @@ def main(env: dict = os.environ) -> int:
                       f"data.train_per_class={per_class}", f"train.epochs={epochs}",
                       "optim.lr=2e-3"]  # both arms: a small model, a few dozen steps
     folder = out / ("sweep" if sweep else "compare")
-    spec = CompareSpec(folder, ("pretrained", "scratch"), seeds, sweep, base.jobs, launch=base.launch)
+    spec = CompareSpec(folder, ("pretrained", "scratch"), seeds, sweep, jobs=base.jobs, launch=base.launch)
     code = compare(spec, target)
     summary_file = folder / "summary.json"
     if summary_file.is_file():

@@ -15,7 +15,7 @@ from ..errors import RunError
 from ..files import write_atomic, write_json
 from ..results.plots import plot_comparison
 from . import sweep_report
-from .plan import read_sweep, value_folder, value_text
+from .plan import read_sweep, setting_args, value_folder, value_text
 from .summary import FRACTIONS, summarize
 
 
@@ -72,6 +72,32 @@ def gain_lines(g: dict) -> list[str]:
     return lines
 
 
+def tuning_lines(arms: dict) -> list[str]:
+    """TUNE: per arm, each grid point's selection accuracy, the chosen one in bold."""
+    tuned = {n: a["tuned"] for n, a in arms.items() if "tuned" in a}
+    if not tuned:
+        return []
+    names = list(tuned)
+    first = next(iter(tuned.values()))
+    keys, seed = first["keys"], first["seed"]
+    lines = ["", "## Tuning, on the selection split", "",
+             f"Each arm trained every point of the grid on {'seed ' + str(seed) if seed is not None else 'its seed'} "
+             f"and was scored by its final accuracy on the selection split (training images held out by "
+             f"`data.select_fraction`, never the validation images); its reported runs use the point in bold.", "",
+             "| " + ", ".join(f"`{k}`" for k in keys) + " | " + " | ".join(names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    for i, row in enumerate(first["points"]):
+        cells = []
+        for n in names:
+            r = tuned[n]["points"][i]
+            text = "failed or not run" if r["select_acc"] is None else f"{100 * r['select_acc']:.1f}%"
+            cells.append(f"**{text}**" if r["setting"] == tuned[n]["chosen"] else text)
+        lines.append(f"| {', '.join(value_text(v) for v in row['setting'].values())} | " + " | ".join(cells) + " |")
+    lines += ["", "Chosen: " + "; ".join(f"{n} {', '.join(setting_args(t['chosen'])) if t['chosen'] else 'nothing'}"
+                                         for n, t in tuned.items()) + "."]
+    return lines
+
+
 def markdown(summary: dict) -> str:
     arms = summary["arms"]
     names = list(arms)
@@ -120,6 +146,7 @@ def markdown(summary: dict) -> str:
                       "picked by the run's LR range test (`optim.lr=find`, see its `plots/lr_find.png`)."]
     else:
         lines.append("None besides the output folder and seed.")
+    lines += tuning_lines(arms)
     if "sweep" in summary:
         sweep = summary["sweep"]
         last = sweep_report.values_with_runs(sweep)[-1]

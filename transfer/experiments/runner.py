@@ -1,7 +1,9 @@
 """The runs behind `scripts/compare.sh`: every planned run (plan.py), one after another or
 several at once, each in its own folder, then the report.
 
-Finished runs (metrics.json) are reused unless OVERWRITE=1; interrupted ones resume
+With TUNE (tuning.py), the tuning runs come first; the reported runs are planned from their
+choice. Finished runs (metrics.json) are reused unless OVERWRITE=1 (a finished run whose settings
+differ from the planned ones is refused, never silently reported); interrupted ones resume
 (train.resume=auto). A failed run is named with its error and the others go on; the exit code
 is 1 at the end and the report marks what is missing. With JOBS=N, N runs at a time;
 GPUS="0 1 2 3" gives each concurrent run its own GPU (CUDA_VISIBLE_DEVICES) and sets JOBS to their
@@ -21,11 +23,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..files import write_json
-from ..records import is_finished, read_metrics
+from ..records import is_finished, load_run, read_metrics
+from ..training.rundir import NEUTRAL, setting_changes
 from . import report
-from .plan import SWEEP_FILE, CompareSpec, Job, plan
+from .plan import SWEEP_FILE, CompareSpec, Job, bases, plan, setting_args
+from .tuning import choices, plan_tuning, write_grids
 
 TRAIN = ("-m", "transfer")  # the training entry point, under any launcher (python, accelerate launch, torchrun)
 
@@ -90,47 +94,111 @@ class Runner:
             if gpu is not None:
                 self.gpus.put(gpu)
 
+    def run_all(self, jobs: list[Job]) -> int:
+        """Run `jobs`, `workers` at a time; the number that failed."""
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return list(pool.map(self.run, jobs)).count(False)
 
-def compare(spec: CompareSpec, overrides: list[str]) -> int:
-    """Plan, run (or print) and report; the exit code compare.sh returns: 0, or 1 when a run
-    failed. Settings that cannot run raise ConfigError (exit 2) before any run starts."""
-    planned = plan(spec.out, list(spec.arms), list(spec.seeds), overrides, spec.sweep)
-    key = spec.sweep.key if spec.sweep else None
-    if not spec.sweep and (spec.out / SWEEP_FILE).is_file():
-        raise RunError(f"{spec.out} holds a sweep ({spec.out / SWEEP_FILE}); give the same SWEEP, or another OUT")
-    if spec.sweep:  # what the report expects, also when a scheduler runs the printed commands
-        write_json(spec.out / SWEEP_FILE, {"key": key, "values": spec.sweep.values, "arms": list(spec.arms),
-                                           "seeds": list(spec.seeds)})
-    if spec.print_jobs:
-        for job in planned:
-            print(command_line(job, list(spec.launch)))
-        return 0
+
+def check_reusable(jobs: list[Job]) -> None:
+    """A finished run is reused only when it was trained with the settings planned for it now
+    (those that change numbers: rundir.NEUTRAL aside); otherwise one line names the run and the
+    settings, before anything runs. A run without config.yaml is taken on trust."""
+    for job in jobs:
+        if is_finished(job.folder) and (job.folder / "config.yaml").is_file():
+            changes = {k: v for k, v in setting_changes(load_run(job.folder).settings, job.settings).items()
+                       if k not in NEUTRAL}
+            if changes:
+                listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+                raise ConfigError(f"{job.folder} finished with other settings than planned now ({listed}); "
+                                  f"OVERWRITE=1 retrains it, or use another OUT")
+
+
+def to_run(jobs: list[Job], overwrite: bool) -> list[Job]:
+    """The jobs that need training: finished ones are reused, or removed with OVERWRITE=1."""
+    if not overwrite:
+        check_reusable(jobs)
     todo = []
-    for job in planned:
+    for job in jobs:
         if is_finished(job.folder):
-            if not spec.overwrite:
+            if not overwrite:
                 print(f"== {job.folder}: finished before; reusing it (OVERWRITE=1 to retrain)")
                 continue
             print(f"== {job.folder}: finished before; OVERWRITE=1, training it again")
             shutil.rmtree(job.folder)
         todo.append(job)
+    return todo
+
+
+def chosen_settings(spec: CompareSpec, say=print) -> tuple[dict, list[str]]:
+    """Base folder -> arm -> the grid point tuning chose (tuning.choices), and a line for each arm
+    that has no choice (none of its tuning runs finished)."""
+    chosen, unchosen = {}, []
+    for value, base, _ in bases(spec.out, spec.sweep):
+        where = f" at {spec.sweep.key}={value}" if spec.sweep else ""
+        for arm, tuned in (choices(base) or {}).items():
+            if tuned["chosen"] is None:
+                unchosen.append(f"{arm}{where}: none of its tuning runs finished, so its reported runs did not run")
+                continue
+            chosen.setdefault(base, {})[arm] = tuned["chosen"]
+            scores = ", ".join(f"{', '.join(setting_args(r['setting']))}: "
+                               + ("failed" if r["select_acc"] is None else f"{r['select_acc']:.4f}")
+                               for r in tuned["points"])
+            say(f"tuned {arm}{where}: {', '.join(setting_args(tuned['chosen']))} (selection accuracy {scores})")
+    return chosen, unchosen
+
+
+def compare(spec: CompareSpec, overrides: list[str]) -> int:
+    """Plan, run (or print) and report; the exit code compare.sh returns: 0, or 1 when a run
+    failed. Settings that cannot run raise ConfigError (exit 2) before any run starts."""
+    arms, seeds = list(spec.arms), list(spec.seeds)
+    tuning = plan_tuning(spec.out, arms, seeds, overrides, spec.sweep, spec.tune) if spec.tune else []
+    planned = [] if spec.tune else plan(spec.out, arms, seeds, overrides, spec.sweep)
+    key = spec.sweep.key if spec.sweep else None
+    if not spec.sweep and (spec.out / SWEEP_FILE).is_file():
+        raise RunError(f"{spec.out} holds a sweep ({spec.out / SWEEP_FILE}); give the same SWEEP, or another OUT")
+    if spec.sweep:  # what the report expects, also when a scheduler runs the printed commands
+        write_json(spec.out / SWEEP_FILE, {"key": key, "values": spec.sweep.values, "arms": arms, "seeds": seeds})
+    if spec.tune:
+        write_grids(spec.out, arms, seeds, spec.sweep, spec.tune)
+    if spec.print_jobs:
+        for job in tuning:
+            print(command_line(job, list(spec.launch)))
+        if tuning and not all(is_finished(job.folder) for job in tuning):
+            print(f"note: the reported runs are planned from the tuning runs' choice: run the {len(tuning)} above "
+                  f"first, then PRINT_JOBS=1 again prints the reported runs", file=sys.stderr)
+            return 0
+        if tuning:
+            planned = plan(spec.out, arms, seeds, overrides, spec.sweep, chosen_settings(spec, say=lambda _: None)[0])
+        for job in planned:
+            print(command_line(job, list(spec.launch)))
+        return 0
     runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), key, echo=spec.jobs == 1 and not spec.gpus)
-    with ThreadPoolExecutor(max_workers=runner.workers) as pool:
-        failed = list(pool.map(runner.run, todo)).count(False)
+    failed, unchosen = 0, []
+    if tuning:
+        print(f"== tuning {len(spec.arms)} arm(s) over {len(spec.tune.points())} point(s) of "
+              f"{'; '.join(spec.tune.keys)}, chosen on the selection split", flush=True)
+        failed += runner.run_all(to_run(tuning, spec.overwrite))
+        chosen, unchosen = chosen_settings(spec)
+        planned = plan(spec.out, arms, seeds, overrides, spec.sweep, chosen)
+    failed += runner.run_all(to_run(planned, spec.overwrite))
+    for line in unchosen:
+        print(f"error: {line}", file=sys.stderr)
+    total = len(tuning) + len(planned)
     try:
         summary = report.build(spec.out)
     except RunError:
         if not failed:
             raise
-        raise RunError(f"{failed} of {len(planned)} runs failed (named above) and none has finished: no report",
+        raise RunError(f"{failed} of {total} runs failed (named above) and none has finished: no report",
                        exit_code=1) from None
     print(report.markdown(summary))
     if "gain" in summary:
         print(summary["gain"]["headline"])
     print(f"report: {spec.out / 'report.md'}, {spec.out / 'comparison.png'}"
           + (f", {spec.out / 'sweep.png'}" if spec.sweep else "") + f", {spec.out / 'summary.json'}")
-    if failed:
-        print(f"error: {failed} of {len(planned)} runs failed (named above); the report marks them missing",
+    if failed or unchosen:
+        print(f"error: {failed} of {total} runs failed (named above); the report marks them missing",
               file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,7 @@ import numpy as np
 from ..records import FinishedRun, load_run
 from .intervals import headline, paired_gain, seed_of
 from .plan import find_runs
+from .tuning import choices
 
 FRACTIONS = (0.5, 0.8, 0.9)  # "time to reach X of the best accuracy"
 
@@ -74,6 +75,10 @@ def summarize(folder: Path) -> tuple[dict[str, list[FinishedRun]], dict]:
     arms = {arm: [load_run(r) for r in runs] for arm, runs in find_runs(folder).items()} if Path(folder).is_dir() else {}
     summary = {"arms": {arm: summarize_arm(runs) for arm, runs in arms.items()},
                "differing_settings": differing_settings(arms) if arms else {}}
+    tuned = choices(folder) if Path(folder).is_dir() else None
+    for arm, part in (tuned or {}).items():  # TUNE: the grid, each point's selection accuracy, the choice
+        if arm in summary["arms"]:
+            summary["arms"][arm]["tuned"] = part
     if {"pretrained", "scratch"} <= set(arms):
         p, s = summary["arms"]["pretrained"], summary["arms"]["scratch"]
         summary["gain"] = {"best_val_acc_points": 100 * (p["best_val_acc"] - s["best_val_acc"]),

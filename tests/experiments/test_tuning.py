@@ -1,0 +1,136 @@
+"""TUNE: every arm over the same grid on the selection split, the reported runs with each arm's
+choice. A stand-in launcher (LAUNCH) writes a run's records with a selection accuracy that peaks
+at a known learning rate per arm, so the choice is known and nothing trains here; the slow test
+tunes real runs."""
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+
+from conftest import run_command
+from transfer.errors import ConfigError
+from transfer.experiments.plan import CompareSpec, Grid
+
+BEST_LR = {"pretrained": 1e-4, "scratch": 1e-3}  # where the stand-in's selection accuracy peaks
+
+
+@pytest.fixture
+def scoring_launcher(tmp_path):
+    """A LAUNCH that 'trains' a run: config.yaml as a run writes it, and metrics.json whose
+    select_acc is 0.9 at the arm's BEST_LR, 0.1 less per decade away; val_acc records the LR."""
+    script = tmp_path / "launch.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, math, sys
+        from pathlib import Path
+        from transfer.config import dump_yaml, load_config
+        args = sys.argv[sys.argv.index("--config") + 1:]
+        cfg = load_config(args[0], args[1:])
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        arm = Path(args[0]).stem
+        lr = float(cfg.optim.lr)
+        with open({str(tmp_path / "calls.txt")!r}, "a") as f:
+            f.write(str(out) + "\\n")
+        if lr > 0.005:
+            print("stopped: the loss is not finite (stand-in)")
+            sys.exit(3)
+        select = 0.9 - 0.1 * abs(math.log10(lr) - math.log10({BEST_LR!r}[arm]))
+        history = [{{"epoch": 1, "lr": lr, "train_loss": 1.0, "val_loss": 1.0, "val_acc": lr,
+                     "select_acc": select, "select_loss": 1 - select, "epoch_seconds": 1.0,
+                     "train_images_per_s": 10.0}}]
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+        (out / "metrics.json").write_text(json.dumps({{"history": history, "best_val_acc": lr, "best_epoch": 1,
+            "final_val_acc": lr, "final_val_loss": 1.0, "val_samples": 10, "train_seconds": 1.0,
+            "best_chosen_on": "select", "peak_lr": lr}}))
+    """))
+    return f"{sys.executable} {script}", tmp_path / "calls.txt"
+
+
+def compare_sh(tmp_path, *args, **env):
+    return run_command(["scripts/compare.sh", *args], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, **env})
+
+
+GRID = "optim.lr=1e-4,1e-3,1e-2"
+
+
+def test_each_arm_gets_its_own_choice_and_its_reported_runs_use_it(tmp_path, scoring_launcher):
+    launch, calls = scoring_launcher
+    result = compare_sh(tmp_path, "data.select_fraction=0.2", TUNE=GRID, SEEDS="3 4", LAUNCH=launch)
+    out = tmp_path / "out"
+    # 1e-2 "diverged" for both arms: named, the choice made among the rest, exit 1 at the end
+    assert result.returncode == 1 and "2 of 10 runs failed" in result.stderr, result.stdout + result.stderr
+    assert "tuned pretrained: optim.lr=1e-4 (selection accuracy optim.lr=1e-4: 0.9000, optim.lr=1e-3: 0.8000, " \
+           "optim.lr=1e-2: failed)" in result.stdout
+    ran = calls.read_text().splitlines()
+    assert ran[:6] == [str(out / "tune" / f"optim.lr={v}" / arm / "seed3")  # tuning first, on the first seed
+                       for v in ("1e-4", "1e-3", "1e-2") for arm in ("pretrained", "scratch")]
+    assert sorted(ran[6:]) == sorted(str(out / arm / f"seed{s}") for arm in BEST_LR for s in (3, 4))
+    for arm, lr in BEST_LR.items():
+        for seed in (3, 4):
+            metrics = json.loads((out / arm / f"seed{seed}" / "metrics.json").read_text())
+            assert metrics["final_val_acc"] == pytest.approx(lr)  # trained with the arm's choice
+    summary = json.loads((out / "summary.json").read_text())
+    tuned = summary["arms"]["scratch"]["tuned"]
+    assert tuned["chosen"] == {"optim.lr": "1e-3"} and tuned["seed"] == 3 and tuned["keys"] == ["optim.lr"]
+    assert [r["select_acc"] for r in tuned["points"]] == [pytest.approx(0.8), pytest.approx(0.9), None]
+    report = (out / "report.md").read_text()
+    assert "## Tuning, on the selection split" in report
+    assert "| 1e-4 | **90.0%** | 80.0% |" in report and "| 1e-2 | failed or not run | failed or not run |" in report
+    # a second call reuses all of it and chooses the same
+    again = compare_sh(tmp_path, "data.select_fraction=0.2", TUNE=GRID, SEEDS="3 4", LAUNCH=launch)
+    assert len(calls.read_text().splitlines()) == len(ran) + 2  # only the two failed points, tried again
+    assert again.stdout.count("reusing it") == 8
+
+
+def test_tuning_needs_a_selection_split(tmp_path, scoring_launcher):
+    launch, calls = scoring_launcher
+    result = compare_sh(tmp_path, TUNE=GRID, LAUNCH=launch)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "set data.select_fraction" in result.stderr and not calls.exists()
+
+
+def test_print_jobs_prints_the_tuning_runs_then_the_reported_ones(tmp_path, scoring_launcher):
+    launch, _ = scoring_launcher
+    first = compare_sh(tmp_path, "data.select_fraction=0.2", TUNE="optim.lr=1e-4,1e-3", PRINT_JOBS="1", LAUNCH=launch)
+    lines = first.stdout.strip().splitlines()
+    assert first.returncode == 0 and len(lines) == 4 and all("/tune/optim.lr=" in line for line in lines)
+    assert "then PRINT_JOBS=1 again prints the reported runs" in first.stderr
+    for line in lines:  # the scheduler runs them
+        run_command(["bash", "-c", line], check=True)
+    second = compare_sh(tmp_path, "data.select_fraction=0.2", TUNE="optim.lr=1e-4,1e-3", PRINT_JOBS="1", LAUNCH=launch)
+    lines = second.stdout.strip().splitlines()
+    assert len(lines) == 6 and "optim.lr=1e-4" in lines[4] and "configs/pretrained.yaml" in lines[4]
+    assert "optim.lr=1e-3" in lines[5] and "configs/scratch.yaml" in lines[5]
+
+
+def test_a_reused_run_with_other_settings_is_refused(tmp_path, scoring_launcher):
+    launch, _ = scoring_launcher
+    assert compare_sh(tmp_path, "optim.lr=1e-4", ARMS="scratch", LAUNCH=launch).returncode == 0
+    changed = compare_sh(tmp_path, "optim.lr=1e-3", ARMS="scratch", LAUNCH=launch)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert "finished with other settings than planned now (optim.lr 0.0001 -> 0.001)" in changed.stderr
+
+
+@pytest.mark.parametrize("text, says", [("optim.lr", "not of the form key=v1,v2"),
+                                        ("optim.lr=1,1", "repeats a value"),
+                                        ("optim.lr=1;optim.lr=2", "names a key twice")])
+def test_a_bad_grid_is_named(text, says):
+    with pytest.raises(ConfigError, match=says):
+        CompareSpec.from_environ({"TUNE": text}, sys.executable)
+
+
+def test_a_grid_is_every_combination():
+    grid = Grid.parse("optim.lr=1e-4,1e-3; train.label_smoothing=0,0.1")
+    assert grid.keys == ["optim.lr", "train.label_smoothing"]
+    assert grid.points() == [{"optim.lr": "1e-4", "train.label_smoothing": 0},
+                             {"optim.lr": "1e-4", "train.label_smoothing": 0.1},
+                             {"optim.lr": "1e-3", "train.label_smoothing": 0},
+                             {"optim.lr": "1e-3", "train.label_smoothing": 0.1}]
+
+
+def test_tuning_a_key_that_is_also_set_is_refused(tmp_path):
+    result = compare_sh(tmp_path, "data.select_fraction=0.2", "optim.lr=1e-3", TUNE=GRID, PRINT_JOBS="1")
+    assert result.returncode == 2 and "TUNE's optim.lr is also set" in result.stderr

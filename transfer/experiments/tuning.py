@@ -1,0 +1,98 @@
+"""Tuning every arm the same way (`TUNE='optim.lr=1e-4,3e-4,1e-3,3e-3' scripts/compare.sh`),
+on images that are not the scored ones.
+
+Every arm runs every point of the grid on the first seed (SEEDS' first, or the config's seed),
+with the same settings as its reported runs. Each is scored by its final accuracy on the selection
+split (data.select_fraction: training images held out from training, never validation images);
+the best point per arm (ties: the lower selection loss, then the earlier point) is what that arm's
+reported runs, every seed, train with. The protocol of VTAB and of Kornblith et al. 2019: the same
+grid for every arm, chosen on held-out training data. Choosing on the first seed only keeps the
+cost at one run per point and arm; the reported seeds then measure the chosen recipe's spread.
+
+    <base>/tune/grid.json                                  {"axes", "arms", "seed"}
+    <base>/tune/<key>=<value>[/<key2>=<value2>]/<arm>[/seed<N>]    one tuning run per point and arm
+
+The choice is a function of the saved runs (`choices`), so the report and the runner agree and a
+scheduler that ran the printed commands gets the same choice.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..files import write_json
+from ..records import is_finished, read_metrics
+from .plan import Grid, Job, bases, make_job, run_folder, value_text
+
+TUNE_DIR = "tune"
+GRID_FILE = "grid.json"
+
+
+def point_folder(base: Path, point: dict) -> Path:
+    folder = Path(base) / TUNE_DIR
+    for key, value in point.items():
+        folder = folder / f"{key}={value_text(value)}"
+    return folder
+
+
+def plan_tuning(out: Path, arms: list[str], seeds: list[int], overrides: list[str], sweep, grid: Grid) -> list[Job]:
+    """The tuning runs: every point of the grid, every arm, the first seed, in every base folder."""
+    given = {o.partition("=")[0] for o in overrides} | ({sweep.key} if sweep else set())
+    taken = sorted(set(grid.keys) & given)
+    if taken:
+        raise ConfigError(f"TUNE's {', '.join(taken)} is also set by SWEEP or a key=value; tune it, or set it, not both")
+    seed = seeds[0] if seeds else None
+    jobs = []
+    for value, base, extra in bases(out, sweep):
+        for point in grid.points():
+            for arm in arms:
+                job = make_job(arm, value, seed, run_folder(point_folder(base, point), arm, seed),
+                               [*overrides, *extra, *(f"{k}={value_text(v)}" for k, v in point.items())], point)
+                if job.settings["data"]["select_fraction"] is None:
+                    raise ConfigError(f"TUNE needs a selection split to choose on, and arm {arm} has none: set "
+                                      f"data.select_fraction (e.g. data.select_fraction=0.1) so the choice is never "
+                                      f"made on the validation images it is scored on")
+                jobs.append(job)
+    return jobs
+
+
+def write_grids(out: Path, arms: list[str], seeds: list[int], sweep, grid: Grid) -> None:
+    for _, base, _ in bases(out, sweep):
+        write_json(Path(base) / TUNE_DIR / GRID_FILE, {"axes": grid.to_json(), "arms": list(arms),
+                                                        "seed": seeds[0] if seeds else None})
+
+
+def read_grid(base: Path) -> dict | None:
+    path = Path(base) / TUNE_DIR / GRID_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _score(folder: Path) -> dict | None:
+    if not is_finished(folder):
+        return None
+    last = read_metrics(folder).history[-1]
+    return {"select_acc": last.get("select_acc"), "select_loss": last.get("select_loss")}
+
+
+def choices(base: Path) -> dict[str, dict] | None:
+    """Per arm: {"seed", "keys", "points": [{"setting", "select_acc", "select_loss", "run"}],
+    "chosen"}; "run" is None for a point whose run has not finished (it failed, or has not run),
+    "chosen" None when no point of the arm has. None when `base` was not tuned."""
+    meta = read_grid(base)
+    if meta is None:
+        return None
+    grid = Grid(tuple((k, tuple(v)) for k, v in meta["axes"]))
+    result = {}
+    for arm in meta["arms"]:
+        rows = []
+        for point in grid.points():
+            folder = run_folder(point_folder(base, point), arm, meta["seed"])
+            score = _score(folder)
+            rows.append({"setting": point, "run": str(folder) if score else None,
+                         **(score or {"select_acc": None, "select_loss": None})})
+        scored = [(i, r) for i, r in enumerate(rows) if r["select_acc"] is not None]
+        best = max(scored, key=lambda ir: (ir[1]["select_acc"], -(ir[1]["select_loss"] or 0.0), -ir[0]), default=None)
+        result[arm] = {"seed": meta["seed"], "keys": grid.keys, "points": rows,
+                       "chosen": None if best is None else best[1]["setting"]}
+    return result
