@@ -87,6 +87,8 @@ class OptimConfig:
     grad_clip: Optional[float] = 0.1  # clip gradients by value; null = off
     # layer-wise LR decay: the head gets optim.lr, each of timm's block groups below it this times the one above
     layer_decay: Optional[float] = None
+    # optim.lr=find's pick on the range test's curve (training.lr_find.RULES; measured in the README)
+    lr_find_rule: Literal["valley", "steep", "minimum"] = "valley"
 
     def __post_init__(self):
         _check(self.lr == "find" or self.lr > 0, "optim.lr", self.lr, "a number > 0, or find")

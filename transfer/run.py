@@ -119,7 +119,7 @@ def learning_rate(cfg: Config, setup: Setup, state: TrainerState, phases: Phases
     if state.lr_find is None and cfg.train.epochs:
         with phases("lr_find"):
             state.lr_find = find_lr(setup.trainer, setup.train_dl, cfg.train.epochs, cfg.train.frozen_epochs,
-                                    cfg.optim.name)
+                                    cfg.optim.name, cfg.optim.lr_find_rule)
         setup.trainer.accelerator.print(lr_find_line(state.lr_find))
     return state.lr_find["suggested_lr"] if state.lr_find else None
 
@@ -165,7 +165,8 @@ def lr_range_test(cfg: Config, plot: Path) -> dict:
 
     accelerator = make_accelerator(cfg, None, resolve_precision(cfg.train.mixed_precision))
     setup = build(cfg, accelerator, Phases())
-    found = find_lr(setup.trainer, setup.train_dl, cfg.train.epochs, cfg.train.frozen_epochs, cfg.optim.name)
+    found = find_lr(setup.trainer, setup.train_dl, cfg.train.epochs, cfg.train.frozen_epochs, cfg.optim.name,
+                    cfg.optim.lr_find_rule)
     accelerator.print(lr_find_line(found))
     if accelerator.is_main_process:
         plot_lr_find(found, plot)

@@ -109,7 +109,29 @@ def test_suggestion_rule_picks_inside_the_falling_stretch():
     smoothed = found["smoothed_losses"]
     pick = lrs.index(found["suggested_lr"])
     assert smoothed[pick + 1] < smoothed[pick] < smoothed[pick - 1]  # still falling there
-    assert found["rule"] == lr_find.RULE
+    assert found["rule"] == lr_find.RULES["valley"] and found["picks"]["valley"] == found["suggested_lr"]
+
+
+def test_steep_and_minimum_rules_read_the_trimmed_curve():
+    # loss falls slowly, then fastest over one decade (1e-4 to 1e-3), bottoms out at 1e-2, then rises
+    steps = 100
+    lrs = lr_find.schedule(steps)
+    def loss(lr):
+        x = math.log10(lr)
+        if x < -4:
+            return 3.0 - 0.02 * (x + 7)
+        if x < -3:
+            return 2.94 - 1.5 * (x + 4)
+        if x < -2:
+            return 1.44 - 0.2 * (x + 3)
+        return 1.24 + 2.0 * (x + 2)
+    losses = [loss(lr) for lr in lrs]
+    found = {rule: lr_find.suggest(lrs, losses, steps, "adam", rule) for rule in lr_find.RULES}
+    assert found["steep"]["rule"] == lr_find.RULES["steep"]
+    assert found["valley"]["picks"] == found["steep"]["picks"] == found["minimum"]["picks"]  # every rule recorded
+    assert 1e-4 <= found["steep"]["suggested_lr"] <= 1.2e-3  # the steepest decade (smoothing lags it a little)
+    assert 1e-3 / 1.5 <= found["minimum"]["suggested_lr"] <= 1e-2 / 10 * 3  # a tenth of the smoothed minimum
+    assert {r: f["suggested_lr"] for r, f in found.items()} == found["valley"]["picks"]
 
 
 def test_suggestion_is_a_third_plus_a_sixth_down_the_valley():

@@ -7,10 +7,16 @@ exponentially from `START_LR` to `END_LR`. The loss of each step is averaged ove
 every process sees the same curve and picks the same value) and smoothed; the test stops early
 once the smoothed loss exceeds `DIVERGED` times its minimum, or is not finite.
 
-The rule (stated in metrics.json) is fastai's default, `valley`: find the longest stretch of
-the curve over which the smoothed loss keeps falling (its longest decreasing subsequence) and
-pick the learning rate about halfway down it: where the loss falls fastest, well before it stops
-falling. (A minimum of a few noisy early steps, which `minimum / 10` would pick, cannot win.)
+The pick (`optim.lr_find_rule`; metrics.json records every rule's pick, `picks`, and which one
+was used) is one of fastai's suggestion functions:
+- `valley` (fastai's default): find the longest stretch of the curve over which the smoothed loss
+  keeps falling (its longest decreasing subsequence) and pick the learning rate about halfway down
+  it: where the loss falls fastest, well before it stops falling.
+- `steep`: the learning rate where the smoothed loss falls fastest against log(lr).
+- `minimum`: a tenth of the learning rate at the smoothed loss's minimum.
+`steep` and `minimum` read the curve without its first tenth and last five steps, as fastai
+does (its noisy start and its blow-up); `valley` reads it all (its longest falling stretch
+already ignores both). Which lands closest to a grid's choice is measured in the README.
 
 Afterwards model, optimizer, gradient scaler, accumulation counter and every random generator
 are restored, so the training that follows is the one it would have been with the found value
@@ -33,7 +39,9 @@ from .step import Trainer
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
 MIN_FALL = 0.05  # along the valley, the smoothed loss must fall at least this fraction for a pick
-RULE = "valley: halfway down the longest stretch where the smoothed loss falls (fastai)"
+RULES = {"valley": "valley: halfway down the longest stretch where the smoothed loss falls (fastai)",
+         "steep": "steep: where the smoothed loss falls fastest against log(lr) (fastai)",
+         "minimum": "minimum: a tenth of the lr at the smoothed loss's minimum (fastai)"}
 BY_HAND = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.1}  # a usual starting point, named in the error
 
 
@@ -84,8 +92,20 @@ def smooth(losses: list[float], steps: int) -> list[float]:
     return out
 
 
-def suggest(lrs: list[float], losses: list[float], steps: int, optimizer: str) -> dict:
-    """The pick from a recorded curve, or RunError saying why there is none."""
+def picks(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
+    """Every rule's learning rate on one smoothed curve (`lrs` as long as `smoothed`)."""
+    first, last = valley(smoothed)
+    length = last - first
+    trimmed = slice(len(smoothed) // 10, max(len(smoothed) - 5, len(smoothed) // 10 + 2))  # fastai's trim
+    lr, loss = np.log(np.asarray(lrs[trimmed])), np.asarray(smoothed[trimmed])
+    slope = np.diff(loss) / np.diff(lr)
+    return {"valley": lrs[first + length // 3 + length // 6],  # fastai's point, about halfway down
+            "steep": float(np.exp(lr[int(np.argmin(slope))])),
+            "minimum": float(np.exp(lr[int(np.argmin(loss))])) / 10}
+
+
+def suggest(lrs: list[float], losses: list[float], steps: int, optimizer: str, rule: str = "valley") -> dict:
+    """The pick from a recorded curve by `rule`, or RunError saying why there is none."""
     by_hand = f"set optim.lr by hand (e.g. optim.lr={BY_HAND[optimizer]:g}, or sweep it: SWEEP='optim.lr=...')"
     if not losses or not math.isfinite(losses[0]):
         raise RunError(f"optim.lr=find: the LR range test was inconclusive: the loss was not finite from the first "
@@ -97,9 +117,8 @@ def suggest(lrs: list[float], losses: list[float], steps: int, optimizer: str) -
         raise RunError(f"optim.lr=find: the LR range test was inconclusive: the loss did not fall between lr "
                        f"{START_LR:g} and {lrs[len(finite) - 1]:.3g} (smoothed: {smoothed[0]:.4f} at the start, "
                        f"lowest {min(smoothed):.4f}); {by_hand}")
-    length = last - first
-    pick = first + length // 3 + length // 6  # fastai's point, about halfway down
-    return {"rule": RULE, "suggested_lr": lrs[pick], "valley_lrs": [lrs[first], lrs[last]],
+    chosen = picks(lrs[:len(finite)], smoothed)
+    return {"rule": RULES[rule], "suggested_lr": chosen[rule], "picks": chosen, "valley_lrs": [lrs[first], lrs[last]],
             "lowest_loss_lr": lrs[int(np.argmin(smoothed))], "steps": len(losses), "start_lr": START_LR,
             "end_lr": END_LR, "lrs": lrs[:len(losses)], "losses": losses, "smoothed_losses": smoothed}
 
@@ -118,16 +137,17 @@ def valley(values: list[float]) -> tuple[int, int]:
     return max(start, 0), end
 
 
-def find_lr(trainer: Trainer, loader, epochs: int, frozen_epochs: int, optimizer_name: str) -> dict:
+def find_lr(trainer: Trainer, loader, epochs: int, frozen_epochs: int, optimizer_name: str,
+            rule: str = "valley") -> dict:
     """The LR range test, on the model as it trains when the one-cycle schedule peaks (after the
     warm-up, 30% into the run): the whole model when only the first epoch or so freezes the
     backbone, the head alone for a linear probe (frozen throughout)."""
     trainer.set_phase(frozen=int(PCT_START * epochs) < frozen_epochs)
     trainer.objective.set_epoch(0)
-    return range_test(trainer, loader, optimizer_name)
+    return range_test(trainer, loader, optimizer_name, rule=rule)
 
 
-def range_test(trainer: Trainer, loader, optimizer_name: str, steps: int = STEPS) -> dict:
+def range_test(trainer: Trainer, loader, optimizer_name: str, steps: int = STEPS, rule: str = "valley") -> dict:
     """Run the test with `trainer` set up for the first epoch; return the metrics.json record,
     or raise RunError when inconclusive."""
     accelerator, optimizer = trainer.accelerator, trainer.optimizer
@@ -151,7 +171,7 @@ def range_test(trainer: Trainer, loader, optimizer_name: str, steps: int = STEPS
             _set_lr(optimizer, lrs[len(losses)])
     finally:
         snapshot.restore(model, optimizer.optimizer, accelerator)
-    found = suggest(lrs, losses, steps, optimizer_name)
+    found = suggest(lrs, losses, steps, optimizer_name, rule)
     picks = accelerator.gather(torch.tensor([found["suggested_lr"]], dtype=torch.float64, device=accelerator.device))
     if not bool((picks == picks[0]).all()):  # by construction they agree (one reduced curve); never train apart
         raise RuntimeError(f"LR range test: processes picked different learning rates {picks.tolist()}")
@@ -171,5 +191,5 @@ def _set_lr(optimizer, lr: float) -> None:
 
 def line(found: dict) -> str:
     low, high = found["valley_lrs"]
-    return (f"lr range test: {found['steps']} steps from lr {found['start_lr']:g}; the loss falls for lr from {low:.2g} "
-            f"to {high:.2g}; using optim.lr={found['suggested_lr']:.3g} ({found['rule']})")
+    return (f"lr range test: {found['steps']} steps from lr {found['start_lr']:g}; the smoothed loss falls while the "
+            f"lr rises from {low:.2g} to {high:.2g}; using optim.lr={found['suggested_lr']:.3g} ({found['rule']})")
