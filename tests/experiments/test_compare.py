@@ -64,6 +64,26 @@ def test_report_shows_the_learning_rate_each_arm_found(tmp_path):
     assert "| `optim.lr (used)` | `0.00025, 0.0003 (found)` | `0.0042 (found)` |" in report, report
 
 
+def test_the_strong_recipes_get_their_own_gain(tmp_path):
+    fake_run(tmp_path / "pretrained" / "seed0", [0.6, 0.8])
+    fake_run(tmp_path / "scratch" / "seed0", [0.2, 0.3], pretrained=False)
+    fake_run(tmp_path / "pretrained_strong" / "seed0", [0.7, 0.9])
+    fake_run(tmp_path / "scratch_strong" / "seed0", [0.3, 0.5], pretrained=False)
+    summary = build(tmp_path)
+    plain, strong = summary["gains"]
+    assert summary["gain"] == plain and plain["arms"] == ["pretrained", "scratch"]
+    assert strong["arms"] == ["pretrained_strong", "scratch_strong"]
+    assert strong["final_val_acc_points"] == pytest.approx(40.0) and plain["final_val_acc_points"] == pytest.approx(50.0)
+    assert "(pretrained_strong vs scratch_strong)" in strong["headline"] and "vs" not in plain["headline"]
+    report = (tmp_path / "report.md").read_text()
+    assert "**Gain of pretraining (pretrained_strong vs scratch_strong)**: +40.0 points" in report
+    only_strong = tmp_path / "strong"
+    for arm in ("pretrained_strong", "scratch_strong"):
+        (only_strong / arm).mkdir(parents=True)
+        (tmp_path / arm / "seed0").rename(only_strong / arm / "seed0")
+    assert build(only_strong)["gain"]["arms"] == ["pretrained_strong", "scratch_strong"]
+
+
 def test_time_to_reach():
     history = [{"val_acc": a, "epoch_seconds": 2.0} for a in (0.2, 0.5, 0.4, 0.9)]
     assert time_to_reach(history, 0.5) == 4.0 and time_to_reach(history, 0.95) is None

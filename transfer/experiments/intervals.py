@@ -133,7 +133,9 @@ def _unpaired(pretrained: list[dict], scratch: list[dict]) -> dict:
 def headline(gain: dict, arms: dict) -> str:
     """The comparison in one line, e.g. `gain +12.4 points (95% CI +9.8 to +15.1; 3 seeds x 3,929
     images; pretrained better on 3/3 seeds)`."""
-    text = f"gain of pretraining {gain['final_val_acc_points']:+.1f} points of final validation accuracy"
+    pretrained, scratch = gain.get("arms", ("pretrained", "scratch"))
+    text = (f"gain of pretraining {gain['final_val_acc_points']:+.1f} points of final validation accuracy"
+            + ("" if (pretrained, scratch) == ("pretrained", "scratch") else f" ({pretrained} vs {scratch})"))
     if "final_val_acc_ci95" not in gain:
         return text + f" (no interval: {gain['ci_method'].removeprefix('none: ')})"
     low, high = gain["final_val_acc_ci95"]
@@ -142,6 +144,6 @@ def headline(gain: dict, arms: dict) -> str:
         detail = (f"{n} seed{'s' * (n != 1)} x {gain['images']:,} images; pretrained better on "
                   f"{gain['seeds_better']}/{n} seed{'s' * (n != 1)}")
     else:
-        detail = (f"unpaired: {arms['pretrained']['seeds']} and {arms['scratch']['seeds']} runs without common "
+        detail = (f"unpaired: {arms[pretrained]['seeds']} and {arms[scratch]['seeds']} runs without common "
                   f"seeds")
     return f"{text} (95% CI {low:+.1f} to {high:+.1f}; {detail})"

@@ -58,7 +58,8 @@ def _lrs(arm: dict) -> str:
 
 def gain_lines(g: dict) -> list[str]:
     """The gain of pretraining, explained: per seed, the test per seed, the method."""
-    lines = [f"**Gain of pretraining**: {g['final_val_acc_points']:+.1f} points of final validation accuracy"
+    pair = "" if g["arms"] == ["pretrained", "scratch"] else f" ({g['arms'][0]} vs {g['arms'][1]})"
+    lines = [f"**Gain of pretraining{pair}**: {g['final_val_acc_points']:+.1f} points of final validation accuracy"
              + (f", {g['unseen_by_imagenet_val_acc_points']:+.1f} on the validation images ImageNet's training set "
                 f"does not contain" if "unseen_by_imagenet_val_acc_points" in g else "")
              + f"; {g['best_val_acc_points']:+.1f} points at each run's best epoch (not the headline: unless the "
@@ -120,8 +121,8 @@ def markdown(summary: dict) -> str:
     rows += [(f"time to {int(f * 100)}% of best accuracy",
               lambda a, f=f: _secs(a[f"seconds_to_{int(f * 100)}pct_of_best"])) for f in FRACTIONS]
     lines = ["# Pretrained vs scratch", ""]
-    if "gain" in summary:
-        lines += [f"**{summary['gain']['headline']}**", ""]
+    for gain in summary.get("gains", []):
+        lines += [f"**{gain['headline']}**", ""]
     seed_sets = {n: tuple(arms[n].get("seed_values", [])) for n in names}
     if len(set(seed_sets.values())) > 1:
         lines += ["**Warning**: the arms ran different seeds ("
@@ -131,8 +132,8 @@ def markdown(summary: dict) -> str:
     lines += ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(fn(arms[n]) for n in names) + " |" for label, fn in rows]
     lines.append("")
-    if "gain" in summary:
-        lines += gain_lines(summary["gain"])
+    for gain in summary.get("gains", []):
+        lines += gain_lines(gain)
     lines += ["Mean ± standard deviation over seeds. Times to X% are measured against each arm's own mean best "
               "accuracy.", "", "## Settings that differ between the arms", ""]
     diff = dict(summary["differing_settings"])

@@ -193,8 +193,8 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
         raise RunError(f"{failed} of {total} runs failed (named above) and none has finished: no report",
                        exit_code=1) from None
     print(report.markdown(summary))
-    if "gain" in summary:
-        print(summary["gain"]["headline"])
+    for gain in summary.get("gains", []):
+        print(gain["headline"])
     print(f"report: {spec.out / 'report.md'}, {spec.out / 'comparison.png'}"
           + (f", {spec.out / 'sweep.png'}" if spec.sweep else "") + f", {spec.out / 'summary.json'}")
     if failed or unchosen:

@@ -14,6 +14,8 @@ from .plan import find_runs
 from .tuning import choices
 
 FRACTIONS = (0.5, 0.8, 0.9)  # "time to reach X of the best accuracy"
+# (pretrained side, scratch side): the plain recipes, then the strong ones; "gain" is the first present
+GAIN_PAIRS = (("pretrained", "scratch"), ("pretrained_strong", "scratch_strong"))
 
 
 def time_to_reach(history: list[dict], target: float) -> float | None:
@@ -70,6 +72,17 @@ def differing_settings(arms: dict[str, list[FinishedRun]]) -> dict[str, dict[str
             if len({repr(c.get(k)) for c in configs.values()}) > 1}
 
 
+def gain_of(runs: dict[str, list[FinishedRun]], arms: dict[str, dict], pretrained: str, scratch: str) -> dict:
+    """The gain of pretraining between two arms: `pretrained` minus `scratch`, with its interval."""
+    p, s = arms[pretrained], arms[scratch]
+    gain = {"arms": [pretrained, scratch], "best_val_acc_points": 100 * (p["best_val_acc"] - s["best_val_acc"]),
+            **paired_gain(runs[pretrained], runs[scratch])}
+    gain["headline"] = headline(gain, arms)
+    if "unseen_by_imagenet_val_acc" in p and "unseen_by_imagenet_val_acc" in s:
+        gain["unseen_by_imagenet_val_acc_points"] = 100 * (p["unseen_by_imagenet_val_acc"] - s["unseen_by_imagenet_val_acc"])
+    return gain
+
+
 def summarize(folder: Path) -> tuple[dict[str, list[FinishedRun]], dict]:
     """The finished runs under `folder` and their summary (arms, gain, differing settings)."""
     arms = {arm: [load_run(r) for r in runs] for arm, runs in find_runs(folder).items()} if Path(folder).is_dir() else {}
@@ -79,12 +92,7 @@ def summarize(folder: Path) -> tuple[dict[str, list[FinishedRun]], dict]:
     for arm, part in (tuned or {}).items():  # TUNE: the grid, each point's selection accuracy, the choice
         if arm in summary["arms"]:
             summary["arms"][arm]["tuned"] = part
-    if {"pretrained", "scratch"} <= set(arms):
-        p, s = summary["arms"]["pretrained"], summary["arms"]["scratch"]
-        summary["gain"] = {"best_val_acc_points": 100 * (p["best_val_acc"] - s["best_val_acc"]),
-                           **paired_gain(arms["pretrained"], arms["scratch"])}
-        summary["gain"]["headline"] = headline(summary["gain"], summary["arms"])
-        if "unseen_by_imagenet_val_acc" in p and "unseen_by_imagenet_val_acc" in s:
-            summary["gain"]["unseen_by_imagenet_val_acc_points"] = 100 * (
-                p["unseen_by_imagenet_val_acc"] - s["unseen_by_imagenet_val_acc"])
+    gains = [gain_of(arms, summary["arms"], p, s) for p, s in GAIN_PAIRS if {p, s} <= set(arms)]
+    if gains:
+        summary["gain"], summary["gains"] = gains[0], gains
     return arms, summary
