@@ -88,7 +88,7 @@ class OptimConfig:
     # layer-wise LR decay: the head gets optim.lr, each of timm's block groups below it this times the one above
     layer_decay: Optional[float] = None
     # optim.lr=find's pick on the range test's curve (training.lr_find.RULES; measured in the README)
-    lr_find_rule: Literal["valley", "steep", "minimum"] = "valley"
+    lr_find_rule: Literal["valley", "steep", "minimum"] = "minimum"
 
     def __post_init__(self):
         _check(self.lr == "find" or self.lr > 0, "optim.lr", self.lr, "a number > 0, or find")

@@ -104,7 +104,7 @@ def test_suggestion_rule_picks_inside_the_falling_stretch():
     # flat, then falling between lr 1e-4 and 1e-1, then diverging
     losses = [2.0 if lr < 1e-4 else max(0.5, 2.0 - 0.5 * math.log10(lr / 1e-4)) if lr < 1e-1 else 0.5 * (lr / 1e-1) ** 2
               for lr in lrs]
-    found = lr_find.suggest(lrs, losses, steps, "adam")
+    found = lr_find.suggest(lrs, losses, steps, "adam", "valley")
     assert 1e-4 < found["suggested_lr"] < 1e-1
     smoothed = found["smoothed_losses"]
     pick = lrs.index(found["suggested_lr"])
@@ -139,7 +139,7 @@ def test_suggestion_is_a_third_plus_a_sixth_down_the_valley():
     steps = 60
     lrs = lr_find.schedule(steps)
     losses = [3.0 - 0.05 * i for i in range(40)] + [10.0] * 20
-    found = lr_find.suggest(lrs, losses, steps, "adam")
+    found = lr_find.suggest(lrs, losses, steps, "adam", "valley")
     assert found["valley_lrs"] == [lrs[0], lrs[39]]
     assert found["suggested_lr"] == lrs[39 // 3 + 39 // 6]  # index 19
 
@@ -171,7 +171,7 @@ def same_weights(a, b):
 def test_found_lr_is_recorded_plotted_and_equals_typing_it_in(found_run, image_folder, tmp_path):
     out, metrics = found_run
     found = metrics.lr_find
-    assert found["rule"] == lr_find.RULE and metrics.peak_lr == found["suggested_lr"]
+    assert found["rule"] == lr_find.RULES["minimum"] and found["suggested_lr"] == found["picks"]["minimum"] and metrics.peak_lr == found["suggested_lr"]
     assert found["valley_lrs"][0] < found["suggested_lr"] < found["valley_lrs"][1]
     assert json.loads((out / "metrics.json").read_text())["lr_find"]["suggested_lr"] == found["suggested_lr"]
     assert (out / "plots" / "lr_find.png").stat().st_size > 0
@@ -231,7 +231,7 @@ def test_lr_find_script_prints_the_pick_and_writes_only_its_plot(image_folder, t
 def test_the_range_test_trains_what_the_schedule_peak_trains(image_folder, tmp_path, monkeypatch, freeze, trainable):
     seen = {}
 
-    def spy(trainer, loader, optimizer_name):  # stop before any step: only the model's state matters
+    def spy(trainer, loader, optimizer_name, rule):  # stop before any step: only the model's state matters
         model = trainer.module
         seen["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
         seen["all"] = {n for n, _ in model.named_parameters()}

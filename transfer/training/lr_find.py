@@ -9,11 +9,13 @@ once the smoothed loss exceeds `DIVERGED` times its minimum, or is not finite.
 
 The pick (`optim.lr_find_rule`; metrics.json records every rule's pick, `picks`, and which one
 was used) is one of fastai's suggestion functions:
-- `valley` (fastai's default): find the longest stretch of the curve over which the smoothed loss
+- `minimum` (our default: of the three, it landed closest to a tuned grid's choice, measured in
+  the README; fastai's own default is `valley`): a tenth of the learning rate at the smoothed loss's
+  minimum.
+- `valley`: find the longest stretch of the curve over which the smoothed loss
   keeps falling (its longest decreasing subsequence) and pick the learning rate about halfway down
   it: where the loss falls fastest, well before it stops falling.
 - `steep`: the learning rate where the smoothed loss falls fastest against log(lr).
-- `minimum`: a tenth of the learning rate at the smoothed loss's minimum.
 `steep` and `minimum` read the curve without its first tenth and last five steps, as fastai
 does (its noisy start and its blow-up); `valley` reads it all (its longest falling stretch
 already ignores both). Which lands closest to a grid's choice is measured in the README.
@@ -104,7 +106,7 @@ def picks(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
             "minimum": float(np.exp(lr[int(np.argmin(loss))])) / 10}
 
 
-def suggest(lrs: list[float], losses: list[float], steps: int, optimizer: str, rule: str = "valley") -> dict:
+def suggest(lrs: list[float], losses: list[float], steps: int, optimizer: str, rule: str = "minimum") -> dict:
     """The pick from a recorded curve by `rule`, or RunError saying why there is none."""
     by_hand = f"set optim.lr by hand (e.g. optim.lr={BY_HAND[optimizer]:g}, or sweep it: SWEEP='optim.lr=...')"
     if not losses or not math.isfinite(losses[0]):
@@ -138,7 +140,7 @@ def valley(values: list[float]) -> tuple[int, int]:
 
 
 def find_lr(trainer: Trainer, loader, epochs: int, frozen_epochs: int, optimizer_name: str,
-            rule: str = "valley") -> dict:
+            rule: str = "minimum") -> dict:
     """The LR range test, on the model as it trains when the one-cycle schedule peaks (after the
     warm-up, 30% into the run): the whole model when only the first epoch or so freezes the
     backbone, the head alone for a linear probe (frozen throughout)."""
@@ -147,7 +149,7 @@ def find_lr(trainer: Trainer, loader, epochs: int, frozen_epochs: int, optimizer
     return range_test(trainer, loader, optimizer_name, rule=rule)
 
 
-def range_test(trainer: Trainer, loader, optimizer_name: str, steps: int = STEPS, rule: str = "valley") -> dict:
+def range_test(trainer: Trainer, loader, optimizer_name: str, steps: int = STEPS, rule: str = "minimum") -> dict:
     """Run the test with `trainer` set up for the first epoch; return the metrics.json record,
     or raise RunError when inconclusive."""
     accelerator, optimizer = trainer.accelerator, trainer.optimizer
