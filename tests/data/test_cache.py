@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from transfer.data.cache import DecodedImages
 from transfer.data.images import open_rgb
-from transfer.data.transforms import EvalTransform, TrainTransform
+from transfer.data.transforms import Draws, EvalTransform, TrainTransform
 from transfer.run import run
 
 
@@ -29,20 +29,23 @@ def images(tmp_path_factory):
 def test_train_crops_equal_train_transform(images, hflip):
     cache = DecodedImages(images, list(range(len(images))), 32, "cpu")
     index = torch.tensor([3, 0, 5, 2, 2, 1, 4])
+    draws = Draws(len(images))
     for seed in range(5):
         torch.manual_seed(seed)
-        expected = torch.stack([TrainTransform(32, hflip)(open_rgb(images[k])) for k in index.tolist()])
-        after_expected = torch.rand(1)
-        torch.manual_seed(seed)
-        got = cache.crops(index, train=True, hflip=hflip)
-        assert torch.equal(got, expected) and torch.equal(torch.rand(1), after_expected)
+        draws.redraw()
+        expected = torch.stack([TrainTransform(32, hflip)(open_rgb(images[k]), draws[k]) for k in index.tolist()])
+        assert torch.equal(cache.crops(index, draws[index], hflip=hflip), expected)
+    edges = torch.tensor([[0.0, 0.0, 0.0], [1 - 1e-12, 1 - 1e-12, 0.9]], dtype=torch.float64).repeat(3, 1)[:len(images)]
+    everything = torch.arange(len(images))
+    expected = torch.stack([TrainTransform(32, hflip)(open_rgb(images[k]), edges[k]) for k in range(len(images))])
+    assert torch.equal(cache.crops(everything, edges, hflip=hflip), expected)  # reflection at both edges
 
 
 def test_eval_crops_equal_eval_transform(images):
     cache = DecodedImages(images, list(range(len(images))), 32, "cpu", num_workers=2)
     index = torch.arange(len(images))
     expected = torch.stack([EvalTransform(32)(open_rgb(p)) for p in images])
-    assert torch.equal(cache.crops(index, train=False, hflip=True), expected)
+    assert torch.equal(cache.crops(index, None, hflip=True), expected)
     # each image once, resized so its short side is 32: (40, 32) stays, (64, 40) becomes (51, 32), ...
     import torchvision.transforms.functional as TF
     assert cache.nbytes == sum(np.asarray(TF.resize(open_rgb(p), 32)).size for p in images)
@@ -68,3 +71,32 @@ def test_compiled_model_trains_and_saves_a_plain_model(image_folder, tmp_path):
     metrics = run(tiny_config(image_folder, tmp_path / "compiled", "train.epochs=1", "train.compile=true"))
     model, config = load_saved_model(tmp_path / "compiled" / "model")
     assert metrics.val_samples == 18 and config["num_classes"] == 3
+
+
+@pytest.mark.slow
+def test_cache_and_loader_paths_crop_alike_with_persistent_workers(image_folder):
+    # 2 loader workers, started once: the same pixels as the decoded cache, epoch after epoch
+    from torch.utils.data import DataLoader
+
+    from transfer.config import DataConfig
+    from transfer.data.cache import CachedBatches, IndexDataset
+    from transfer.data.loaders import DrawnLoader, build_datasets, samples
+    from transfer.data.transforms import collate
+
+    train, _, _, _ = build_datasets(DataConfig(root=str(image_folder), url=None, image_size=32, num_workers=2))
+    loader = DrawnLoader(DataLoader(train, batch_size=8, num_workers=2, persistent_workers=True, collate_fn=collate),
+                         train.draws)
+    _, stored, labels = samples(train)
+    cached = CachedBatches(DataLoader(IndexDataset(len(train)), batch_size=8), DecodedImages(stored, labels, 32, "cpu"),
+                           train.draws, hflip=True)
+    pids, epochs = [], []
+    for epoch in range(3):
+        torch.manual_seed(100 + epoch)  # what the loop does at each epoch start (epoch_seed)
+        ours = [b["pixel_values"] for b in loader]
+        pids.append(sorted(w.pid for w in loader.loader._iterator._workers))
+        torch.manual_seed(100 + epoch)
+        theirs = [b["pixel_values"] for b in cached]
+        assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+        epochs.append(torch.cat(ours))
+    assert pids[0] == pids[1] == pids[2] and len(pids[0]) == 2  # the same two workers throughout
+    assert not torch.equal(epochs[0], epochs[1])  # each epoch its own draws

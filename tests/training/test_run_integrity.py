@@ -266,12 +266,13 @@ def test_resume_is_refused_when_the_images_used_changed(image_folder, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_time_budget_run_resumed_mid_epoch_ends_as_the_uninterrupted_one(image_folder, tmp_path, monkeypatch,
+@pytest.mark.parametrize("workers", [0, 2])  # 2: persistent loader workers, resumed mid-epoch
+def test_a_time_budget_run_resumed_mid_epoch_ends_as_the_uninterrupted_one(image_folder, tmp_path, monkeypatch, workers,
                                                                           capsys):
     import fake_clock
     from transfer.errors import Preempted
 
-    settings = ("train.epochs=50", "train.time_budget_s=6", "train.keep_checkpoints=5")
+    settings = ("train.epochs=50", "train.time_budget_s=6", "train.keep_checkpoints=5", f"data.num_workers={workers}")
     fake_clock.install(0.25, monkeypatch.setattr)  # 24 steps fit, on a clock no machine's load can move
     reference = run(tiny_config(image_folder, tmp_path / "reference", *settings))
     from accelerate.state import AcceleratorState

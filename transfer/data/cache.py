@@ -3,9 +3,9 @@
 Every image is decoded once (in parallel), resized so its short side is `image_size` (a no-op
 for Imagewoof-160), and kept as uint8 in one flat buffer on the device (Imagewoof-160: ~1.3 GB).
 Each batch is then one gather on the device: RandomCrop(size, padding=4, reflect) + flip for
-training, a centre crop for evaluation. The crop offsets and flips are drawn from torch's RNG
-in the same order as `TrainTransform`, so for the same random state both paths give identical
-pixels (tested); `normalize` runs on the device as on the other path.
+training, a centre crop for evaluation. The crop positions and flips are the epoch's `Draws`
+(transforms.py), the ones the loader path's workers apply, so both paths give identical pixels
+at any number of workers (tested); `normalize` runs on the device as on the other path.
 
 Sharding, shuffling and `set_epoch` stay with the (accelerate-prepared) loader of indices that
 this wraps, so multi-GPU, resume and `gather_for_metrics` work unchanged.
@@ -24,7 +24,7 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
 from .images import header_size, open_rgb
-from .transforms import PAD
+from .transforms import PAD, Draws
 
 
 class _Decode(Dataset):
@@ -58,7 +58,7 @@ class DecodedImages:
         starts = torch.cumsum(sizes, 0) - sizes
         self.offsets = starts.to(self.device)
         self.heights, self.widths = shapes[:, 0].to(self.device), shapes[:, 1].to(self.device)
-        self._heights, self._widths = shapes[:, 0].tolist(), shapes[:, 1].tolist()  # for drawing crops on the CPU
+        self._heights_cpu, self._widths_cpu = shapes[:, 0], shapes[:, 1]  # for the crop offsets, on the host
         # copied into the buffer a chunk of images at a time and let go, so the host holds the set
         # about once (one concatenation held it twice; the cache-size estimate counts it once)
         self.buffer = torch.empty(int(sizes.sum()), dtype=torch.uint8, device=self.device)
@@ -74,28 +74,23 @@ class DecodedImages:
     def nbytes(self) -> int:
         return self.buffer.numel()
 
-    def crops(self, index: torch.Tensor, train: bool, hflip: bool) -> torch.Tensor:
+    def crops(self, index: torch.Tensor, draws: torch.Tensor | None = None, hflip: bool = True) -> torch.Tensor:
         """uint8 NHWC crops of the images at `index` (a host tensor)."""
-        return self.batch(index, train, hflip)[0]
+        return self.batch(index, draws, hflip)[0]
 
-    def batch(self, index: torch.Tensor, train: bool, hflip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 NHWC crops, labels) of the images at `index`, a tensor on the host. The crop
-        offsets and flips are drawn on the host and travel with the indices in one non-blocking
-        copy: no step waits for the device to finish the previous one."""
+    def batch(self, index: torch.Tensor, draws: torch.Tensor | None, hflip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 NHWC crops, labels) of the images at `index`, a tensor on the host. `draws`: the
+        training augmentation of these images (rows of Draws, as TrainTransform applies them);
+        None: centre crops. The offsets travel with the indices in one non-blocking copy: no step
+        waits for the device to finish the previous one."""
         s, index = self.size, index.cpu()
-        if train:  # the same draws, in the same order, as TrainTransform for each image in turn
-            tops, lefts, flips = [], [], []
-            for k in index.tolist():
-                ph, pw = self._heights[k] + 2 * PAD, self._widths[k] + 2 * PAD
-                i = j = 0
-                if (ph, pw) != (s, s):
-                    i = int(torch.randint(0, ph - s + 1, size=(1,)).item())
-                    j = int(torch.randint(0, pw - s + 1, size=(1,)).item())
-                tops.append(i - PAD), lefts.append(j - PAD)
-                flips.append(int(bool(hflip and torch.rand(1) < 0.5)))
-            top, left, flip = (torch.tensor(v, dtype=torch.long) for v in (tops, lefts, flips))
+        h, w = self._heights_cpu[index], self._widths_cpu[index]
+        if draws is not None:  # transforms.crop_start, vectorised: the same float64 arithmetic
+            ph, pw = h + 2 * PAD, w + 2 * PAD
+            top = torch.minimum((draws[:, 0] * (ph - s + 1)).floor().long(), ph - s) - PAD
+            left = torch.minimum((draws[:, 1] * (pw - s + 1)).floor().long(), pw - s) - PAD
+            flip = (draws[:, 2] < 0.5).long() if hflip else torch.zeros(len(index), dtype=torch.long)
         else:
-            h, w = torch.tensor(self._heights)[index], torch.tensor(self._widths)[index]
             top = torch.round((h - s) / 2.0).long()  # as torchvision's CenterCrop
             left = torch.round((w - s) / 2.0).long()
             flip = torch.zeros(len(index), dtype=torch.long)
@@ -132,10 +127,12 @@ class IndexDataset(Dataset):
 
 
 class CachedBatches:
-    """Iterates a (prepared) loader of indices and yields {'pixel_values', 'labels'} on the device."""
+    """Iterates a (prepared) loader of indices and yields {'pixel_values', 'labels'} on the device.
+    `draws`: the training split's (redrawn at the start of every pass, as DrawnLoader does); None
+    for evaluation (centre crops)."""
 
-    def __init__(self, index_loader, images: DecodedImages, train: bool, hflip: bool):
-        self.index_loader, self.images, self.train, self.hflip = index_loader, images, train, hflip
+    def __init__(self, index_loader, images: DecodedImages, draws: Draws | None, hflip: bool):
+        self.index_loader, self.images, self.draws, self.hflip = index_loader, images, draws, hflip
 
     def __len__(self):
         return len(self.index_loader)
@@ -144,8 +141,10 @@ class CachedBatches:
         self.index_loader.set_epoch(epoch)
 
     def __iter__(self):
+        if self.draws is not None:
+            self.draws.redraw()
         for index in self.index_loader:  # on the host (prepared with device_placement=False)
-            pixels, labels = self.images.batch(index, self.train, self.hflip)
+            pixels, labels = self.images.batch(index, None if self.draws is None else self.draws[index], self.hflip)
             yield {"pixel_values": pixels, "labels": labels}
 
 

@@ -13,7 +13,7 @@ from ..errors import DataError
 from . import cache
 from .images import image_error
 from .sources import Source, load_source
-from .transforms import BatchTransform, EvalTransform, TrainTransform, collate
+from .transforms import BatchTransform, Draws, EvalTransform, TrainSplit, TrainTransform, collate
 
 
 def drop_bad_images(ds, split: str, skip: bool, num_proc: int):
@@ -41,7 +41,7 @@ def build_datasets(cfg: DataConfig) -> tuple[object, object, Source, dict[str, i
     if cfg.check_images:  # else a bad image stops the run when a loader reaches it, naming it
         train, bad_train = drop_bad_images(train, "train", cfg.skip_bad_images, cfg.num_workers)
         val, bad_val = drop_bad_images(val, "val", cfg.skip_bad_images, cfg.num_workers)
-    train = train.with_transform(BatchTransform(TrainTransform(cfg.image_size, cfg.hflip)))
+    train = TrainSplit(train, TrainTransform(cfg.image_size, cfg.hflip), Draws(len(train)))
     val = val.with_transform(BatchTransform(EvalTransform(cfg.image_size)))
     skipped = {"train": bad_train, "val": bad_val}
     if source.select is not None:  # scored like validation, each epoch (source.select becomes the transformed set)
@@ -52,10 +52,33 @@ def build_datasets(cfg: DataConfig) -> tuple[object, object, Source, dict[str, i
     return train, val, source, skipped
 
 
+def stored(ds):
+    """A split's `datasets` table as stored (images as {"bytes", "path"}), without transforms."""
+    return (ds.ds if isinstance(ds, TrainSplit) else ds).with_format(None)
+
+
 def samples(ds) -> tuple[list[str], list[dict], list[int]]:
     """Id, stored image ({"bytes", "path"}) and label of each sample of a split, in order."""
-    raw = ds.with_format(None)
+    raw = stored(ds)
     return list(raw["id"]), list(raw["image"]), list(raw["label"])
+
+
+class DrawnLoader:
+    """A (prepared) training loader whose every pass starts by drawing that pass's augmentation
+    (Draws.redraw) in this process, before any worker is handed an index."""
+
+    def __init__(self, loader, draws: Draws):
+        self.loader, self.draws = loader, draws
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        self.draws.redraw()
+        yield from self.loader
 
 
 def splits_line(train_images: int, val_images: int, classes: int, skipped: dict[str, int]) -> str:
@@ -66,19 +89,21 @@ def splits_line(train_images: int, val_images: int, classes: int, skipped: dict[
 
 
 def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_processes: int, collate_fn=collate):
-    # No persistent workers: each epoch's workers are seeded from the (per-epoch reseeded) main
-    # RNG, so augmentation depends on the seed and epoch alone and a resumed run is exact.
-    # Drop the ragged last batch (a batch of one breaks batch norm) unless that is all there is.
+    # Persistent workers: started once, not every epoch (each start imports torch and the
+    # transforms). They draw no random numbers (the augmentation comes with the epoch's Draws), so
+    # a resumed run is exact. Drop the ragged last batch (a batch of one breaks batch norm) unless
+    # that is all there is.
     drop_last = len(train_ds) >= batch_size * num_processes
     train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last, num_workers=num_workers,
-                          collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
+                          collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=num_workers > 0)
     return train_dl, eval_loader(val_ds, batch_size, num_workers, collate_fn)
 
 
 def eval_loader(ds, batch_size: int, num_workers: int, collate_fn=collate) -> DataLoader:
     """A split scored in order, twice the training batch (no gradients to hold)."""
     return DataLoader(ds, batch_size=batch_size * 2, shuffle=False, num_workers=num_workers, collate_fn=collate_fn,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
 
 
 def selection_loader(select_ds, batch_size: int, num_workers: int, accelerator):
@@ -108,7 +133,7 @@ def choose_cache(cfg: DataConfig, train_ds, val_ds, device, cuda: bool, processe
     needed = 0
     if cfg.cache == "auto" and cuda:  # from the headers, before anything is decoded
         # a lazy column: only the sampled rows are read (bytes-stored sources are not loaded whole)
-        needed = sum(cache.estimate_decoded_bytes(ds.with_format(None)["image"], cfg.image_size) for ds in (train_ds, val_ds))
+        needed = sum(cache.estimate_decoded_bytes(stored(ds)["image"], cfg.image_size) for ds in (train_ds, val_ds))
     return cache.choose_cache(cfg.cache, cuda, needed, *cache.free_memory(device), processes)
 
 
@@ -118,15 +143,16 @@ def prepared_loaders(cfg: DataConfig, batch_size: int, train_ds, val_ds, acceler
     kept on the host, the images decoded onto the device once and cropped there each batch."""
     if not cached:
         loaders = make_loaders(train_ds, val_ds, batch_size, cfg.num_workers, accelerator.num_processes)
-        return tuple(accelerator.prepare_data_loader(dl) for dl in loaders)
+        train_dl, val_dl = (accelerator.prepare_data_loader(dl) for dl in loaders)
+        return DrawnLoader(train_dl, train_ds.draws), val_dl
     loaders = make_loaders(cache.IndexDataset(len(train_ds)), cache.IndexDataset(len(val_ds)), batch_size, 0,
                            accelerator.num_processes, collate_fn=None)
     # index loaders stay on the host (device_placement=False): the crops are drawn there and sent
     # in one non-blocking copy, with no host-device sync per step
     train_dl, val_dl = (accelerator.prepare_data_loader(dl, device_placement=False) for dl in loaders)
     workers = cache.decode_workers(cfg.num_workers, processes)
-    return tuple(cache.CachedBatches(loader, _decode(ds, cfg.image_size, accelerator, workers), train, cfg.hflip)
-                 for loader, ds, train in ((train_dl, train_ds, True), (val_dl, val_ds, False)))
+    return tuple(cache.CachedBatches(loader, _decode(ds, cfg.image_size, accelerator, workers), draws, cfg.hflip)
+                 for loader, ds, draws in ((train_dl, train_ds, train_ds.draws), (val_dl, val_ds, None)))
 
 
 def _decode(ds, size: int, accelerator, workers: int) -> cache.DecodedImages:

@@ -1,7 +1,15 @@
-"""Transforms on the fly, equal to torchvision's for the same random state (tested):
+"""Transforms on the fly, equal to torchvision's (tested):
   train: Resize(short side) + RandomCrop(size, padding=4, reflect) + RandomHorizontalFlip + ToTensor + Normalize
   val:   Resize(short side) + CenterCrop(size) + ToTensor + Normalize
 (Resize is a no-op when the short side already equals `size`, as in Imagewoof-160.)
+
+The training augmentation's random numbers are not drawn where the image is decoded: `Draws`
+holds one epoch's (crop position, flip) per sample, drawn in the main process from torch's RNG
+(seeded by the run's seed, the epoch and the process), and the workers apply them. So loader
+workers are pure decode-and-apply functions that persist across epochs, a resumed run draws
+exactly what the uninterrupted one did, and the decoded-cache path (cache.py), which reads the
+same draws, crops identically at any number of workers. Given the same draw, the crop and flip
+equal torchvision's; the position is uniform over the same range as its RandomCrop's.
 
 They return uint8 HWC tensors; `normalize` turns a batch into model input on the device. That
 keeps the float conversion off the CPU workers and makes host-to-device copies 4x smaller.
@@ -14,6 +22,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from torch.utils.data import Dataset
 
 from .images import open_rgb
 
@@ -38,27 +47,65 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, order="C"))  # a writable copy of the (read-only) PIL pixels
 
 
+def crop_start(u: float, padded: int, size: int) -> int:
+    """A RandomCrop position, uniform over torchvision's range 0 .. padded - size, from u in [0, 1)."""
+    return min(int(u * (padded - size + 1)), padded - size)
+
+
+class Draws:
+    """One epoch's training augmentation, per sample: two uniforms for the crop position, one for
+    the flip (flipped below 0.5). Drawn in the main process (`redraw`, at the start of each pass
+    over the data, from torch's RNG) into shared memory, which persistent loader workers read."""
+
+    def __init__(self, n: int):
+        self.table = torch.zeros(n, 3, dtype=torch.float64).share_memory_()
+
+    def redraw(self) -> None:
+        self.table.copy_(torch.rand(self.table.shape, dtype=torch.float64))
+
+    def __getitem__(self, index):
+        return self.table[index]
+
+
 @dataclass(frozen=True)
 class TrainTransform:
-    """RandomCrop(size, padding=4, reflect) + optional flip, drawing torch RNG like torchvision
-    does. Returns HWC uint8: a stacked batch of these, permuted to NCHW, is channels_last."""
+    """RandomCrop(size, padding=4, reflect) + optional flip at a given draw (Draws: crop u, crop
+    v, flip). Returns HWC uint8: a stacked batch of these, permuted to NCHW, is channels_last."""
     size: int
     hflip: bool = True
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image, draw) -> torch.Tensor:
         if min(img.size) != self.size:
             img = TF.resize(img, self.size)
         a = np.asarray(img)
         h, w = a.shape[:2]
-        ph, pw = h + 2 * PAD, w + 2 * PAD
-        i = j = 0
-        if (ph, pw) != (self.size, self.size):  # torchvision's get_params draws nothing in that case
-            i = int(torch.randint(0, ph - self.size + 1, size=(1,)).item())
-            j = int(torch.randint(0, pw - self.size + 1, size=(1,)).item())
+        i, j = crop_start(float(draw[0]), h + 2 * PAD, self.size), crop_start(float(draw[1]), w + 2 * PAD, self.size)
         crop = _window(_window(a, 0, i - PAD, self.size), 1, j - PAD, self.size)
-        if self.hflip and torch.rand(1) < 0.5:
+        if self.hflip and float(draw[2]) < 0.5:
             crop = crop[:, ::-1]
         return _tensor(crop)
+
+
+class TrainSplit(Dataset):
+    """The training split as loader workers see it: sample i decoded (named by its id when bad)
+    and augmented with the epoch's draw for i. `split[[i, j]]` gives a batch dict, as `datasets` does."""
+
+    def __init__(self, ds, transform: TrainTransform, draws: Draws):
+        self.ds, self.transform, self.draws = ds.with_format(None), transform, draws
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        rows = self.ds[list(indices)]
+        return [{"pixel_values": self.transform(open_rgb(image, name), self.draws[i]), "labels": label}
+                for i, image, name, label in zip(indices, rows["image"], rows["id"], rows["label"])]
+
+    def __getitem__(self, index):
+        if isinstance(index, (list, tuple)):
+            items = self.__getitems__(index)
+            return {"pixel_values": [e["pixel_values"] for e in items], "labels": [e["labels"] for e in items]}
+        return self.__getitems__([index])[0]
 
 
 @dataclass(frozen=True)
