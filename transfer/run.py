@@ -56,12 +56,16 @@ def run(cfg: Config, phases: Phases | None = None) -> RunMetrics:
         write_start(cfg, accelerator, out, setup, phases)
         # figures are drawn in a child process while training runs, forked before any loader worker
         with Drawer(accelerator.is_main_process, out=out, train_ds=setup.train_ds, val_ds=setup.val_ds,
-                    classes=setup.source.classes) as drawer:
+                    classes=setup.source.classes) as drawer, checkpoint.Writer() as writer:
             if accelerator.is_main_process:
                 drawer.submit("samples")
             accelerator.init_trackers("logs", config=flat_config(to_dict(cfg)))
             startup_seconds = phases.since_launch()  # data checked, model built, loaders ready
-            final, stop = train_epochs(cfg, loop, setup, state, functools.partial(save, cfg, accelerator, setup, phases))
+            final, stop = train_epochs(cfg, loop, setup, state,
+                                       functools.partial(save, cfg, accelerator, setup, phases, writer))
+            writer.wait()  # the last checkpoint is complete before model/ and metrics.json
+            phases.add("checkpoint_wait", writer.waited)
+            phases.add("epoch_start", loop.epoch_start_seconds)
             if loop.watch.first_check_seconds is not None:
                 phases.add("first_step", loop.watch.first_check_seconds)
             if final is None or cfg.model.export == "ema":  # evaluate-only, resumed after the end, or the average's
@@ -124,11 +128,18 @@ def learning_rate(cfg: Config, setup: Setup, state: TrainerState, phases: Phases
     return state.lr_find["suggested_lr"] if state.lr_find else None
 
 
-def save(cfg: Config, accelerator: Accelerator, setup: Setup, phases: Phases, name: str, state: TrainerState) -> Path:
-    """A checkpoint named `name` holding `state` (train_epochs calls it with those two)."""
+def save(cfg: Config, accelerator: Accelerator, setup: Setup, phases: Phases, writer: checkpoint.Writer, name: str,
+         state: TrainerState) -> Path:
+    """A checkpoint named `name` holding `state` (train_epochs calls it with those two): an
+    epoch's in the background, a stop signal's (`_batch_` in its name) inline, after the write in
+    flight, before the run stops."""
     with phases("checkpoints"):
+        background = "_batch_" not in name
+        if not background:
+            writer.wait()
         return checkpoint.save_checkpoint(accelerator, Path(cfg.output_dir), name, state,
-                                          keep=cfg.train.keep_checkpoints, size=setup.checkpoint_size)
+                                          keep=cfg.train.keep_checkpoints, size=setup.checkpoint_size,
+                                          writer=writer if background else None)
 
 
 def write_start(cfg: Config, accelerator: Accelerator, out: Path, setup: Setup, phases: Phases) -> None:

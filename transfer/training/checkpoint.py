@@ -1,16 +1,30 @@
 """Checkpoints under output_dir/checkpoints/: `epoch_NNN` after NNN whole epochs, and
 `epoch_NNN_batch_BBBBBB` when a stop signal came BBBBBB batches into the next one. Each is
-written by `accelerator.save_state` into a temporary folder and renamed into place when
-complete, so a folder with such a name is always whole, even after `kill -9` mid-save."""
+written into a temporary folder and renamed into place when complete, so a folder with such a
+name is always whole, even after `kill -9` mid-save, and `train.resume=auto` never sees a half one.
+
+Epoch checkpoints are written off the training path (`Writer`): the states are copied to host
+memory (pinned on CUDA), and a background thread writes them in accelerate's layout (the files
+`accelerator.save_state` writes, read back by `accelerator.load_state`; tested equal) while the
+next epoch trains. The next checkpoint, the end of the run and a stop signal wait for the write
+in flight (`checkpoint_wait` in phase_seconds); a failed write is raised there, its one line
+(a full disk, say) stopping the run. A stop signal's checkpoint is written inline."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import shutil
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
+from accelerate.checkpointing import save_accelerator_state
+from accelerate.utils import save as accelerate_save
+from accelerate.utils.constants import OPTIMIZER_NAME, SAFE_WEIGHTS_NAME, SCALER_NAME, SCHEDULER_NAME
 
 from ..errors import ConfigError, DataError, RunError
 from ..files import guard_write, publish_folder, write_json
@@ -86,14 +100,20 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator, output_dir: Path, name: str, state: TrainerState, keep: int,
-                    size: int | None = None) -> Path:
+                    size: int | None = None, writer: "Writer | None" = None) -> Path:
     """`size`: the expected bytes, for the message when the disk is full. A failed save leaves
-    no temporary folder and the previous checkpoints untouched."""
+    no temporary folder and the previous checkpoints untouched. With `writer`, the states are
+    copied to host memory now and written in the background (the folder appears when done)."""
     root = checkpoint_dir(output_dir)
     final, tmp = root / name, root / f".tmp_{name}"
+    if writer is not None:
+        writer.wait()  # one write in flight at most; its failure stops the run here
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed mid-save
     accelerator.wait_for_everyone()
+    if writer is not None:
+        _save_in_background(accelerator, output_dir, tmp, final, state, keep, size, writer)
+        return final
     try:
         with guard_write(tmp, size):
             accelerator.save_state(str(tmp))  # every process writes its own RNG state here
@@ -105,14 +125,123 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, state: TrainerStat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for leftover in root.glob(".tmp_*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        _publish(output_dir, tmp, final, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _publish(output_dir: Path, tmp: Path, final: Path, keep: int) -> None:
+    """Rename a complete temporary folder into place; drop the oldest and any leftovers."""
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in checkpoint_dir(output_dir).glob(".tmp_*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def to_host(value):
+    """A copy of `value` (tensors in dicts, lists and tuples) in host memory that training can no
+    longer change; from CUDA through pinned buffers, one synchronisation for all."""
+    cuda = []
+
+    def copy(v):
+        if isinstance(v, torch.Tensor):
+            if v.device.type == "cuda":
+                out = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                out.copy_(v.detach(), non_blocking=True)
+                cuda.append(out)
+                return out
+            return v.detach().clone()
+        if isinstance(v, dict):
+            return type(v)((k, copy(x)) for k, x in v.items()) if isinstance(v, OrderedDict) else {
+                k: copy(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(copy(x) for x in v)
+        return v
+
+    result = copy(value)
+    if cuda:
+        torch.cuda.synchronize()
+    return result
+
+
+def _save_in_background(accelerator, output_dir: Path, tmp: Path, final: Path, state: TrainerState, keep: int,
+                        size: int | None, writer: "Writer") -> None:
+    """What `accelerator.save_state` writes, in its file names: each process its RNG state now
+    (small), the main process the rest from host copies, in `writer`'s thread."""
+    with guard_write(tmp, size):
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_accelerator_state(str(tmp), [], [], [], [], accelerator.process_index, accelerator.step)  # RNG only
+    files = {}
+    if accelerator.is_main_process:
+        for i, model in enumerate(accelerator._models):
+            files[SAFE_WEIGHTS_NAME.replace(".", f"_{i}.") if i else SAFE_WEIGHTS_NAME] = (
+                to_host(accelerator.get_state_dict(model, unwrap=False)), True)
+        for kind, objects in ((OPTIMIZER_NAME, accelerator._optimizers), (SCHEDULER_NAME, accelerator._schedulers)):
+            for i, obj in enumerate(objects):
+                files[f"{kind}.bin" if i == 0 else f"{kind}_{i}.bin"] = (to_host(obj.state_dict()), False)
+        if accelerator.scaler is not None:
+            files[SCALER_NAME] = (to_host(accelerator.scaler.state_dict()), False)
+        for i, obj in enumerate(accelerator._custom_objects):
+            files[f"custom_checkpoint_{i}.pkl"] = (to_host(obj.state_dict()), False)
+        record = dataclasses.asdict(state)
+    accelerator.wait_for_everyone()  # every process's RNG file is in tmp
+    if not accelerator.is_main_process:
+        return
+
+    def write() -> None:
+        try:
+            with guard_write(tmp, size):
+                for file, (value, safe) in files.items():
+                    accelerate_save(value, tmp / file, safe_serialization=safe)
+                write_json(tmp / STATE_FILE, record)
+                publish_folder(tmp)
+            _publish(output_dir, tmp, final, keep)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    writer.start(write)
+
+
+class Writer:
+    """At most one checkpoint write in flight, in a background thread; `wait` joins it and raises
+    what it raised. As a context manager, leaving waits for the write (a run never ends, or
+    reports its error, with a checkpoint half written by a live thread)."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.waited = 0.0  # seconds the training waited for writes
+
+    def start(self, write) -> None:
+        def run():
+            try:
+                write()
+            except BaseException as e:  # raised in the training thread, at the next wait
+                self._error = e
+        self._thread = threading.Thread(target=run, name="checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            start = time.perf_counter()
+            self._thread.join()
+            self.waited += time.perf_counter() - start
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.wait()
+        elif self._thread is not None:
+            self._thread.join()  # the run is failing already: its own error is the one to report
 
 
 def checkpoint_bytes(model, optimizer_name: str) -> int:

@@ -2,6 +2,7 @@
 processes and accumulation (accel.py); the step is step.py's; the schedule is optim.py's."""
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -56,7 +57,11 @@ def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, parti
     seen = torch.tensor(float(partial[1]) if mine else 0.0, device=accelerator.device)
     batch_index, stop = 0, None
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not accelerator.is_local_main_process)
+    started = time.perf_counter()
     for batch in bar:
+        if started is not None:  # loader start to the first batch (phase_seconds: epoch_start)
+            loop.epoch_start_seconds += time.perf_counter() - started
+            started = None
         if batch_index < batches_done:  # replay (see above)
             trainer.objective.replay(batch)
             batch_index += 1

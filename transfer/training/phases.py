@@ -8,7 +8,13 @@
     lr_find           the LR range test (optim.lr=find)
     start_outputs     config.yaml and split records (the figures are drawn in a child process: drawer.py)
     first_step        the run's first optimizer step (loader start, cuDNN autotuning, compiling)
-    checkpoints       every checkpoint written, together
+    checkpoints       every checkpoint, together, as the training path paid for it: copying the
+                      states to host memory (epoch checkpoints are written in the background),
+                      waiting for the previous write, a stop signal's checkpoint written inline
+    checkpoint_wait   of which: waiting for a background write still in flight (the next
+                      checkpoint, the end of the run)
+    epoch_start       loader start to the first batch of each epoch, summed (persistent workers:
+                      about 0 after the first)
     final_evaluation  the evaluation after the loop, when no epoch ran one (train.epochs=0, resumed at the end)
     final_outputs     predictions, model/ and its card, and waiting for the final figures
                       (metrics.json itself comes last)

@@ -65,3 +65,4 @@ class Loop:
     time_budget: bool = False
     lrs: list = field(default_factory=list)
     ema: object = None
+    epoch_start_seconds: float = 0.0  # loader start to first batch, summed over epochs (the loop adds)
