@@ -72,7 +72,7 @@ def test_index_batches_stay_on_the_host(image_folder, tmp_path):
     batch = next(iter(cached.train_dl.index_loader))
     assert batch.device.type == "cpu"
     plain = build(tiny_config(image_folder, tmp_path / "p", "data.cache=none"), Accelerator(cpu=True), Phases())
-    assert not plain.cached and plain.train_dl.device == torch.device("cpu")
+    assert not plain.cached and plain.train_dl.loader.device == torch.device("cpu")  # inside DrawnLoader
 
 
 @pytest.fixture
