@@ -30,7 +30,7 @@ def test_phase_seconds_cpu_settings_and_checkpoint_every_in_a_finished_run(image
     # every second epoch's checkpoint, and the last one
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["epoch_002", "epoch_003"]
     phases = json.loads((tmp_path / "r" / "metrics.json").read_text())["phase_seconds"]
-    documented = {"launch", "data", "model", "cache_decode", "lr_find", "start_outputs", "first_step", "checkpoints",
+    documented = {"launch", "data", "model", "cache_decode", "lr_find", "start_outputs", "first_step", "checkpoints", "checkpoint_wait", "epoch_start",
                   "final_evaluation", "final_outputs"}
     assert {"launch", "data", "model", "start_outputs", "first_step", "checkpoints", "final_outputs"} <= set(phases)
     assert set(phases) <= documented and all(v >= 0 for v in phases.values())
