@@ -34,8 +34,8 @@ class RunMetrics:
     val_samples: int
     train_seconds: float  # training and per-epoch evaluation
     best_chosen_on: str = "val"  # "select": the epoch was chosen on data.select_fraction's images
-    final_val_ece: float | None = None
-    final_ema_val_acc: float | None = None  # train.ema_decay: the weight average's, at the last epoch  # expected calibration error, 15 bins (training.metrics)
+    final_val_ece: float | None = None  # expected calibration error, 15 bins (training.metrics)
+    final_ema_val_acc: float | None = None  # train.ema_decay: the weight average's, at the last epoch
     per_class_val_acc: dict = field(default_factory=dict)  # class -> accuracy (None without images)
     val_subsets: dict = field(default_factory=dict)  # e.g. unseen_by_imagenet: {prefix, samples, val_acc}
     num_processes: int = 1
