@@ -56,6 +56,7 @@ def compare_sh(tmp_path, *args, **env):
 GRID = "optim.lr=1e-4,1e-3,1e-2"
 
 
+@pytest.mark.slow  # a whole tuned comparison: the full tier
 def test_each_arm_gets_its_own_choice_and_its_reported_runs_use_it(tmp_path, scoring_launcher):
     launch, calls = scoring_launcher
     result = compare_sh(tmp_path, "data.select_fraction=0.2", TUNE=GRID, SEEDS="3 4", LAUNCH=launch)
@@ -106,6 +107,7 @@ def test_print_jobs_prints_the_tuning_runs_then_the_reported_ones(tmp_path, scor
     assert "optim.lr=1e-3" in lines[5] and "configs/scratch.yaml" in lines[5]
 
 
+@pytest.mark.slow  # a whole tuned comparison: the full tier
 def test_a_reused_run_with_other_settings_is_refused(tmp_path, scoring_launcher):
     launch, _ = scoring_launcher
     assert compare_sh(tmp_path, "optim.lr=1e-4", ARMS="scratch", LAUNCH=launch).returncode == 0
