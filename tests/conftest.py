@@ -102,6 +102,36 @@ def image_folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data") / "shapes")
 
 
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """A stand-in for ImageNet weights: resnet10t with its 1000-class head, randomly initialised."""
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("w") / "imagenet.safetensors"
+    save_file(timm.create_model("resnet10t", num_classes=1000).state_dict(), str(path))
+    return path
+
+
+def shapes_dataset(image_folder, split_names=("train", "val"), label_kind="classlabel"):
+    """The shapes folder as a DatasetDict whose images are encoded bytes (no paths), as parquet holds them."""
+    import datasets
+
+    classes = sorted(p.name for p in (image_folder / "train").iterdir())
+    splits = {}
+    for name, folder in zip(split_names, ("train", "val")):
+        files = sorted((image_folder / folder).rglob("*.png"))
+        labels = [f.parent.name for f in files]
+        if label_kind == "classlabel":
+            label_feature, labels = datasets.ClassLabel(names=classes), [classes.index(c) for c in labels]
+        else:
+            label_feature = datasets.Value("string")
+        features = datasets.Features({"picture": datasets.Image(), "shape": label_feature})
+        splits[name] = datasets.Dataset.from_dict(
+            {"picture": [{"bytes": f.read_bytes(), "path": None} for f in files], "shape": labels}, features=features)
+    return datasets.DatasetDict(splits)
+
+
 # Names the file system allows that glob patterns, URLs, YAML or CSV could misread.
 ODD_CLASSES = ("digit [0]", "a*b?", "{x} #1 %20", "ünï cödé, \"q\"")
 

@@ -53,10 +53,12 @@ def test_settings_are_frozen():
     ("data.hflip=maybe", ["data.hflip", "true or false"]),
     ("train=3", ["train must be a section", "epochs"]),
     ("epochs", ["key=value"]),
+    ("data.train_samples=0", ["data.train_samples", ">= 1"]),
+    ("data.train_samples=100 data.train_per_class=5", ["data.train_samples", "null when data.train_per_class"]),
 ])
 def test_bad_settings_name_the_key(override, words):
     with pytest.raises(ConfigError) as error:
-        load_config("configs/smoke.yaml", [override])
+        load_config("configs/smoke.yaml", override.split())
     message = str(error.value)
     assert "\n" not in message
     for word in words:

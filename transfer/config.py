@@ -32,6 +32,7 @@ class DataConfig:
     select_fraction: Optional[float] = None  # hold out this fraction of train to choose the best epoch on
     split_seed: int = 0  # seeds the held-out split (independent of train.seed: every arm and seed scores the same)
     train_per_class: Optional[int] = None  # at most N training images per class (nested subsets, drawn by split_seed)
+    train_samples: Optional[int] = None  # N training images in all, stratified by class (nested; VTAB-1k: 1000)
     root: str = "data/imagewoof2-160"  # folder with train/ and val/, one subfolder per class
     url: Optional[str] = None  # archive fetched when `root` does not exist; null never fetches
     sha256: Optional[str] = None  # checksum of the archive at `url`, checked when given
@@ -52,6 +53,10 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.train_per_class is None or self.train_per_class >= 1, "data.train_per_class",
                self.train_per_class, "an integer >= 1, or null for all")
+        _check(self.train_samples is None or self.train_samples >= 1, "data.train_samples", self.train_samples,
+               "an integer >= 1, or null for all")
+        _check(self.train_samples is None or self.train_per_class is None, "data.train_samples", self.train_samples,
+               "null when data.train_per_class is set (one subset at a time)")
         _check(self.val_fraction is None or 0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
                "a fraction between 0 and 1, or null")
         _check(self.select_fraction is None or 0 < self.select_fraction < 1, "data.select_fraction",

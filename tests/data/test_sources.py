@@ -10,29 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_command, tiny_config
+from conftest import run_command, shapes_dataset, tiny_config
 from transfer.cli import main
 from transfer.data.images import open_rgb
 from transfer.run import run
-
-
-def shapes_dataset(image_folder, split_names=("train", "val"), label_kind="classlabel"):
-    """The shapes folder as a DatasetDict whose images are encoded bytes (no paths), as parquet holds them."""
-    import datasets
-
-    classes = sorted(p.name for p in (image_folder / "train").iterdir())
-    splits = {}
-    for name, folder in zip(split_names, ("train", "val")):
-        files = sorted((image_folder / folder).rglob("*.png"))
-        labels = [f.parent.name for f in files]
-        if label_kind == "classlabel":
-            label_feature, labels = datasets.ClassLabel(names=classes), [classes.index(c) for c in labels]
-        else:
-            label_feature = datasets.Value("string")
-        features = datasets.Features({"picture": datasets.Image(), "shape": label_feature})
-        splits[name] = datasets.Dataset.from_dict(
-            {"picture": [{"bytes": f.read_bytes(), "path": None} for f in files], "shape": labels}, features=features)
-    return datasets.DatasetDict(splits)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,12 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import run_command, tiny_config
-from transfer.data.sources import per_class_subset
+from transfer.data.sources import per_class_subset, stratified_subset
 from transfer.run import run
 
 
@@ -21,22 +22,33 @@ def test_subsets_are_nested_and_per_class():
     assert per_class_subset(labels, 2, seed=1) != small  # drawn by the split seed
 
 
+def test_a_total_subset_is_stratified_and_nested():
+    labels = [0] * 100 + [1] * 50 + [2] * 10
+    counts = {n: np.bincount([labels[i] for i in stratified_subset(labels, n, seed=0)], minlength=3).tolist()
+              for n in (16, 80, 200)}
+    assert counts == {16: [10, 5, 1], 80: [50, 25, 5], 200: [100, 50, 10]}  # each class its share; all when fewer
+    for small, large in ((10, 30), (30, 80), (80, 159)):
+        assert set(stratified_subset(labels, small, 0)) < set(stratified_subset(labels, large, 0))
+    for n in range(1, 160):  # within one image of each class's share, whatever the total
+        got = np.bincount([labels[i] for i in stratified_subset(labels, n, 0)], minlength=3)
+        assert np.all(np.abs(got - n * np.array([100, 50, 10]) / 160) <= 1), n
+    assert stratified_subset(labels, 30, seed=1) != stratified_subset(labels, 30, seed=0)
+
+
+def test_a_run_on_a_total_subset_records_it(image_folder, tmp_path):
+    out = tmp_path / "vtab"
+    metrics = run(tiny_config(image_folder, out, "train.epochs=1", "data.train_samples=7"))
+    assert metrics.train_samples == 7 and metrics.val_samples == 18
+    subset = json.loads((out / "train_subset.json").read_text())
+    assert subset["samples"] == 7 and len(subset["train"]) == 7
+
+
 def test_a_run_on_a_subset_records_it(image_folder, tmp_path):
     out = tmp_path / "few"
     metrics = run(tiny_config(image_folder, out, "train.epochs=1", "data.train_per_class=4"))
     assert metrics.train_samples == 12 and metrics.val_samples == 18  # validation is never subsampled
     subset = json.loads((out / "train_subset.json").read_text())
     assert subset["per_class"] == 4 and len(subset["train"]) == 12
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    import timm
-    from safetensors.torch import save_file
-
-    path = tmp_path_factory.mktemp("w") / "imagenet.safetensors"
-    save_file(timm.create_model("resnet10t", num_classes=1000).state_dict(), str(path))
-    return path
 
 
 def compare(out, overrides, **env):
@@ -47,7 +59,7 @@ def compare(out, overrides, **env):
                                **env})
 
 
-def overrides_for(image_folder, weights):
+def overrides_for(image_folder, weights):  # weights: conftest's stand-in ImageNet resnet10t
     return [f"data.root={image_folder}", "data.url=null", "model.name=resnet10t", "data.image_size=32",
             "train.epochs=2", "train.batch_size=8", "data.num_workers=0", f"model.weights_file={weights}"]
 

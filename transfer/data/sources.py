@@ -11,8 +11,9 @@ Sources (`data.dataset`):
   them out, or a folder written by `Dataset(Dict).save_to_disk`.
 A source without a validation split gets one held out of train (`data.val_fraction`), stratified
 by class and seeded by `data.split_seed` alone, so every arm and seed scores the same images.
-`data.train_per_class` then keeps at most N training images per class, drawn by the same seed so
-that smaller subsets lie inside larger ones.
+`data.train_per_class` then keeps at most N training images per class, or `data.train_samples` N in
+all, stratified by class (VTAB-1k's protocol), drawn by the same seed so that smaller subsets lie
+inside larger ones.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class Source:
     classes: list[str]
     held_out: dict | None = None  # what val_split.json records when validation was held out of train
     notes: list[str] = field(default_factory=list)  # lines for the user (label mapping, ...)
-    subset: dict | None = None  # what train_subset.json records with data.train_per_class
+    subset: dict | None = None  # what train_subset.json records with data.train_per_class or data.train_samples
     select: object = None  # data.select_fraction: held out of train to choose the best epoch on
     selection: dict | None = None  # what select_split.json records
 
@@ -67,6 +68,16 @@ def load_source(cfg: DataConfig) -> Source:
                          "train": list(source.train["id"])}
         source.notes.append(f"training subset: {len(keep):,} images, at most {cfg.train_per_class} per class "
                             f"(data.train_per_class, data.split_seed={cfg.split_seed}; list in train_subset.json)")
+    if cfg.train_samples is not None:
+        labels = list(source.train["label"])
+        keep = stratified_subset(labels, cfg.train_samples, cfg.split_seed)
+        source.train = source.train.select(keep)
+        source.subset = {"samples": cfg.train_samples, "split_seed": cfg.split_seed, "train": list(source.train["id"])}
+        counts = np.bincount([labels[i] for i in keep], minlength=len(source.classes))
+        source.notes.append(f"training subset: {len(keep):,} images stratified by class, {counts.min()} to {counts.max()} "
+                            f"a class (data.train_samples={cfg.train_samples}, data.split_seed={cfg.split_seed}; list in "
+                            f"train_subset.json)" + (f"; {int((counts == 0).sum())} class(es) got none" if counts.min() == 0
+                                                     else ""))
     return source
 
 
@@ -76,6 +87,24 @@ def per_class_subset(labels: list[int], n: int, seed: int) -> list[int]:
     rng = np.random.default_rng([seed, 1])  # a stream apart from the held-out split's
     labels = np.asarray(labels)
     return sorted(i for c in np.unique(labels) for i in rng.permutation(np.flatnonzero(labels == c))[:n].tolist())
+
+
+def stratified_subset(labels: list[int], n: int, seed: int) -> list[int]:
+    """`n` indices in all (every one when there are fewer), sorted, each class in proportion to its
+    share (within one image). One ranking of every image, its first `n` kept, so for one seed the
+    subsets are nested: 500 lie inside 1,000. The r-th image of a class of m (in the order
+    per_class_subset draws) ranks at (r + 1/2) / m, ties broken at random: systematic stratified
+    sampling."""
+    rng = np.random.default_rng([seed, 1])  # per_class_subset's stream: a class's images come in the same order
+    labels = np.asarray(labels)
+    order, keys = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        order.append(members)
+        keys.append((np.arange(len(members)) + 0.5) / len(members))
+    order, keys = np.concatenate(order), np.concatenate(keys)
+    ranking = np.lexsort((rng.random(len(order)), keys))  # by key, then the random tie-break
+    return sorted(order[ranking[:n]].tolist())
 
 
 # ---------------------------------------------------------------------------- image folders
