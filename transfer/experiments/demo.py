@@ -24,7 +24,7 @@ from ..data.synthetic import make_demo_tasks
 from ..errors import ConfigError
 from ..records import is_finished
 from ..run import run
-from .plan import CompareSpec, Sweep, arm_config
+from .plan import CompareSpec, Grid, arm_config
 from .runner import compare
 
 DEFAULT_SWEEP = "data.train_per_class=4,8,16,null"
@@ -61,7 +61,7 @@ def main(env: dict = os.environ) -> int:
     epochs, source_images = _count(env, "EPOCHS", "12"), _count(env, "SOURCE_IMAGES", "50")
     source_epochs = _count(env, "SOURCE_EPOCHS", "5")
     sweep_text = env.get("SWEEP", "")
-    sweep = Sweep.parse(DEFAULT_SWEEP if sweep_text == "1" else sweep_text) if sweep_text else None
+    sweep = Grid.parse(DEFAULT_SWEEP if sweep_text == "1" else sweep_text, "SWEEP", DEFAULT_SWEEP) if sweep_text else None
     data = out / "data"
     if not (data / "target").is_dir():
         print(f"== 1/3 generating the source and target tasks in {data}", flush=True)
@@ -75,7 +75,7 @@ def main(env: dict = os.environ) -> int:
                                                         "optim.lr=3e-3", f"train.epochs={source_epochs}",
                                                         "train.resume=auto"]))
     print(f"== 3/3 pretrained vs scratch on the target task ({len(seeds)} seeds"
-          + (f", sweep over {sweep.key}" if sweep else "") + ")", flush=True)
+          + (f", sweep over {'; '.join(sweep.keys)}" if sweep else "") + ")", flush=True)
     target = MODEL + [f"data.root={data / 'target'}", f"model.weights_file={source / 'model'}",
                       f"data.train_per_class={per_class}", f"train.epochs={epochs}",
                       "optim.lr=2e-3"]  # both arms: a small model, a few dozen steps

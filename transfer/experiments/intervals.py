@@ -147,3 +147,47 @@ def headline(gain: dict, arms: dict) -> str:
         detail = (f"unpaired: {arms[pretrained]['seeds']} and {arms[scratch]['seeds']} runs without common "
                   f"seeds")
     return f"{text} (95% CI {low:+.1f} to {high:+.1f}; {detail})"
+
+
+def _mean_of_means(*samples, axis=-1):
+    return np.mean(np.stack([np.mean(s, axis=axis) for s in samples]), axis=0)
+
+
+def _pooled_iqm(*samples, axis=-1):
+    return stats.trim_mean(np.concatenate(samples, axis=axis), 0.25, axis=axis)
+
+
+def aggregate(gains: dict[str, dict | None]) -> dict:
+    """The gain over datasets, as rliable sums up scores over tasks (Agarwal et al. 2021): the mean
+    over datasets of each one's mean gain, the interquartile mean of every run's gain pooled over
+    datasets (scipy.stats.trim_mean, 25% cut at each end), the median dataset, and on how many
+    datasets the gain's own 95% interval excludes 0. Their intervals: rliable's stratified
+    bootstrap, each dataset's per-seed gains resampled on their own (scipy.stats.bootstrap over one
+    sample per dataset), when every dataset has two or more seeds. `gains`: dataset -> its gain
+    (summary.json's "gain"), None where it has none."""
+    have = {n: g for n, g in gains.items() if g}
+    result = {"datasets": len(gains), "datasets_with_gain": len(have),
+              "datasets_without_gain": sorted(set(gains) - set(have))}
+    if not have:
+        return {**result, "mean_gain_points": None, "iqm_gain_points": None, "median_gain_points": None,
+                "datasets_gain_ci_excludes_0": 0, "datasets_gain_ci_above_0": 0, "datasets_gain_ci_below_0": 0,
+                "ci_method": "none: no dataset has a gain"}
+    scores = [np.asarray(g.get("per_seed_final_val_acc_points") or [g["final_val_acc_points"]], dtype=np.float64)
+              for g in have.values()]
+    intervals = [g.get("final_val_acc_ci95") for g in have.values()]
+    above = sum(1 for ci in intervals if ci and ci[0] > 0)
+    below = sum(1 for ci in intervals if ci and ci[1] < 0)
+    result.update({"mean_gain_points": float(_mean_of_means(*scores)), "iqm_gain_points": float(_pooled_iqm(*scores)),
+                   "median_gain_points": float(np.median([s.mean() for s in scores])),
+                   "datasets_gain_ci_excludes_0": above + below, "datasets_gain_ci_above_0": above,
+                   "datasets_gain_ci_below_0": below})
+    if all(len(s) >= 2 for s in scores):
+        for key, statistic in (("mean_gain_ci95", _mean_of_means), ("iqm_gain_ci95", _pooled_iqm)):
+            low, high = _bootstrap(tuple(scores), statistic, paired=False).confidence_interval
+            result[key] = [float(low), float(high)]
+        result["ci_method"] = (f"stratified bootstrap (rliable's): each dataset's per-seed gains resampled on their "
+                               f"own, the datasets fixed (scipy.stats.bootstrap, BCa, {RESAMPLES} resamples); "
+                               f"training randomness only, not which images or datasets")
+    else:
+        result["ci_method"] = "none: the aggregate's interval needs two or more paired seeds on every dataset"
+    return result

@@ -4,8 +4,10 @@
 
 Reads OUT/<arm>/metrics.json (or OUT/<arm>/seed<N>/metrics.json for several seeds) and each
 run's config.yaml, and writes OUT/comparison.png, OUT/report.md and OUT/summary.json. For a sweep
-(OUT/sweep.json, see sweep_report.py) it does so for the last swept value and adds OUT/sweep.png
-and the sweep's table and curve.
+(OUT/sweep.json, see sweep_report.py) it does so for the last swept point and adds OUT/sweep.png
+and the sweep's table and curve. For a suite (OUT/suite.json, see suite_report.py) it does all of
+that in each dataset's folder, then writes the table over datasets: OUT/report.md, OUT/suite.png
+and OUT/summary.json ("suite").
 """
 from __future__ import annotations
 
@@ -14,24 +16,44 @@ from pathlib import Path
 from ..errors import RunError
 from ..files import write_atomic, write_json
 from ..results.plots import plot_comparison
-from . import sweep_report
-from .plan import read_sweep, setting_args, value_folder, value_text
+from . import suite_report, sweep_report
+from .plan import read_suite, read_sweep, setting_args, value_text
 from .summary import FRACTIONS, summarize
 
 
 def build(out: Path) -> dict:
-    """summary.json, report.md and comparison.png (and sweep.png) in `out`; the summary.
-    RunError (exit 2) when `out` holds no finished run."""
+    """The report files in `out` (a comparison, a sweep or a suite); the summary. RunError (exit 2)
+    when `out` holds no finished run."""
     out = Path(out)
     if not out.is_dir():
         raise RunError(f"{out} does not exist; give the OUT folder of a comparison (scripts/compare.sh)")
-    meta = read_sweep(out)
+    meta = read_suite(out)
     if meta is None:
-        arms, summary = summarize(out)
-    else:  # the top level describes the last swept value that has runs, as a plain comparison would
+        return build_one(out)
+    parts = {}
+    for name in meta["datasets"]:
+        try:
+            parts[name] = build_one(out / name)
+        except RunError:  # none of its runs finished: the table names it
+            parts[name] = None
+    if not any(parts.values()):
+        raise RunError(f"no finished runs (metrics.json) under {out}; run scripts/compare.sh with OUT={out} first")
+    summary = {"suite": suite_report.build(out, meta, parts)}
+    write_json(out / "summary.json", summary)
+    write_atomic(out / "report.md", markdown(summary))
+    return summary
+
+
+def build_one(out: Path) -> dict:
+    """summary.json, report.md and comparison.png (and sweep.png) of one comparison or sweep."""
+    out = Path(out)
+    meta = read_sweep(out) if out.is_dir() else None
+    if meta is None:
+        arms, summary = summarize(out) if out.is_dir() else ({}, {})
+    else:  # the top level describes the last swept point that has runs, as a plain comparison would
         sweep = sweep_report.build(out, meta)
-        values = sweep_report.values_with_runs(sweep)
-        arms, summary = summarize(value_folder(out, meta["key"], values[-1])) if values else ({}, {})
+        shown = sweep_report.with_runs(sweep)
+        arms, summary = summarize(Path(shown[-1]["folder"])) if shown else ({}, {})
         summary["sweep"] = sweep
     if not arms:
         raise RunError(f"no finished runs (metrics.json) under {out}; run scripts/compare.sh with OUT={out} first")
@@ -39,6 +61,20 @@ def build(out: Path) -> dict:
     write_atomic(out / "report.md", markdown(summary))
     plot_comparison({arm: [r.metrics.history for r in runs] for arm, runs in arms.items()}, out / "comparison.png")
     return summary
+
+
+def headlines(summary: dict) -> list[str]:
+    """What compare.sh prints last: each gain's line, or the suite's line over datasets."""
+    if "arms" not in summary and "suite" in summary:
+        return [suite_report.aggregate_line(summary["suite"]["aggregate"])]
+    return [gain["headline"] for gain in summary.get("gains", [])]
+
+
+def files(summary: dict) -> list[str]:
+    """The report's files in OUT."""
+    if "arms" not in summary and "suite" in summary:
+        return ["report.md", suite_report.SUITE_PLOT, "summary.json"]
+    return ["report.md", "comparison.png", *(["sweep.png"] if "sweep" in summary else []), "summary.json"]
 
 
 def _pct(mean: float | None, std: float | None = None) -> str:
@@ -100,6 +136,8 @@ def tuning_lines(arms: dict) -> list[str]:
 
 
 def markdown(summary: dict) -> str:
+    if "arms" not in summary and "suite" in summary:
+        return suite_report.markdown(summary["suite"])
     arms = summary["arms"]
     names = list(arms)
     rows = [("runs (seeds)", lambda a: str(a["seeds"])),
@@ -150,7 +188,7 @@ def markdown(summary: dict) -> str:
     lines += tuning_lines(arms)
     if "sweep" in summary:
         sweep = summary["sweep"]
-        last = sweep_report.values_with_runs(sweep)[-1]
-        lines[0] += f" (at `{sweep['key']}={value_text(last)}`, the last value of the sweep)"
+        last = sweep_report.with_runs(sweep)[-1]["setting"]
+        lines[0] += f" (at {', '.join(f'`{a}`' for a in setting_args(last))}, the last point of the sweep)"
         lines += ["", sweep_report.markdown(sweep)]
     return "\n".join(lines) + "\n"

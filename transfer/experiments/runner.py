@@ -1,7 +1,8 @@
 """The runs behind `scripts/compare.sh`: every planned run (plan.py), one after another or
 several at once, each in its own folder, then the report.
 
-With TUNE (tuning.py), the tuning runs come first; the reported runs are planned from their
+With SUITE, every dataset of the suite is a comparison of its own (OUT/<dataset>/), and the
+report adds the table over datasets (suite_report.py). With TUNE (tuning.py), the tuning runs come first; the reported runs are planned from their
 choice. Finished runs (metrics.json) are reused unless OVERWRITE=1 (a finished run whose settings
 differ from the planned ones is refused, never silently reported); interrupted ones resume
 (train.resume=auto). A failed run is named with its error and the others go on; the exit code
@@ -28,7 +29,8 @@ from ..files import write_json
 from ..records import is_finished, load_run, read_metrics
 from ..training.rundir import NEUTRAL, setting_changes
 from . import report
-from .plan import SWEEP_FILE, CompareSpec, Job, bases, plan, setting_args
+from .plan import (ARMS, SUITE_FILE, SWEEP_FILE, CompareSpec, Job, check_overrides, plan, setting_args,
+                   sweep_meta)
 from .tuning import choices, plan_tuning, write_grids
 
 TRAIN = ("-m", "transfer")  # the training entry point, under any launcher (python, accelerate launch, torchrun)
@@ -55,8 +57,8 @@ def _error(job: Job) -> str:
 
 
 class Runner:
-    def __init__(self, launch: list[str], jobs: int, gpus: list[str], key: str | None, echo: bool):
-        self.launch, self.key, self.echo = launch, key, echo
+    def __init__(self, launch: list[str], jobs: int, gpus: list[str], echo: bool):
+        self.launch, self.echo = launch, echo
         self.gpus: queue.Queue = queue.Queue()
         for gpu in gpus:
             self.gpus.put(gpu)
@@ -71,7 +73,7 @@ class Runner:
         gpu = self.gpus.get() if self.use_gpus else None  # as many workers as GPUs: one is always free
         try:
             job.folder.mkdir(parents=True, exist_ok=True)
-            self.say(f"started  {job.label(self.key)} -> {job.folder}" + (f" (GPU {gpu})" if gpu is not None else ""))
+            self.say(f"started  {job.label()} -> {job.folder}" + (f" (GPU {gpu})" if gpu is not None else ""))
             start = time.monotonic()
             env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
             with open(job.folder / "train.log", "wb") as log:
@@ -85,9 +87,9 @@ class Runner:
                 code = process.wait()
             seconds = time.monotonic() - start
             if code == 0 and is_finished(job.folder):
-                self.say(f"finished {job.label(self.key)}: {_result(job)} in {seconds:.0f} s")
+                self.say(f"finished {job.label()}: {_result(job)} in {seconds:.0f} s")
                 return True
-            self.say(f"error: run {job.label(self.key)} failed ({_error(job)}); its log is {job.folder / 'train.log'}",
+            self.say(f"error: run {job.label()} failed ({_error(job)}); its log is {job.folder / 'train.log'}",
                      sys.stderr)
             return False
         finally:
@@ -134,13 +136,13 @@ def chosen_settings(spec: CompareSpec, say=print) -> tuple[dict, list[str]]:
     """Base folder -> arm -> the grid point tuning chose (tuning.choices), and a line for each arm
     that has no choice (none of its tuning runs finished)."""
     chosen, unchosen = {}, []
-    for value, base, _ in bases(spec.out, spec.sweep):
-        where = f" at {spec.sweep.key}={value}" if spec.sweep else ""
-        for arm, tuned in (choices(base) or {}).items():
+    for base in spec.bases():
+        where = base.describe()
+        for arm, tuned in (choices(base.folder) or {}).items():
             if tuned["chosen"] is None:
                 unchosen.append(f"{arm}{where}: none of its tuning runs finished, so its reported runs did not run")
                 continue
-            chosen.setdefault(base, {})[arm] = tuned["chosen"]
+            chosen.setdefault(base.folder, {})[arm] = tuned["chosen"]
             scores = ", ".join(f"{', '.join(setting_args(r['setting']))}: "
                                + ("failed" if r["select_acc"] is None else f"{r['select_acc']:.4f}")
                                for r in tuned["points"])
@@ -148,19 +150,37 @@ def chosen_settings(spec: CompareSpec, say=print) -> tuple[dict, list[str]]:
     return chosen, unchosen
 
 
+def write_layout(spec: CompareSpec) -> None:
+    """What the report expects to find, written before any run (also when a scheduler runs the
+    printed commands): OUT/suite.json, each sweep's sweep.json, each tuned base's grid.json. A
+    folder that holds another kind of experiment is refused."""
+    out, arms, seeds = spec.out, list(spec.arms), list(spec.seeds)
+    if not spec.suite and (out / SUITE_FILE).is_file():
+        raise RunError(f"{out} holds a suite ({out / SUITE_FILE}); give the same SUITE, or another OUT")
+    if spec.suite and ((out / SWEEP_FILE).is_file() or any((out / arm).is_dir() for arm in ARMS)):
+        raise RunError(f"{out} holds a comparison, not a suite; give another OUT for SUITE={spec.suite.file}")
+    roots = [out / name for name in spec.suite.datasets] if spec.suite else [out]
+    for root in roots:
+        if not spec.sweep and (root / SWEEP_FILE).is_file():
+            raise RunError(f"{root} holds a sweep ({root / SWEEP_FILE}); give the same SWEEP, or another OUT")
+    if spec.suite:
+        write_json(out / SUITE_FILE, {**spec.suite.to_json(), "arms": arms, "seeds": seeds,
+                                      "sweep": spec.sweep.to_json() if spec.sweep else None})
+    if spec.sweep:
+        for root in roots:
+            write_json(root / SWEEP_FILE, sweep_meta(spec.sweep, arms, seeds))
+    if spec.tune:
+        write_grids(spec.bases(), arms, seeds, spec.tune)
+
+
 def compare(spec: CompareSpec, overrides: list[str]) -> int:
     """Plan, run (or print) and report; the exit code compare.sh returns: 0, or 1 when a run
     failed. Settings that cannot run raise ConfigError (exit 2) before any run starts."""
-    arms, seeds = list(spec.arms), list(spec.seeds)
-    tuning = plan_tuning(spec.out, arms, seeds, overrides, spec.sweep, spec.tune) if spec.tune else []
-    planned = [] if spec.tune else plan(spec.out, arms, seeds, overrides, spec.sweep)
-    key = spec.sweep.key if spec.sweep else None
-    if not spec.sweep and (spec.out / SWEEP_FILE).is_file():
-        raise RunError(f"{spec.out} holds a sweep ({spec.out / SWEEP_FILE}); give the same SWEEP, or another OUT")
-    if spec.sweep:  # what the report expects, also when a scheduler runs the printed commands
-        write_json(spec.out / SWEEP_FILE, {"key": key, "values": spec.sweep.values, "arms": arms, "seeds": seeds})
-    if spec.tune:
-        write_grids(spec.out, arms, seeds, spec.sweep, spec.tune)
+    arms, seeds, bases_ = list(spec.arms), list(spec.seeds), spec.bases()
+    check_overrides(spec.suite, spec.sweep, overrides)
+    tuning = plan_tuning(bases_, arms, seeds, overrides, spec.tune) if spec.tune else []
+    planned = [] if spec.tune else plan(bases_, arms, seeds, overrides)
+    write_layout(spec)
     if spec.print_jobs:
         for job in tuning:
             print(command_line(job, list(spec.launch)))
@@ -169,18 +189,18 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
                   f"first, then PRINT_JOBS=1 again prints the reported runs", file=sys.stderr)
             return 0
         if tuning:
-            planned = plan(spec.out, arms, seeds, overrides, spec.sweep, chosen_settings(spec, say=lambda _: None)[0])
+            planned = plan(bases_, arms, seeds, overrides, chosen_settings(spec, say=lambda _: None)[0])
         for job in planned:
             print(command_line(job, list(spec.launch)))
         return 0
-    runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), key, echo=spec.jobs == 1 and not spec.gpus)
+    runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), echo=spec.jobs == 1 and not spec.gpus)
     failed, unchosen = 0, []
     if tuning:
         print(f"== tuning {len(spec.arms)} arm(s) over {len(spec.tune.points())} point(s) of "
               f"{'; '.join(spec.tune.keys)}, chosen on the selection split", flush=True)
         failed += runner.run_all(to_run(tuning, spec.overwrite))
         chosen, unchosen = chosen_settings(spec)
-        planned = plan(spec.out, arms, seeds, overrides, spec.sweep, chosen)
+        planned = plan(bases_, arms, seeds, overrides, chosen)
     failed += runner.run_all(to_run(planned, spec.overwrite))
     for line in unchosen:
         print(f"error: {line}", file=sys.stderr)
@@ -193,10 +213,10 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
         raise RunError(f"{failed} of {total} runs failed (named above) and none has finished: no report",
                        exit_code=1) from None
     print(report.markdown(summary))
-    for gain in summary.get("gains", []):
-        print(gain["headline"])
-    print(f"report: {spec.out / 'report.md'}, {spec.out / 'comparison.png'}"
-          + (f", {spec.out / 'sweep.png'}" if spec.sweep else "") + f", {spec.out / 'summary.json'}")
+    for line in report.headlines(summary):
+        print(line)
+    print("report: " + ", ".join(str(spec.out / name) for name in report.files(summary))
+          + (f"; each dataset's own in {spec.out}/<dataset>/" if spec.suite else ""))
     if failed or unchosen:
         print(f"error: {failed} of {total} runs failed (named above); the report marks them missing",
               file=sys.stderr)

@@ -1,16 +1,17 @@
-"""The report of a sweep (`SWEEP='key=v1,v2,...' scripts/compare.sh`): how the gain of pretraining
-changes with one setting, from the saved runs alone.
+"""The report of a sweep (`SWEEP='key=v1,v2,...[;key2=...]' scripts/compare.sh`): how the gain of
+pretraining changes with one setting (or a grid of several), from the saved runs alone.
 
-Reads OUT/sweep.json ({"key", "values", "arms", "seeds"}) and OUT/<key>=<value>/<arm>/[seed<N>/]
-runs; writes OUT/sweep.png, and returns the "sweep" part of summary.json and of report.md.
-A run that is not finished is reported missing, never silently left out of a mean.
+Reads <root>/sweep.json ({"axes", "arms", "seeds"}) and <root>/<key>=<value>[/<key2>=<value2>]/
+<arm>/[seed<N>/] runs; writes <root>/sweep.png, and returns the "sweep" part of summary.json and
+of report.md. A run that is not finished is reported missing, never silently left out of a mean.
+The first key is the curve's x axis; every combination of the others is one line of it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..results.plots import plot_sweep, value_label
-from .plan import value_folder
+from .plan import Grid, setting_args, value_folder
 from .summary import summarize
 
 CATCH_UP_POINTS = 1.0  # "scratch comes within 1 point of pretrained"
@@ -28,19 +29,38 @@ def missing_runs(meta: dict, arms: dict[str, list]) -> list[str]:
     return missing
 
 
-def points(out: Path, meta: dict) -> list[dict]:
-    """One point per swept value: the summary ({"arms", "gain", ...}) of that value's runs."""
+def point_folder(root: Path, setting: dict) -> Path:
+    folder = Path(root)
+    for key, value in setting.items():
+        folder = value_folder(folder, key, value)
+    return folder
+
+
+def points(root: Path, meta: dict) -> list[dict]:
+    """One point per combination of the swept values: the summary ({"arms", "gain", ...}) of its runs."""
+    grid = Grid.from_json(meta["axes"])
     result = []
-    for value in meta["values"]:
-        found, part = summarize(value_folder(out, meta["key"], value))
-        result.append({"value": value, "arms": part["arms"], "gain": part.get("gain"),
-                       "missing": missing_runs(meta, found)})
+    for setting in grid.points():
+        folder = point_folder(root, setting)
+        found, part = summarize(folder)
+        result.append({"setting": setting, "value": setting[grid.keys[0]], "folder": str(folder),
+                       "arms": part["arms"], "gain": part.get("gain"), "missing": missing_runs(meta, found)})
     return result
 
 
-def values_with_runs(sweep: dict) -> list:
-    """The swept values that have at least one finished run, in sweep order."""
-    return [p["value"] for p in sweep["points"] if p["arms"]]
+def with_runs(sweep: dict) -> list[dict]:
+    """The points that have at least one finished run, in sweep order."""
+    return [p for p in sweep["points"] if p["arms"]]
+
+
+def lines_of(sweep: dict) -> list[tuple[dict, list[dict]]]:
+    """(the other keys' values, its points in the first key's order) per line of the curve."""
+    first = sweep["axes"][0][0]
+    groups: dict = {}
+    for p in sweep["points"]:
+        others = {k: v for k, v in p["setting"].items() if k != first}
+        groups.setdefault(repr(others), (others, []))[1].append(p)
+    return list(groups.values())
 
 
 def catch_up_value(points_: list[dict]):
@@ -53,7 +73,7 @@ def catch_up_value(points_: list[dict]):
     return None
 
 
-def _gain_cell(gain: dict | None) -> str:
+def gain_cell(gain: dict | None) -> str:
     if gain is None:
         return "—"
     interval = gain.get("final_val_acc_ci95")
@@ -61,36 +81,41 @@ def _gain_cell(gain: dict | None) -> str:
         f" ({interval[0]:+.1f} to {interval[1]:+.1f})" if interval else "")
 
 
+def arm_cell(a: dict | None) -> str:
+    return "missing" if a is None else (
+        f"{100 * a['final_val_acc']:.1f}%" + (f" ± {100 * a['final_val_acc_std']:.1f}" if a["seeds"] > 1 else ""))
+
+
 def markdown(sweep: dict) -> str:
-    key, pts = sweep["key"], sweep["points"]
+    keys, pts = [k for k, _ in sweep["axes"]], sweep["points"]
     arms = list(dict.fromkeys(a for p in pts for a in p["arms"]))
-    lines = [f"## Sweep over `{key}`", "", f"Final validation accuracy, mean ± std over seeds, per value of `{key}`; "
+    over = " x ".join(f"`{k}`" for k in keys)
+    lines = [f"## Sweep over {over}", "", f"Final validation accuracy, mean ± std over seeds, per value of {over}; "
              f"the gain with its 95% interval.", "",
-             f"| `{key}` | " + " | ".join(arms) + " | gain of pretraining (95% CI) | missing runs |",
-             "|---" * (len(arms) + 3) + "|"]
+             "| " + " | ".join(f"`{k}`" for k in keys) + " | " + " | ".join(arms)
+             + " | gain of pretraining (95% CI) | missing runs |",
+             "|---" * (len(keys) + len(arms) + 2) + "|"]
     for p in pts:
-        cells = []
-        for arm in arms:
-            a = p["arms"].get(arm)
-            cells.append("missing" if a is None else
-                         f"{100 * a['final_val_acc']:.1f}%" + (f" ± {100 * a['final_val_acc_std']:.1f}" if a["seeds"] > 1 else ""))
-        lines.append(f"| {value_label(p['value'])} | " + " | ".join(cells) + f" | {_gain_cell(p.get('gain'))} | "
-                     + (", ".join(p["missing"]) or "none") + " |")
+        lines.append("| " + " | ".join(value_label(p["setting"][k]) for k in keys) + " | "
+                     + " | ".join(arm_cell(p["arms"].get(arm)) for arm in arms)
+                     + f" | {gain_cell(p.get('gain'))} | " + (", ".join(p["missing"]) or "none") + " |")
     lines.append("")
     if any(p.get("gain") for p in pts):
-        at = sweep["scratch_within_1_point_at"]
-        lines.append(f"Scratch has caught up (the gain's 95% interval below {CATCH_UP_POINTS:g} point) at "
-                     f"`{key}={value_label(at)}`." if at is not None
-                     else f"Scratch has not caught up within this sweep (no value where the gain's 95% interval lies "
-                          f"below {CATCH_UP_POINTS:g} point).")
+        for line in sweep["catch_up"]:
+            where = f" (at {', '.join(setting_args(line['others']))})" if line["others"] else ""
+            lines.append(f"Scratch has caught up{where} (the gain's 95% interval below {CATCH_UP_POINTS:g} point) at "
+                         f"`{keys[0]}={value_label(line['at'])}`." if line["at"] is not None
+                         else f"Scratch has not caught up{where} within this sweep (no value of `{keys[0]}` where the "
+                              f"gain's 95% interval lies below {CATCH_UP_POINTS:g} point).")
         lines.append("")
     return "\n".join(lines)
 
 
-def build(out: Path, meta: dict) -> dict:
+def build(root: Path, meta: dict) -> dict:
     """The sweep part of summary.json; draws sweep.png."""
-    pts = points(out, meta)
-    sweep = {"key": meta["key"], "values": meta["values"], "points": pts,
-             "scratch_within_1_point_at": catch_up_value(pts)}
-    plot_sweep(sweep, Path(out) / "sweep.png")
+    pts = points(root, meta)
+    sweep = {"key": meta["axes"][0][0], "values": meta["axes"][0][1], "axes": meta["axes"], "points": pts}
+    sweep["catch_up"] = [{"others": others, "at": catch_up_value(line)} for others, line in lines_of(sweep)]
+    sweep["scratch_within_1_point_at"] = sweep["catch_up"][0]["at"] if len(meta["axes"]) == 1 else None
+    plot_sweep(sweep, lines_of(sweep), Path(root) / "sweep.png")
     return sweep

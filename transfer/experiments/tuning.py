@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..files import write_json
 from ..records import is_finished, read_metrics
-from .plan import Grid, Job, bases, make_job, run_folder, value_text
+from .plan import Base, Grid, Job, make_job, run_args, run_folder, setting_args, value_text
 
 TUNE_DIR = "tune"
 GRID_FILE = "grid.json"
@@ -36,19 +36,21 @@ def point_folder(base: Path, point: dict) -> Path:
     return folder
 
 
-def plan_tuning(out: Path, arms: list[str], seeds: list[int], overrides: list[str], sweep, grid: Grid) -> list[Job]:
+def plan_tuning(bases_: list[Base], arms: list[str], seeds: list[int], overrides: list[str], grid: Grid) -> list[Job]:
     """The tuning runs: every point of the grid, every arm, the first seed, in every base folder."""
-    given = {o.partition("=")[0] for o in overrides} | ({sweep.key} if sweep else set())
+    given = {o.partition("=")[0] for o in overrides} | {k for b in bases_ for k in b.point} | {
+        a.partition("=")[0] for b in bases_ for a in b.entry}
     taken = sorted(set(grid.keys) & given)
     if taken:
-        raise ConfigError(f"TUNE's {', '.join(taken)} is also set by SWEEP or a key=value; tune it, or set it, not both")
+        raise ConfigError(f"TUNE's {', '.join(taken)} is also set by SWEEP, SUITE or a key=value; tune it, or set it, "
+                          f"not both")
     seed = seeds[0] if seeds else None
     jobs = []
-    for value, base, extra in bases(out, sweep):
+    for base in bases_:
         for point in grid.points():
             for arm in arms:
-                job = make_job(arm, value, seed, run_folder(point_folder(base, point), arm, seed),
-                               [*overrides, *extra, *(f"{k}={value_text(v)}" for k, v in point.items())], point)
+                job = make_job(arm, base, seed, run_folder(point_folder(base.folder, point), arm, seed),
+                               run_args(base, overrides, setting_args(point)), point)
                 if job.settings["data"]["select_fraction"] is None:
                     raise ConfigError(f"TUNE needs a selection split to choose on, and arm {arm} has none: set "
                                       f"data.select_fraction (e.g. data.select_fraction=0.1) so the choice is never "
@@ -57,9 +59,9 @@ def plan_tuning(out: Path, arms: list[str], seeds: list[int], overrides: list[st
     return jobs
 
 
-def write_grids(out: Path, arms: list[str], seeds: list[int], sweep, grid: Grid) -> None:
-    for _, base, _ in bases(out, sweep):
-        write_json(Path(base) / TUNE_DIR / GRID_FILE, {"axes": grid.to_json(), "arms": list(arms),
+def write_grids(bases_: list[Base], arms: list[str], seeds: list[int], grid: Grid) -> None:
+    for base in bases_:
+        write_json(base.folder / TUNE_DIR / GRID_FILE, {"axes": grid.to_json(), "arms": list(arms),
                                                         "seed": seeds[0] if seeds else None})
 
 
@@ -82,7 +84,7 @@ def choices(base: Path) -> dict[str, dict] | None:
     meta = read_grid(base)
     if meta is None:
         return None
-    grid = Grid(tuple((k, tuple(v)) for k, v in meta["axes"]))
+    grid = Grid.from_json(meta["axes"])
     result = {}
     for arm in meta["arms"]:
         rows = []

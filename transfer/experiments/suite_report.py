@@ -1,0 +1,134 @@
+"""The report of a suite (`SUITE=suites/natural.yaml scripts/compare.sh`): one row per dataset, the
+gain of pretraining with its interval on each, and the gain summed up over datasets.
+
+Reads OUT/suite.json ({"file", "datasets", "arms", "seeds", "sweep"}) and each dataset's own
+summary (report.build_one on OUT/<dataset>/, a comparison or a sweep of its own); writes
+OUT/suite.png and returns the "suite" part of summary.json and the text of OUT/report.md. A
+dataset without a finished run is named and counted, never silently dropped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..results.plots import plot_suite, value_label
+from .intervals import aggregate
+from .plan import Grid, setting_args, setting_text
+from .sweep_report import arm_cell, gain_cell
+
+SUITE_PLOT = "suite.png"
+
+
+def _missing(meta: dict, arms: dict) -> list[str]:
+    """'arm seed N' (or 'arm') for each planned run of a point without a finished run."""
+    missing = []
+    for arm in meta["arms"]:
+        found = {Path(r).name for r in (arms.get(arm) or {}).get("runs", [])}
+        if meta["seeds"]:
+            missing += [f"{arm} seed {s}" for s in meta["seeds"] if f"seed{s}" not in found]
+        elif arm not in arms:
+            missing.append(arm)
+    return missing
+
+
+def _cells(meta: dict, part: dict | None, settings: list[dict]) -> list[dict]:
+    """One dataset's result at each point of the sweep (one point without a sweep)."""
+    if part is None:  # no finished run at all
+        return [{"setting": s, "arms": {}, "gain": None, "missing": _missing(meta, {})} for s in settings]
+    if meta["sweep"] is None:
+        return [{"setting": {}, "arms": part["arms"], "gain": part.get("gain"), "missing": _missing(meta, part["arms"])}]
+    return [{"setting": p["setting"], "arms": p["arms"], "gain": p.get("gain"), "missing": p["missing"]}
+            for p in part["sweep"]["points"]]
+
+
+def build(out: Path, meta: dict, parts: dict[str, dict | None]) -> dict:
+    """The "suite" part of summary.json, from each dataset's summary (None: no finished run); draws
+    suite.png."""
+    settings = Grid.from_json(meta["sweep"]).points() if meta["sweep"] else [{}]
+    cells = {name: _cells(meta, parts.get(name), settings) for name in meta["datasets"]}
+    points = []
+    for i, setting in enumerate(settings):
+        datasets = {name: {"settings": entry, **cells[name][i],
+                           "report": f"{name}/report.md" if parts.get(name) else None}
+                    for name, entry in meta["datasets"].items()}
+        points.append({"setting": setting, "datasets": datasets,
+                       "aggregate": aggregate({n: d["gain"] for n, d in datasets.items()})})
+    shown = next((p for p in reversed(points) if any(d["arms"] for d in p["datasets"].values())), points[-1])
+    suite = {"file": meta["file"], "arms": meta["arms"], "seeds": meta["seeds"], "axes": meta["sweep"],
+             "datasets": shown["datasets"], "aggregate": shown["aggregate"], "at": shown["setting"]}
+    if meta["sweep"]:
+        suite["points"] = points
+    plot_suite(_plot_rows(suite, points), Path(out) / SUITE_PLOT, meta["sweep"][0][0] if meta["sweep"] else None)
+    return suite
+
+
+def _plot_rows(suite: dict, points: list[dict]) -> list[dict]:
+    first = suite["axes"][0][0] if suite["axes"] else None
+    rows: dict = {}
+    for point in points:
+        others = {k: v for k, v in point["setting"].items() if k != first}
+        for name, d in point["datasets"].items():
+            label = name + (f" ({', '.join(setting_args(others))})" if others else "")
+            row = rows.setdefault(label, {"dataset": label, "points": []})
+            if d["gain"]:
+                ci = d["gain"].get("final_val_acc_ci95")
+                row["points"].append({"x": point["setting"].get(first), "gain": d["gain"]["final_val_acc_points"],
+                                      "low": ci[0] if ci else None, "high": ci[1] if ci else None})
+    return list(rows.values())
+
+
+def _ci(interval) -> str:
+    return f" (95% CI {interval[0]:+.1f} to {interval[1]:+.1f})" if interval else ""
+
+
+def aggregate_line(agg: dict) -> str:
+    """The gain over datasets in one line."""
+    n = agg["datasets_with_gain"]
+    if not n:
+        return f"over {agg['datasets']} datasets: no gain to sum up (no dataset has finished runs of both arms)"
+    text = (f"over {n} dataset{'s' * (n != 1)}: mean gain of pretraining {agg['mean_gain_points']:+.1f} points"
+            f"{_ci(agg.get('mean_gain_ci95'))}, interquartile mean {agg['iqm_gain_points']:+.1f}"
+            f"{_ci(agg.get('iqm_gain_ci95'))}, median {agg['median_gain_points']:+.1f}; the gain's 95% interval "
+            f"excludes 0 on {agg['datasets_gain_ci_excludes_0']} of {n} (above 0 on {agg['datasets_gain_ci_above_0']}, "
+            f"below on {agg['datasets_gain_ci_below_0']})")
+    if agg["datasets_without_gain"]:
+        text += f"; no gain on {', '.join(agg['datasets_without_gain'])} (runs missing)"
+    return text
+
+
+def _table(meta_arms: list[str], datasets: dict) -> list[str]:
+    arms = [a for a in meta_arms if any(a in d["arms"] for d in datasets.values())] or list(meta_arms)
+    lines = ["| dataset | " + " | ".join(arms) + " | gain of pretraining (95% CI) | pretrained better on | missing runs |",
+             "|---" * (len(arms) + 4) + "|"]
+    for name, d in datasets.items():
+        gain = d["gain"] or {}
+        better = (f"{gain['seeds_better']}/{len(gain['paired_seeds'])} seeds" if gain.get("paired") else "—")
+        link = f"[{name}]({d['report']})" if d["report"] else name
+        lines.append(f"| {link} | " + " | ".join(arm_cell(d["arms"].get(a)) for a in arms)
+                     + f" | {gain_cell(d['gain'])} | {better} | " + (", ".join(d["missing"]) or "none") + " |")
+    return lines
+
+
+def markdown(suite: dict) -> str:
+    names = list(suite["datasets"])
+    lines = [f"# Pretrained vs scratch over {len(names)} datasets (`SUITE={suite['file']}`)", ""]
+    sections = suite.get("points") or [{"setting": {}, "datasets": suite["datasets"], "aggregate": suite["aggregate"]}]
+    for point in sections:
+        if point["setting"]:
+            lines += [f"## At {', '.join(f'`{k}={value_label(v)}`' for k, v in point['setting'].items())}", ""]
+        line = aggregate_line(point["aggregate"])
+        lines += [f"**{line[0].upper() + line[1:]}.**", ""]
+        lines += _table(suite["arms"], point["datasets"]) + [""]
+    agg = suite["aggregate"]
+    lines += ["Final validation accuracy, mean ± std over seeds. Each dataset's gain is the difference of the two arms' "
+              "final accuracies with its own 95% interval (paired by seed on the same images; the dataset's report "
+              "says how it was computed). Over datasets, rliable's aggregates (Agarwal et al. 2021): the mean of the "
+              "datasets' mean gains, the interquartile mean of every seed's gain pooled over datasets, and the median "
+              f"dataset; their intervals: {agg['ci_method'].removeprefix('none: ')}.", "",
+              "Each dataset's own report (every arm's numbers, curves, settings): "
+              + ", ".join(f"[{n}]({d['report']})" if d["report"] else f"{n} (no finished run)"
+                          for n, d in suite["datasets"].items()) + ".", "",
+              "## Settings per dataset", "", "| dataset | settings |", "|---|---|"]
+    for name, d in suite["datasets"].items():
+        given = ", ".join(f"`{k}={setting_text(v)}`" for k, v in d["settings"].items())
+        lines.append(f"| {name} | {given or 'the arms’ defaults'} |")
+    return "\n".join(lines) + "\n"
