@@ -5,8 +5,10 @@ import atexit
 import os
 import shutil
 import signal
+import sys
 import subprocess
 import tempfile
+import textwrap
 
 # Everything the suite and the processes it starts write to a temp folder lands in this one
 # (tests' tmp_path, torch's compile caches; TMPDIR for subprocesses: torchrun's, the benchmark's,
@@ -130,6 +132,35 @@ def shapes_dataset(image_folder, split_names=("train", "val"), label_kind="class
         splits[name] = datasets.Dataset.from_dict(
             {"picture": [{"bytes": f.read_bytes(), "path": None} for f in files], "shape": labels}, features=features)
     return datasets.DatasetDict(splits)
+
+
+def stand_in_launcher(tmp_path, body: str) -> tuple[str, "Path"]:
+    """A LAUNCH for compare.sh that 'trains' a run without training: `body` (Python) sees `cfg` (the
+    run's settings), `out` (its folder, made), `arm`, `args` and `CALLS` (a file to log to), and
+    ends with `finish(final_val_acc, **more)`, which writes config.yaml and metrics.json as a
+    finished run has them. Returns the LAUNCH command and the CALLS path."""
+    script, calls = tmp_path / "launch.py", tmp_path / "calls.txt"
+    script.write_text(textwrap.dedent(f"""
+        import csv, json, math, sys
+        from pathlib import Path
+        from transfer.config import dump_yaml, load_config
+        args = sys.argv[sys.argv.index("--config") + 1:]
+        cfg = load_config(args[0], args[1:])
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        arm = Path(args[0]).stem
+        CALLS = {str(calls)!r}
+        def finish(acc, select_acc=None, peak_lr=0.001, chosen_on="val"):
+            history = [{{"epoch": 1, "lr": peak_lr, "train_loss": 1.0, "val_loss": 1.0, "val_acc": acc,
+                         "epoch_seconds": 1.0, "train_images_per_s": 10.0}}]
+            if select_acc is not None:
+                history[0].update(select_acc=select_acc, select_loss=1 - select_acc)
+            (out / "config.yaml").write_text(dump_yaml(cfg))
+            (out / "metrics.json").write_text(json.dumps({{"history": history, "best_val_acc": acc, "best_epoch": 1,
+                "final_val_acc": acc, "final_val_loss": 1.0, "val_samples": 10, "train_seconds": 1.0,
+                "best_chosen_on": chosen_on, "peak_lr": peak_lr}}))
+    """) + textwrap.dedent(body))
+    return f"{sys.executable} {script}", calls
 
 
 # Names the file system allows that glob patterns, URLs, YAML or CSV could misread.

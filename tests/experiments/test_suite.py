@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import run_command, shapes_dataset
+from conftest import run_command, shapes_dataset, stand_in_launcher
 from transfer.errors import ConfigError
 from transfer.records import load_run
 from transfer.experiments.plan import CompareSpec, Grid, Suite, bases, check_overrides, plan
@@ -28,36 +28,21 @@ ACCURACY = {"alpha": {"pretrained": 0.80, "scratch": 0.40}, "beta": {"pretrained
 def launcher(tmp_path):
     """A LAUNCH that 'trains' a run: config.yaml, metrics.json and val_predictions.csv with the
     ACCURACY of its dataset and arm; a dataset named 'broken' fails with a one-line error."""
-    script = tmp_path / "launch.py"
-    script.write_text(textwrap.dedent(f"""
-        import csv, json, sys
-        from pathlib import Path
-        from transfer.config import dump_yaml, load_config
-        args = sys.argv[sys.argv.index("--config") + 1:]
-        cfg = load_config(args[0], args[1:])
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        arm, dataset = Path(args[0]).stem, Path(cfg.data.root).name
-        with open({str(tmp_path / "calls.txt")!r}, "a") as f:
+    return stand_in_launcher(tmp_path, f"""
+        dataset = Path(cfg.data.root).name
+        with open(CALLS, "a") as f:
             f.write(json.dumps({{"out": str(out), "dataset": dataset, "args": args[1:]}}) + "\\n")
         if dataset == "broken":
             print(f"error: data.root {{cfg.data.root}} does not exist (stand-in)")
             sys.exit(2)
-        acc = {ACCURACY!r}[dataset][arm] + (cfg.train.seed / 100 if arm == "pretrained" else 0)
-        right = round(acc * {IMAGES})
+        right = round(({ACCURACY!r}[dataset][arm] + (cfg.train.seed / 100 if arm == "pretrained" else 0)) * {IMAGES})
         with open(out / "val_predictions.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "label", "predicted"])
             for i in range({IMAGES}):
                 w.writerow([f"val[{{i}}]", "a", "a" if i < right else "b"])
-        history = [{{"epoch": 1, "lr": 0.001, "train_loss": 1.0, "val_loss": 1.0, "val_acc": right / {IMAGES},
-                     "epoch_seconds": 1.0, "train_images_per_s": 10.0}}]
-        (out / "config.yaml").write_text(dump_yaml(cfg))
-        (out / "metrics.json").write_text(json.dumps({{"history": history, "best_val_acc": right / {IMAGES},
-            "best_epoch": 1, "final_val_acc": right / {IMAGES}, "final_val_loss": 1.0, "val_samples": {IMAGES},
-            "train_seconds": 1.0, "best_chosen_on": "val", "peak_lr": 0.001}}))
-    """))
-    return f"{sys.executable} {script}", tmp_path / "calls.txt"
+        finish(right / {IMAGES})
+    """)
 
 
 def suite_file(tmp_path, names=("alpha", "beta", "gamma"), extra=""):

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_command
+from conftest import run_command, stand_in_launcher
 from transfer.errors import ConfigError
 from transfer.experiments.plan import CompareSpec, Grid
 
@@ -20,32 +20,16 @@ BEST_LR = {"pretrained": 1e-4, "scratch": 1e-3}  # where the stand-in's selectio
 def scoring_launcher(tmp_path):
     """A LAUNCH that 'trains' a run: config.yaml as a run writes it, and metrics.json whose
     select_acc is 0.9 at the arm's BEST_LR, 0.1 less per decade away; val_acc records the LR."""
-    script = tmp_path / "launch.py"
-    script.write_text(textwrap.dedent(f"""
-        import json, math, sys
-        from pathlib import Path
-        from transfer.config import dump_yaml, load_config
-        args = sys.argv[sys.argv.index("--config") + 1:]
-        cfg = load_config(args[0], args[1:])
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        arm = Path(args[0]).stem
+    return stand_in_launcher(tmp_path, f"""
         lr = float(cfg.optim.lr)
-        with open({str(tmp_path / "calls.txt")!r}, "a") as f:
+        with open(CALLS, "a") as f:
             f.write(str(out) + "\\n")
         if lr > 0.005:
             print("stopped: the loss is not finite (stand-in)")
             sys.exit(3)
-        select = 0.9 - 0.1 * abs(math.log10(lr) - math.log10({BEST_LR!r}[arm]))
-        history = [{{"epoch": 1, "lr": lr, "train_loss": 1.0, "val_loss": 1.0, "val_acc": lr,
-                     "select_acc": select, "select_loss": 1 - select, "epoch_seconds": 1.0,
-                     "train_images_per_s": 10.0}}]
-        (out / "config.yaml").write_text(dump_yaml(cfg))
-        (out / "metrics.json").write_text(json.dumps({{"history": history, "best_val_acc": lr, "best_epoch": 1,
-            "final_val_acc": lr, "final_val_loss": 1.0, "val_samples": 10, "train_seconds": 1.0,
-            "best_chosen_on": "select", "peak_lr": lr}}))
-    """))
-    return f"{sys.executable} {script}", tmp_path / "calls.txt"
+        finish(lr, select_acc=0.9 - 0.1 * abs(math.log10(lr) - math.log10({BEST_LR!r}[arm])), peak_lr=lr,
+               chosen_on="select")
+    """)
 
 
 def compare_sh(tmp_path, *args, **env):
