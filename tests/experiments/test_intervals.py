@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from transfer.config import dump_yaml, load_config
-from transfer.experiments.intervals import _unpaired, correct_by_image, headline
+from transfer.experiments.intervals import _unpaired, aggregate, correct_by_image, headline
 from transfer.experiments.report import build
 from transfer.training.metrics import calibration_error
 
@@ -116,3 +116,20 @@ def test_headline_without_predictions_says_why():
     gain = {"final_val_acc_points": 4.0, "ci_method": "none: a run has no val_predictions.csv to pair images with"}
     assert headline(gain, {}) == ("gain of pretraining +4.0 points of final validation accuracy (no interval: a run "
                                   "has no val_predictions.csv to pair images with)")
+
+
+def test_the_aggregate_over_one_dataset_is_that_dataset_and_over_several_widens_with_them(tmp_path):
+    gains = {name: comparison(tmp_path / name, p, s, seeds=(0, 1), rng_seed=i)
+             for i, (name, p, s) in enumerate([("a", 0.8, 0.4), ("b", 0.6, 0.55), ("c", 0.5, 0.5)])}
+    one = aggregate({"a": gains["a"]})
+    assert one["mean_gain_points"] == pytest.approx(gains["a"]["final_val_acc_points"])
+    assert one["mean_gain_ci95"] == pytest.approx(gains["a"]["final_val_acc_ci95"])  # the same two-level interval
+    every = aggregate(gains)
+    assert every["mean_gain_points"] == pytest.approx(np.mean([g["final_val_acc_points"] for g in gains.values()]))
+    low, high = every["mean_gain_ci95"]
+    widths = [g["final_val_acc_ci95"][1] - g["final_val_acc_ci95"][0] for g in gains.values()]
+    assert low < every["mean_gain_points"] < high and high - low < max(widths)  # averaging narrows, but
+    assert high - low > min(widths) / 3  # never below what the datasets' own spread allows
+    iqm_low, iqm_high = every["iqm_gain_ci95"]
+    assert iqm_low <= every["iqm_gain_points"] <= iqm_high and "too narrow with 2 seeds" in every["ci_method"]
+    assert aggregate({"a": gains["a"], "x": None})["datasets_without_gain"] == ["x"]

@@ -90,13 +90,15 @@ def _paired(pairs: list[tuple[dict, dict]], seeds: list, unpaired_runs: int) -> 
     n = len(seeds)
     if n == 1:
         low, high = images.confidence_interval
+        se, df = float(images.standard_error), np.inf
         method = (f"paired bootstrap over the {len(ids)} validation images (scipy.stats.bootstrap, BCa, "
                   f"{RESAMPLES} resamples); one seed, so training randomness is not in it")
     else:
         seed_var, image_var = float(per_seed.var(ddof=1)) / n, float(images.standard_error) ** 2
         total = seed_var + image_var
         df = total ** 2 / (seed_var ** 2 / (n - 1)) if seed_var > 0 else np.inf  # Welch-Satterthwaite
-        half = float(stats.t.ppf(0.975, df)) * total ** 0.5
+        se = total ** 0.5
+        half = float(stats.t.ppf(0.975, df)) * se
         low, high = mean - half, mean + half
         method = (f"mean of {n} paired seeds +- t x SE, SE^2 = seed variance / {n} + image variance from a paired "
                   f"bootstrap over the {len(ids)} validation images (scipy.stats.bootstrap, BCa, {RESAMPLES} "
@@ -108,6 +110,7 @@ def _paired(pairs: list[tuple[dict, dict]], seeds: list, unpaired_runs: int) -> 
         only_p, only_s = int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))
         mcnemar.append(float(stats.binomtest(only_p, only_p + only_s).pvalue) if only_p + only_s else 1.0)
     return {"final_val_acc_points": mean, "final_val_acc_ci95": [float(low), float(high)],
+            "standard_error_points": float(se), "degrees_of_freedom": float(df),
             "per_seed_final_val_acc_points": [float(g) for g in per_seed], "paired_seeds": seeds,
             "seeds_better": int(np.sum(per_seed > 0)), "mcnemar_p": mcnemar, "images": len(ids), "paired": True,
             "ci_method": method}
@@ -149,22 +152,23 @@ def headline(gain: dict, arms: dict) -> str:
     return f"{text} (95% CI {low:+.1f} to {high:+.1f}; {detail})"
 
 
-def _mean_of_means(*samples, axis=-1):
-    return np.mean(np.stack([np.mean(s, axis=axis) for s in samples]), axis=0)
-
-
 def _pooled_iqm(*samples, axis=-1):
     return stats.trim_mean(np.concatenate(samples, axis=axis), 0.25, axis=axis)
 
 
 def aggregate(gains: dict[str, dict | None]) -> dict:
     """The gain over datasets, as rliable sums up scores over tasks (Agarwal et al. 2021): the mean
-    over datasets of each one's mean gain, the interquartile mean of every run's gain pooled over
-    datasets (scipy.stats.trim_mean, 25% cut at each end), the median dataset, and on how many
-    datasets the gain's own 95% interval excludes 0. Their intervals: rliable's stratified
-    bootstrap, each dataset's per-seed gains resampled on their own (scipy.stats.bootstrap over one
-    sample per dataset), when every dataset has two or more seeds. `gains`: dataset -> its gain
-    (summary.json's "gain"), None where it has none."""
+    over datasets of each one's mean gain, the interquartile mean of every seed's gain pooled over
+    datasets (scipy.stats.trim_mean, 25% cut at each end: rliable's aggregate_iqm), the median
+    dataset, and on how many datasets the gain's own 95% interval excludes 0. `gains`: dataset ->
+    its gain (summary.json's "gain"), None where it has none.
+
+    Intervals, the datasets taken as fixed: the mean's combines the datasets' own (each covers its
+    seeds and its images): SE^2 = sum of SE_i^2 / k^2, Welch-Satterthwaite degrees of freedom, the
+    same two-level method as one dataset's. The IQM's is rliable's stratified bootstrap (each
+    dataset's per-seed gains resampled on their own: scipy.stats.bootstrap, one sample per
+    dataset), which covers the seeds only, and is too narrow with few: it needs 2 seeds a dataset,
+    and is reported with that warning below 5."""
     have = {n: g for n, g in gains.items() if g}
     result = {"datasets": len(gains), "datasets_with_gain": len(have),
               "datasets_without_gain": sorted(set(gains) - set(have))}
@@ -177,17 +181,31 @@ def aggregate(gains: dict[str, dict | None]) -> dict:
     intervals = [g.get("final_val_acc_ci95") for g in have.values()]
     above = sum(1 for ci in intervals if ci and ci[0] > 0)
     below = sum(1 for ci in intervals if ci and ci[1] < 0)
-    result.update({"mean_gain_points": float(_mean_of_means(*scores)), "iqm_gain_points": float(_pooled_iqm(*scores)),
-                   "median_gain_points": float(np.median([s.mean() for s in scores])),
+    mean = float(np.mean([g["final_val_acc_points"] for g in have.values()]))
+    result.update({"mean_gain_points": mean, "iqm_gain_points": float(_pooled_iqm(*scores)),
+                   "median_gain_points": float(np.median([g["final_val_acc_points"] for g in have.values()])),
                    "datasets_gain_ci_excludes_0": above + below, "datasets_gain_ci_above_0": above,
                    "datasets_gain_ci_below_0": below})
-    if all(len(s) >= 2 for s in scores):
-        for key, statistic in (("mean_gain_ci95", _mean_of_means), ("iqm_gain_ci95", _pooled_iqm)):
-            low, high = _bootstrap(tuple(scores), statistic, paired=False).confidence_interval
-            result[key] = [float(low), float(high)]
-        result["ci_method"] = (f"stratified bootstrap (rliable's): each dataset's per-seed gains resampled on their "
-                               f"own, the datasets fixed (scipy.stats.bootstrap, BCa, {RESAMPLES} resamples); "
-                               f"training randomness only, not which images or datasets")
+    methods = []
+    if all("standard_error_points" in g for g in have.values()):
+        k, parts = len(have), [(g["standard_error_points"] ** 2, g["degrees_of_freedom"]) for g in have.values()]
+        var = sum(v for v, _ in parts) / k ** 2
+        tail = sum((v / k ** 2) ** 2 / d for v, d in parts if np.isfinite(d) and d > 0)
+        df = var ** 2 / tail if tail > 0 else np.inf
+        half = float(stats.t.ppf(0.975, df)) * var ** 0.5
+        result["mean_gain_ci95"] = [mean - half, mean + half]
+        methods.append(f"the mean's: the datasets' own intervals combined (SE^2 = sum of SE_i^2 / {k}^2, "
+                       f"Welch-Satterthwaite degrees of freedom; each dataset's seeds and images)")
     else:
-        result["ci_method"] = "none: the aggregate's interval needs two or more paired seeds on every dataset"
+        methods.append("the mean's: none (a dataset's gain is unpaired, so it has no standard error to combine)")
+    seeds = min(len(s) for s in scores)
+    if seeds >= 2:
+        low, high = _bootstrap(tuple(scores), _pooled_iqm, paired=False).confidence_interval
+        result["iqm_gain_ci95"] = [float(low), float(high)]
+        methods.append(f"the IQM's: rliable's stratified bootstrap over each dataset's seeds (scipy.stats.bootstrap, "
+                       f"BCa, {RESAMPLES} resamples), seeds only" + (
+                           f", and too narrow with {seeds} seeds a dataset: trust the mean's" if seeds < 5 else ""))
+    else:
+        methods.append("the IQM's: none (rliable's bootstrap needs two or more paired seeds on every dataset)")
+    result["ci_method"] = "; ".join(methods) + "; the datasets are taken as fixed"
     return result

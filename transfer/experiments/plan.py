@@ -117,7 +117,7 @@ def setting_args(point: dict) -> list[str]:
 
 def setting_text(value) -> str:
     """A YAML value as a command line's key=value gives it, read back the same by load_config: a
-    string that would read as another type (\'1\', \'null\') is quoted."""
+    string that would read as another type ("1", "null") is quoted."""
     if isinstance(value, str):
         try:
             plain = isinstance(yaml.safe_load(value), str)

@@ -123,7 +123,7 @@ def markdown(suite: dict) -> str:
               "final accuracies with its own 95% interval (paired by seed on the same images; the dataset's report "
               "says how it was computed). Over datasets, rliable's aggregates (Agarwal et al. 2021): the mean of the "
               "datasets' mean gains, the interquartile mean of every seed's gain pooled over datasets, and the median "
-              f"dataset; their intervals: {agg['ci_method'].removeprefix('none: ')}.", "",
+              f"dataset. Their 95% intervals: {agg['ci_method'].removeprefix('none: ')}.", "",
               "Each dataset's own report (every arm's numbers, curves, settings): "
               + ", ".join(f"[{n}]({d['report']})" if d["report"] else f"{n} (no finished run)"
                           for n, d in suite["datasets"].items()) + ".", "",
