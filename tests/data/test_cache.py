@@ -51,6 +51,7 @@ def test_eval_crops_equal_eval_transform(images):
     assert cache.nbytes == sum(np.asarray(TF.resize(open_rgb(p), 32)).size for p in images)
 
 
+@pytest.mark.slow  # two whole runs compared: the full tier
 def test_cached_run_trains_exactly_like_the_loader_run(image_folder, tmp_path):
     # with mixup and cutmix on: both paths give the same crops, and the same mixed batches from them
     mixing = ("data.mixup=0.4", "data.cutmix=1.0", "train.label_smoothing=0.1")

@@ -77,6 +77,7 @@ def test_tuning_needs_a_selection_split(tmp_path, scoring_launcher):
     assert "set data.select_fraction" in result.stderr and not calls.exists()
 
 
+@pytest.mark.slow  # a tuned comparison by hand: three compare.sh calls: the full tier
 def test_print_jobs_prints_the_tuning_runs_then_the_reported_ones(tmp_path, scoring_launcher):
     launch, _ = scoring_launcher
     first = compare_sh(tmp_path, "data.select_fraction=0.2", TUNE="optim.lr=1e-4,1e-3", PRINT_JOBS="1", LAUNCH=launch)

@@ -168,6 +168,7 @@ def same_weights(a, b):
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow  # two whole runs and an LR range test: the full tier
 def test_found_lr_is_recorded_plotted_and_equals_typing_it_in(found_run, image_folder, tmp_path):
     out, metrics = found_run
     found = metrics.lr_find
