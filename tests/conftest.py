@@ -134,7 +134,7 @@ def shapes_dataset(image_folder, split_names=("train", "val"), label_kind="class
     return datasets.DatasetDict(splits)
 
 
-def stand_in_launcher(tmp_path, body: str) -> tuple[str, "Path"]:
+def stand_in_launcher(tmp_path, body: str) -> tuple[str, object]:
     """A LAUNCH for compare.sh that 'trains' a run without training: `body` (Python) sees `cfg` (the
     run's settings), `out` (its folder, made), `arm`, `args` and `CALLS` (a file to log to), and
     ends with `finish(final_val_acc, **more)`, which writes config.yaml and metrics.json as a

@@ -3,14 +3,12 @@ held-out validation split, and images decoded as `datasets` decodes them."""
 import csv
 import io
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_command, shapes_dataset, tiny_config
+from conftest import shapes_dataset, tiny_config
 from transfer.cli import main
 from transfer.data.images import open_rgb
 from transfer.run import run
@@ -137,33 +135,6 @@ def test_exif_orientation_and_16_bit_images_decode_as_datasets_does(tmp_path):
     decoded = np.asarray(open_rgb(str(path)))[..., 0].astype(int)
     expected = np.round((grey - grey.min()) * 255.0 / (grey.max() - grey.min()))
     assert np.abs(decoded - expected).max() <= 1  # the contrast kept, not clipped to white
-
-
-@pytest.mark.slow
-def test_compare_sh_on_a_parquet_source_scores_the_same_held_out_images(image_folder, tmp_path):
-    import timm
-    from safetensors.torch import save_file
-
-    root = tmp_path / "pq"
-    (root / "data").mkdir(parents=True)
-    shapes_dataset(image_folder, ("train", "val"))["train"].to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
-    weights = tmp_path / "imagenet.safetensors"
-    save_file(timm.create_model("resnet10t", num_classes=1000).state_dict(), str(weights))
-    out = tmp_path / "cmp"
-    overrides = [f"data.dataset={root}", "data.val_fraction=0.25", "data.url=null", "model.name=resnet10t",
-                 "data.image_size=32", "train.epochs=1", "train.batch_size=8", "data.num_workers=0",
-                 f"model.weights_file={weights}"]
-    env = {**os.environ, "OUT": str(out), "SEEDS": "0 1", "PYTHON": sys.executable, "LAUNCH": sys.executable}
-    result = run_command(["scripts/compare.sh", *overrides], capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    runs = [out / arm / f"seed{s}" for arm in ("pretrained", "scratch") for s in (0, 1)]
-    scored = []
-    for r in runs:
-        with open(r / "val_predictions.csv", newline="") as f:
-            scored.append(sorted(row["id"] for row in csv.DictReader(f)))
-    assert all(s == scored[0] for s in scored) and len(scored[0]) == 12
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["arms"]["pretrained"]["seeds"] == summary["arms"]["scratch"]["seeds"] == 2
 
 
 @pytest.mark.parametrize("kind", ["folder", "parquet"])

@@ -219,12 +219,11 @@ def test_the_shipped_suites_plan(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_suite_over_the_three_source_kinds(image_folder, weights, tmp_path):
-    """An image folder, a parquet folder and a save_to_disk folder, two arms, two seeds: trained
-    runs give the table, the aggregate line, suite.png and summary.json."""
-    parquet = tmp_path / "parquet"
+    """An image folder, a parquet folder (train only, validation held out) and a save_to_disk folder,
+    two arms, two seeds: trained runs give the table, the aggregate line, suite.png and summary.json."""
+    parquet = tmp_path / "parquet"  # a train split only: validation is held out of it, the same for every run
     (parquet / "data").mkdir(parents=True)
-    for name, ds in shapes_dataset(image_folder, ("train", "validation")).items():
-        ds.to_parquet(str(parquet / "data" / f"{name}-00000-of-00001.parquet"))
+    shapes_dataset(image_folder)["train"].to_parquet(str(parquet / "data" / "train-00000-of-00001.parquet"))
     disk = tmp_path / "disk"
     shapes_dataset(image_folder, ("train", "val"), label_kind="string").save_to_disk(str(disk))
     suite = tmp_path / "three.yaml"
@@ -233,7 +232,7 @@ def test_a_real_suite_over_the_three_source_kinds(image_folder, weights, tmp_pat
                     train.epochs: 1, data.url: null, data.check_images: false, model.weights_file: {weights}}}
         datasets:
           folder: {{data.root: {image_folder}}}
-          parquet: {{data.dataset: {parquet}}}
+          parquet: {{data.dataset: {parquet}, data.val_fraction: 0.25}}
           disk: {{data.dataset: {disk}, data.label_column: shape, data.hflip: false}}
     """))
     result = compare_sh(tmp_path, SUITE=str(suite), SEEDS="0 1", JOBS="2", LAUNCH=sys.executable)
@@ -243,8 +242,14 @@ def test_a_real_suite_over_the_three_source_kinds(image_folder, weights, tmp_pat
     assert list(summary["datasets"]) == ["folder", "parquet", "disk"]
     for name, d in summary["datasets"].items():
         assert d["arms"]["pretrained"]["seeds"] == d["arms"]["scratch"]["seeds"] == 2, name
-        assert d["gain"]["paired"] and d["gain"]["images"] == 18 and len(d["gain"]["final_val_acc_ci95"]) == 2
+        assert d["gain"]["paired"] and d["gain"]["images"] == (12 if name == "parquet" else 18)
+        assert len(d["gain"]["final_val_acc_ci95"]) == 2
         assert d["missing"] == [] and (out / name / "report.md").is_file()
+    scored = []  # every arm and seed scores the same held-out images of the parquet source
+    for run_dir in [out / "parquet" / arm / f"seed{s}" for arm in ("pretrained", "scratch") for s in (0, 1)]:
+        with open(run_dir / "val_predictions.csv", newline="") as f:
+            scored.append(sorted(row["id"] for row in csv.DictReader(f)))
+    assert all(s == scored[0] for s in scored) and len(scored[0]) == 12
     assert load_run(out / "disk" / "scratch" / "seed1").settings["data"]["hflip"] is False
     assert load_run(out / "folder" / "scratch" / "seed1").settings["data"]["hflip"] is True
     agg = summary["aggregate"]

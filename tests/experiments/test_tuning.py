@@ -5,7 +5,6 @@ tunes real runs."""
 import json
 import os
 import sys
-import textwrap
 
 import pytest
 
