@@ -8,18 +8,24 @@
 #   scripts/compare.sh train.time_budget_s=300                  # equal time instead of equal epochs
 #   SWEEP='data.train_per_class=5,20,100,null' SEEDS="0 1 2" JOBS=2 scripts/compare.sh   # a curve, 2 runs at a time
 #   TUNE='optim.lr=1e-4,3e-4,1e-3,3e-3' scripts/compare.sh data.select_fraction=0.1  # each arm tuned the same way
+#   SUITE=suites/natural.yaml SEEDS="0 1 2" scripts/compare.sh       # every dataset of a suite, one table
 #
 # Every key=value goes to every run. Finished runs are reused, not retrained (OVERWRITE=1 retrains
 # them); interrupted ones resume. The report is rebuilt from the saved runs alone:
 #   python -m transfer.compare "$OUT"
 # Environment: OUT (runs/compare), ARMS ("pretrained scratch"), SEEDS (empty: the config's seed),
-# SWEEP (key=v1,v2,...), TUNE (key=v1,v2,...[;key2=...]: a grid every arm runs on the first seed, chosen per arm
+# SWEEP (key=v1,v2,...[;key2=...]: a grid), SUITE (a suite file: datasets by name, each with its settings;
+# OUT/<dataset>/ each), TUNE (key=v1,v2,...[;key2=...]: a grid every arm runs on the first seed, chosen per arm
 # on the selection split, data.select_fraction; the reported runs use the choice), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
 # (1: print the runs as shell commands instead), OVERWRITE (0), PYTHON (the python that has this
 # project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch", i.e.
 # `accelerate launch`: your accelerate config picks GPUs and processes). See transfer/experiments/ (plan.py, runner.py).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+if [ -n "${SUITE:-}" ] && [ -f "$SUITE" ]; then  # a suite file of yours, named from where you are
+  SUITE="$(cd "$(dirname "$SUITE")" && pwd)/$(basename "$SUITE")"
+  export SUITE
+fi
+cd "$(dirname "$0")/.."                          # (else suites/<name>.yaml, from the repository)
 
 source scripts/find_python.sh
 if [ -n "${LAUNCH:-}" ]; then
