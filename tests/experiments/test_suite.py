@@ -114,7 +114,11 @@ def test_a_suite_gives_the_table_the_aggregate_suite_png_and_summary(tmp_path, l
 
 def test_print_jobs_lists_every_run_of_a_suite(tmp_path, launcher):
     launch, log = launcher
-    result = compare_sh(tmp_path, SUITE=str(suite_file(tmp_path)), SEEDS="0 1", PRINT_JOBS="1", LAUNCH=launch)
+    suite_file(tmp_path)
+    script = Path(__file__).resolve().parents[2] / "scripts" / "compare.sh"
+    result = run_command([str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,  # SUITE from here
+                         env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+                              "SUITE": "suite.yaml", "SEEDS": "0 1", "PRINT_JOBS": "1", "LAUNCH": launch})
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 0 and len(lines) == 12, result.stderr
     for name in ACCURACY:
