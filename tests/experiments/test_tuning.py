@@ -63,6 +63,10 @@ def test_each_arm_gets_its_own_choice_and_its_reported_runs_use_it(tmp_path, sco
     report = (out / "report.md").read_text()
     assert "## Tuning, on the selection split" in report
     assert "| 1e-4 | **90.0%** | 80.0% |" in report and "| 1e-2 | failed or not run | failed or not run |" in report
+    # pretrained's best is the smallest rate tried: said, in the report and on the console; scratch's is inside
+    assert "chosen at the edge of the grid" in report and "pretrained: optim.lr=1e-4 (the first value tried)" in report
+    assert "scratch: optim.lr" not in report.split("**Warning**: chosen at the edge")[1]
+    assert "warning: pretrained: optim.lr=1e-4 (the first value tried) is at the edge of the grid" in result.stdout
     # a second call reuses all of it and chooses the same
     again = compare_sh(tmp_path, "data.select_fraction=0.2", TUNE=GRID, SEEDS="3 4", LAUNCH=launch)
     assert len(calls.read_text().splitlines()) == len(ran) + 2  # only the two failed points, tried again
@@ -120,3 +124,15 @@ def test_a_grid_is_every_combination():
 def test_tuning_a_key_that_is_also_set_is_refused(tmp_path):
     result = compare_sh(tmp_path, "data.select_fraction=0.2", "optim.lr=1e-3", TUNE=GRID, PRINT_JOBS="1")
     assert result.returncode == 2 and "TUNE's optim.lr is also set" in result.stderr
+
+
+def test_a_choice_at_the_grid_s_edge_is_named():
+    from transfer.experiments.report import grid_edges
+
+    def arm(chosen, values=(1e-4, 1e-3, 1e-2)):
+        return {"chosen": {"optim.lr": chosen}, "points": [{"setting": {"optim.lr": v}} for v in values]}
+
+    assert grid_edges({"a": arm(1e-2), "b": arm(1e-3), "c": arm(1e-4)}) == [
+        "a: optim.lr=0.01 (the last value tried)", "c: optim.lr=0.0001 (the first value tried)"]
+    assert grid_edges({"two": arm(1e-2, values=(1e-3, 1e-2))}) == []  # two values have no inside
+    assert grid_edges({"none": {"chosen": None, "points": []}}) == []

@@ -132,7 +132,26 @@ def tuning_lines(arms: dict) -> list[str]:
         lines.append(f"| {', '.join(value_text(v) for v in row['setting'].values())} | " + " | ".join(cells) + " |")
     lines += ["", "Chosen: " + "; ".join(f"{n} {', '.join(setting_args(t['chosen'])) if t['chosen'] else 'nothing'}"
                                          for n, t in tuned.items()) + "."]
+    edges = grid_edges(tuned)
+    if edges:
+        lines += ["", "**Warning**: chosen at the edge of the grid, so its best may lie beyond it: "
+                  + "; ".join(edges) + ". Extend the grid past it (TUNE) before trusting the gain."]
     return lines
+
+
+def grid_edges(tuned: dict) -> list[str]:
+    """'scratch: optim.lr=1e-2 (the largest tried)' for each arm whose choice sits at an end of a
+    key with three or more values."""
+    edges = []
+    for name, t in tuned.items():
+        if not t["chosen"]:
+            continue
+        for key, value in t["chosen"].items():
+            values = list(dict.fromkeys(p["setting"][key] for p in t["points"]))
+            if len(values) >= 3 and value in (values[0], values[-1]):
+                which = "first" if value == values[0] else "last"
+                edges.append(f"{name}: {key}={value_text(value)} (the {which} value tried)")
+    return edges
 
 
 def markdown(summary: dict) -> str:

@@ -147,6 +147,8 @@ def chosen_settings(spec: CompareSpec, say=print) -> tuple[dict, list[str]]:
                                + ("failed" if r["select_acc"] is None else f"{r['select_acc']:.4f}")
                                for r in tuned["points"])
             say(f"tuned {arm}{where}: {', '.join(setting_args(tuned['chosen']))} (selection accuracy {scores})")
+            for edge in report.grid_edges({arm: tuned}):
+                say(f"warning: {edge} is at the edge of the grid; its best may lie beyond it: extend TUNE past it")
     return chosen, unchosen
 
 
