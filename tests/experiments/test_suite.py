@@ -239,7 +239,8 @@ def test_a_real_suite_over_the_three_source_kinds(image_folder, weights, tmp_pat
           parquet: {{data.dataset: {parquet}, data.val_fraction: 0.25}}
           disk: {{data.dataset: {disk}, data.label_column: shape, data.hflip: false}}
     """))
-    result = compare_sh(tmp_path, SUITE=str(suite), SEEDS="0 1", JOBS="2", LAUNCH=sys.executable)
+    result = compare_sh(tmp_path, SUITE=str(suite), SEEDS="0 1", JOBS="2", LAUNCH=sys.executable,
+                        OMP_NUM_THREADS="1")  # two runs at a time on two cores: one thread each
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())["suite"]
