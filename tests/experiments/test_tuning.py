@@ -127,7 +127,7 @@ def test_tuning_a_key_that_is_also_set_is_refused(tmp_path):
 
 
 def test_a_choice_at_the_grid_s_edge_is_named():
-    from transfer.experiments.report import grid_edges
+    from transfer.experiments.tuning import grid_edges
 
     def arm(chosen, values=(1e-4, 1e-3, 1e-2)):
         return {"chosen": {"optim.lr": chosen}, "points": [{"setting": {"optim.lr": v}} for v in values]}

@@ -51,6 +51,14 @@ def value_folder(out: Path, key: str, value) -> Path:
     return Path(out) / f"{key}={value_text(value)}"
 
 
+def point_folder(root: Path, point: dict) -> Path:
+    """root/<key>=<value>/<key2>=<value2>/...: where a grid point's runs live under `root`."""
+    folder = Path(root)
+    for key, value in point.items():
+        folder = value_folder(folder, key, value)
+    return folder
+
+
 def run_folder(base: Path, arm: str, seed: int | None) -> Path:
     return base / arm / f"seed{seed}" if seed is not None else base / arm
 
@@ -221,10 +229,6 @@ class Base:
     entry: tuple[str, ...] = ()  # the dataset's settings, as key=value
     point: dict = field(default_factory=dict)  # the swept keys' values
 
-    @property
-    def where(self) -> dict:
-        return {**({"dataset": self.dataset} if self.dataset else {}), **self.point}
-
     def describe(self) -> str:
         """' at pets, data.train_per_class=10', or '' for a plain comparison."""
         parts = ([self.dataset] if self.dataset else []) + setting_args(self.point)
@@ -234,7 +238,7 @@ class Base:
 @dataclass(frozen=True, eq=False)
 class Job:
     arm: str
-    where: dict  # the base's: dataset and swept values
+    base: Base  # where it runs: its dataset and swept values
     seed: int | None
     folder: Path
     args: tuple[str, ...]  # the training command line's arguments (after `-m transfer`)
@@ -243,8 +247,7 @@ class Job:
 
     def label(self) -> str:
         parts = ([f"tuning {', '.join(setting_args(self.tuning))}"] if self.tuning is not None else []) + (
-            [self.where["dataset"]] if "dataset" in self.where else []) + [self.arm] + [
-            f"{k}={value_text(v)}" for k, v in self.where.items() if k != "dataset"] + (
+            [self.base.dataset] if self.base.dataset else []) + [self.arm] + setting_args(self.base.point) + (
             [f"seed {self.seed}"] if self.seed is not None else [])
         return ", ".join(parts)
 
@@ -254,9 +257,7 @@ def bases(out: Path, sweep: Grid | None, suite: Suite | None = None) -> list[Bas
     result = []
     for name, entry in (suite.datasets.items() if suite else [(None, {})]):
         for point in (sweep.points() if sweep else [{}]):
-            folder = Path(out) / name if name else Path(out)
-            for key, value in point.items():
-                folder = value_folder(folder, key, value)
+            folder = point_folder(Path(out) / name if name else Path(out), point)
             result.append(Base(folder, name, tuple(f"{k}={setting_text(v)}" for k, v in entry.items()), point))
     return result
 
@@ -272,7 +273,7 @@ def make_job(arm: str, base: Base, seed: int | None, folder: Path, run_args: lis
         if base.dataset is None:
             raise
         raise ConfigError(f"dataset {base.dataset} (SUITE): {e}") from None
-    return Job(arm, base.where, seed, folder, ("--config", str(config), *run_args, f"output_dir={folder}",
+    return Job(arm, base, seed, folder, ("--config", str(config), *run_args, f"output_dir={folder}",
                                                "train.resume=auto"), settings, tuning)
 
 
@@ -302,17 +303,16 @@ def check_overrides(suite: Suite | None, sweep: Grid | None, overrides: list[str
     command line, and a swept key is not also set by a dataset."""
     if suite is None:
         return
+    def setter(key: str) -> str | None:
+        return next((name for name, entry in suite.datasets.items() if key in entry), None)
+
     given = {o.partition("=")[0].strip() for o in overrides}
-    for key in [k for k in SOURCE_KEYS if k in given]:
-        setters = [n for n, entry in suite.datasets.items() if key in entry]
-        if setters:
-            raise ConfigError(f"{key} is set per dataset by SUITE={suite.file} (dataset {setters[0]}); remove it "
-                              f"from the command line, or change it in the suite file")
-    for key in (sweep.keys if sweep else []):
-        setters = [n for n, entry in suite.datasets.items() if key in entry]
-        if setters:
-            raise ConfigError(f"SWEEP's {key} is also set by dataset {setters[0]} in SUITE={suite.file}; sweep it, or "
-                              f"set it per dataset, not both")
+    for key in [k for k in SOURCE_KEYS if k in given and setter(k)]:
+        raise ConfigError(f"{key} is set per dataset by SUITE={suite.file} (dataset {setter(key)}); remove it "
+                          f"from the command line, or change it in the suite file")
+    for key in [k for k in (sweep.keys if sweep else []) if setter(k)]:
+        raise ConfigError(f"SWEEP's {key} is also set by dataset {setter(key)} in SUITE={suite.file}; sweep it, or "
+                          f"set it per dataset, not both")
 
 
 # ---------------------------------------------------------------------------- compare.sh's environment

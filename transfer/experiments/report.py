@@ -19,6 +19,7 @@ from ..results.plots import plot_comparison
 from . import suite_report, sweep_report
 from .plan import read_suite, read_sweep, setting_args, value_text
 from .summary import FRACTIONS, summarize
+from .tuning import grid_edges
 
 
 def build(out: Path) -> dict:
@@ -63,16 +64,21 @@ def build_one(out: Path) -> dict:
     return summary
 
 
+def is_suite(summary: dict) -> bool:
+    """A suite's summary has only the table over datasets at its top level."""
+    return "arms" not in summary and "suite" in summary
+
+
 def headlines(summary: dict) -> list[str]:
     """What compare.sh prints last: each gain's line, or the suite's line over datasets."""
-    if "arms" not in summary and "suite" in summary:
+    if is_suite(summary):
         return [suite_report.aggregate_line(summary["suite"]["aggregate"])]
     return [gain["headline"] for gain in summary.get("gains", [])]
 
 
 def files(summary: dict) -> list[str]:
     """The report's files in OUT."""
-    if "arms" not in summary and "suite" in summary:
+    if is_suite(summary):
         return ["report.md", suite_report.SUITE_PLOT, "summary.json"]
     return ["report.md", "comparison.png", *(["sweep.png"] if "sweep" in summary else []), "summary.json"]
 
@@ -139,23 +145,8 @@ def tuning_lines(arms: dict) -> list[str]:
     return lines
 
 
-def grid_edges(tuned: dict) -> list[str]:
-    """'scratch: optim.lr=1e-2 (the largest tried)' for each arm whose choice sits at an end of a
-    key with three or more values."""
-    edges = []
-    for name, t in tuned.items():
-        if not t["chosen"]:
-            continue
-        for key, value in t["chosen"].items():
-            values = list(dict.fromkeys(p["setting"][key] for p in t["points"]))
-            if len(values) >= 3 and value in (values[0], values[-1]):
-                which = "first" if value == values[0] else "last"
-                edges.append(f"{name}: {key}={value_text(value)} (the {which} value tried)")
-    return edges
-
-
 def markdown(summary: dict) -> str:
-    if "arms" not in summary and "suite" in summary:
+    if is_suite(summary):
         return suite_report.markdown(summary["suite"])
     arms = summary["arms"]
     names = list(arms)

@@ -31,7 +31,7 @@ from ..training.rundir import NEUTRAL, setting_changes
 from . import report
 from .plan import (ARMS, SUITE_FILE, SWEEP_FILE, CompareSpec, Job, check_overrides, plan, setting_args,
                    sweep_meta)
-from .tuning import choices, plan_tuning, write_grids
+from .tuning import choices, grid_edges, plan_tuning, write_grids
 
 TRAIN = ("-m", "transfer")  # the training entry point, under any launcher (python, accelerate launch, torchrun)
 
@@ -147,7 +147,7 @@ def chosen_settings(spec: CompareSpec, say=print) -> tuple[dict, list[str]]:
                                + ("failed" if r["select_acc"] is None else f"{r['select_acc']:.4f}")
                                for r in tuned["points"])
             say(f"tuned {arm}{where}: {', '.join(setting_args(tuned['chosen']))} (selection accuracy {scores})")
-            for edge in report.grid_edges({arm: tuned}):
+            for edge in grid_edges({arm: tuned}):
                 say(f"warning: {edge} is at the edge of the grid; its best may lie beyond it: extend TUNE past it")
     return chosen, unchosen
 

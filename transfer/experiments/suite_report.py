@@ -13,29 +13,17 @@ from pathlib import Path
 from ..results.plots import plot_suite, value_label
 from .intervals import aggregate
 from .plan import Grid, setting_args, setting_text
-from .sweep_report import arm_cell, gain_cell
+from .sweep_report import arm_cell, gain_cell, missing_runs
 
 SUITE_PLOT = "suite.png"
-
-
-def _missing(meta: dict, arms: dict) -> list[str]:
-    """'arm seed N' (or 'arm') for each planned run of a point without a finished run."""
-    missing = []
-    for arm in meta["arms"]:
-        found = {Path(r).name for r in (arms.get(arm) or {}).get("runs", [])}
-        if meta["seeds"]:
-            missing += [f"{arm} seed {s}" for s in meta["seeds"] if f"seed{s}" not in found]
-        elif arm not in arms:
-            missing.append(arm)
-    return missing
 
 
 def _cells(meta: dict, part: dict | None, settings: list[dict]) -> list[dict]:
     """One dataset's result at each point of the sweep (one point without a sweep)."""
     if part is None:  # no finished run at all
-        return [{"setting": s, "arms": {}, "gain": None, "missing": _missing(meta, {})} for s in settings]
+        return [{"setting": s, "arms": {}, "gain": None, "missing": missing_runs(meta, {})} for s in settings]
     if meta["sweep"] is None:
-        return [{"setting": {}, "arms": part["arms"], "gain": part.get("gain"), "missing": _missing(meta, part["arms"])}]
+        return [{"setting": {}, "arms": part["arms"], "gain": part.get("gain"), "missing": missing_runs(meta, part["arms"])}]
     return [{"setting": p["setting"], "arms": p["arms"], "gain": p.get("gain"), "missing": p["missing"]}
             for p in part["sweep"]["points"]]
 

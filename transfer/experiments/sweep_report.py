@@ -11,29 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..results.plots import plot_sweep, value_label
-from .plan import Grid, setting_args, value_folder
+from .plan import Grid, point_folder, setting_args
 from .summary import summarize
 
 CATCH_UP_POINTS = 1.0  # "scratch comes within 1 point of pretrained"
 
 
-def missing_runs(meta: dict, arms: dict[str, list]) -> list[str]:
-    """'arm seed N' (or 'arm') for each planned run without a finished metrics.json."""
+def missing_runs(meta: dict, arms: dict[str, dict]) -> list[str]:
+    """'arm seed N' (or 'arm') for each planned run (meta: {"arms", "seeds"}) without a finished
+    run among `arms` (arm -> its summary, whose "runs" are the finished folders)."""
     missing = []
     for arm in meta["arms"]:
-        found = {r.folder.name for r in arms.get(arm, [])}
+        found = {Path(r).name for r in (arms.get(arm) or {}).get("runs", [])}
         if meta["seeds"]:
             missing += [f"{arm} seed {s}" for s in meta["seeds"] if f"seed{s}" not in found]
         elif arm not in arms:
             missing.append(arm)
     return missing
-
-
-def point_folder(root: Path, setting: dict) -> Path:
-    folder = Path(root)
-    for key, value in setting.items():
-        folder = value_folder(folder, key, value)
-    return folder
 
 
 def points(root: Path, meta: dict) -> list[dict]:
@@ -42,9 +36,9 @@ def points(root: Path, meta: dict) -> list[dict]:
     result = []
     for setting in grid.points():
         folder = point_folder(root, setting)
-        found, part = summarize(folder)
+        _, part = summarize(folder)
         result.append({"setting": setting, "value": setting[grid.keys[0]], "folder": str(folder),
-                       "arms": part["arms"], "gain": part.get("gain"), "missing": missing_runs(meta, found)})
+                       "arms": part["arms"], "gain": part.get("gain"), "missing": missing_runs(meta, part["arms"])})
     return result
 
 

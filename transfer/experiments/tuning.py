@@ -23,17 +23,15 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..files import write_json
 from ..records import is_finished, read_metrics
-from .plan import Base, Grid, Job, make_job, run_args, run_folder, setting_args, value_text
+from .plan import Base, Grid, Job, make_job, point_folder, run_args, run_folder, setting_args, value_text
 
 TUNE_DIR = "tune"
 GRID_FILE = "grid.json"
 
 
-def point_folder(base: Path, point: dict) -> Path:
-    folder = Path(base) / TUNE_DIR
-    for key, value in point.items():
-        folder = folder / f"{key}={value_text(value)}"
-    return folder
+def tune_folder(base: Path, point: dict) -> Path:
+    """<base>/tune/<key>=<value>/...: where a tuning point's runs live."""
+    return point_folder(Path(base) / TUNE_DIR, point)
 
 
 def plan_tuning(bases_: list[Base], arms: list[str], seeds: list[int], overrides: list[str], grid: Grid) -> list[Job]:
@@ -49,7 +47,7 @@ def plan_tuning(bases_: list[Base], arms: list[str], seeds: list[int], overrides
     for base in bases_:
         for point in grid.points():
             for arm in arms:
-                job = make_job(arm, base, seed, run_folder(point_folder(base.folder, point), arm, seed),
+                job = make_job(arm, base, seed, run_folder(tune_folder(base.folder, point), arm, seed),
                                run_args(base, overrides, setting_args(point)), point)
                 if job.settings["data"]["select_fraction"] is None:
                     raise ConfigError(f"TUNE needs a selection split to choose on, and arm {arm} has none: set "
@@ -89,7 +87,7 @@ def choices(base: Path) -> dict[str, dict] | None:
     for arm in meta["arms"]:
         rows = []
         for point in grid.points():
-            folder = run_folder(point_folder(base, point), arm, meta["seed"])
+            folder = run_folder(tune_folder(base, point), arm, meta["seed"])
             score = _score(folder)
             rows.append({"setting": point, "run": str(folder) if score else None,
                          **(score or {"select_acc": None, "select_loss": None})})
@@ -98,3 +96,18 @@ def choices(base: Path) -> dict[str, dict] | None:
         result[arm] = {"seed": meta["seed"], "keys": grid.keys, "points": rows,
                        "chosen": None if best is None else best[1]["setting"]}
     return result
+
+
+def grid_edges(tuned: dict) -> list[str]:
+    """'scratch: optim.lr=0.01 (the last value tried)' for each arm (name -> its `choices` entry)
+    whose choice sits at an end of a key with three or more values: its best may lie beyond."""
+    edges = []
+    for name, t in tuned.items():
+        if not t["chosen"]:
+            continue
+        for key, value in t["chosen"].items():
+            values = list(dict.fromkeys(p["setting"][key] for p in t["points"]))
+            if len(values) >= 3 and value in (values[0], values[-1]):
+                which = "first" if value == values[0] else "last"
+                edges.append(f"{name}: {key}={value_text(value)} (the {which} value tried)")
+    return edges
