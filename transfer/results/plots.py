@@ -165,6 +165,14 @@ def _positions(values: list) -> tuple[list[float], list[str], bool]:
     return list(range(len(values))), [value_label(v) for v in values], False
 
 
+def _value_axis(ax, x: list[float], labels: list[str], log: bool) -> None:
+    """A swept setting's x axis, as _positions laid it out."""
+    if log:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    ax.set_xticks(x, labels)
+
+
 def _setting_label(setting: dict) -> str:
     return ", ".join(f"{k}={value_label(v)}" for k, v in setting.items())
 
@@ -203,10 +211,7 @@ def plot_sweep(sweep: dict, lines: list[tuple[dict, list[dict]]], path: Path) ->
         gain_ax.axhline(0, color="grey", lw=0.8)
         gain_ax.legend()
     for ax, ylabel in ((acc_ax, "final validation accuracy (%)"), (gain_ax, "gain of pretraining (points)")):
-        if log:
-            ax.set_xscale("log")
-            ax.minorticks_off()
-        ax.set_xticks(x, labels)
+        _value_axis(ax, x, labels, log)
         ax.set(xlabel=sweep["axes"][0][0], ylabel=ylabel)
         ax.grid(alpha=0.3)
     if acc_ax.lines:
@@ -248,10 +253,7 @@ def plot_suite(rows: list[dict], path: Path, xlabel: str | None = None) -> None:
             if banded:
                 ax.fill_between([xi for xi, _ in banded], [p["low"] for _, p in banded], [p["high"] for _, p in banded],
                                 color=line.get_color(), alpha=0.15)
-        if log:
-            ax.set_xscale("log")
-            ax.minorticks_off()
-        ax.set_xticks(x, labels)
+        _value_axis(ax, x, labels, log)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(xlabel=xlabel, ylabel="gain of pretraining (points; bands: 95% interval)")
         ax.grid(alpha=0.3)
