@@ -263,3 +263,10 @@ def test_a_real_suite_over_the_three_source_kinds(image_folder, weights, tmp_pat
     assert "| [folder](folder/report.md) |" in report and "mean gain of pretraining" in report
     assert (out / "suite.png").stat().st_size > 10_000
     assert "over 3 datasets: mean gain of pretraining" in result.stdout
+
+
+def test_a_bad_command_line_value_with_a_suite_is_not_blamed_on_a_dataset(tmp_path):
+    spec = CompareSpec.from_environ({"SUITE": str(suite_file(tmp_path)), "OUT": str(tmp_path / "out")}, sys.executable)
+    with pytest.raises(ConfigError) as e:
+        plan(spec.bases(), list(spec.arms), [], ["train.epochs=-1"])
+    assert str(e.value).startswith("train.epochs=-1 is invalid") and "dataset" not in str(e.value)

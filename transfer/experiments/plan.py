@@ -263,8 +263,8 @@ def bases(out: Path, sweep: Grid | None, suite: Suite | None = None) -> list[Bas
 
 
 def make_job(arm: str, base: Base, seed: int | None, folder: Path, run_args: list[str], tuning: dict | None = None) -> Job:
-    """One run; its settings are loaded (and so checked) now, once, not when it starts. A dataset's
-    bad entry is named with the dataset."""
+    """One run; its settings are loaded (and so checked) now, once, not when it starts. An error
+    that the dataset's entry causes is named with the dataset; one from the command line is not."""
     config = arm_config(arm)
     run_args = [*run_args, *([f"train.seed={seed}"] if seed is not None else [])]
     try:
@@ -272,6 +272,10 @@ def make_job(arm: str, base: Base, seed: int | None, folder: Path, run_args: lis
     except ConfigError as e:
         if base.dataset is None:
             raise
+        try:  # the same settings without the dataset's entry: if they load, the entry is what is wrong
+            load_config(config, [*(a for a in run_args if a not in base.entry), f"output_dir={folder}"])
+        except ConfigError:
+            raise e from None
         raise ConfigError(f"dataset {base.dataset} (SUITE): {e}") from None
     return Job(arm, base, seed, folder, ("--config", str(config), *run_args, f"output_dir={folder}",
                                                "train.resume=auto"), settings, tuning)
