@@ -59,12 +59,51 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             raise
 
 
-def publish_folder(folder: Path) -> None:
-    """Give a folder written by other libraries (safetensors writes its files 0600) the modes
-    the umask gives new files and folders; called before the folder is renamed into place."""
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def seal_folder(folder: Path) -> None:
+    """Make a folder written by other libraries ready to be renamed into place: the modes the
+    umask gives new files and folders (safetensors writes its files 0600), and every file, then
+    every folder, flushed to disk, so that a node crash after the rename cannot leave a folder
+    that looks complete with truncated files in it."""
     files, dirs = file_mode(), dir_mode()
-    for path in [Path(folder), *Path(folder).rglob("*")]:
+    paths = [Path(folder), *Path(folder).rglob("*")]
+    for path in paths:
         path.chmod(dirs if path.is_dir() else files)
+    for path in sorted(paths, key=lambda p: p.is_dir()):  # files first, then the folders that name them
+        _fsync(path)
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Rename a sealed folder to `final`, replacing what was there, and flush the rename."""
+    shutil.rmtree(final, ignore_errors=True)
+    Path(tmp).rename(final)
+    _fsync(Path(final).parent)
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path, needed: int | None = None):
+    """`with staged_folder(final) as tmp:` write into `tmp`; when the block ends it is sealed and
+    replaces `final` (see seal_folder, replace_folder). On any failure `tmp` is removed and `final`
+    is untouched; a full disk or an unwritable folder is one OutputError line (guard_write)."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a process killed mid-write
+    try:
+        with guard_write(tmp, needed):
+            tmp.mkdir(parents=True)
+            yield tmp
+            seal_folder(tmp)
+        replace_folder(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_json(path: Path, obj) -> None:

@@ -47,14 +47,16 @@ def run(cfg: Config, phases: Phases | None = None) -> RunMetrics:
         peak_lr = learning_rate(cfg, setup, state, phases)
         scheduler = OneCycle(setup.trainer.optimizer.optimizer, peak_lr or 0.0,  # None: evaluate-only, nothing found
                              cfg.train.epochs * setup.steps_per_epoch, cfg.train.time_budget_s)
-        for resumable in (scheduler, setup.ema):  # the weight average too: a resume continues it exactly
-            if resumable is not None:
-                accelerator.register_for_checkpointing(resumable)
+        # the weight average too: a resume continues it exactly
+        saved = checkpoint.Checkpointed(setup.trainer, tuple(o for o in (scheduler, setup.ema) if o is not None))
+        saved.register()
         if resume_from is not None:
             checkpoint.load_checkpoint(accelerator, resume_from)  # weights, optimizer, schedule, RNGs
         loop = Loop(setup.trainer, scheduler, Watch(accelerator), bool(cfg.train.time_budget_s), state.lrs, setup.ema)
         write_start(cfg, accelerator, out, setup, phases)
-        # figures are drawn in a child process while training runs, forked before any loader worker
+        # figures are drawn in a child process while training runs, forked before the epochs start
+        # their loader workers (with optim.lr=find the range test has started them already: the
+        # child inherits their pipes and never uses them)
         with Drawer(accelerator.is_main_process, out=out, train_ds=setup.train_ds, val_ds=setup.val_ds,
                     classes=setup.source.classes) as drawer, checkpoint.Writer() as writer:
             if accelerator.is_main_process:
@@ -62,7 +64,7 @@ def run(cfg: Config, phases: Phases | None = None) -> RunMetrics:
             accelerator.init_trackers("logs", config=flat_config(to_dict(cfg)))
             startup_seconds = phases.since_launch()  # data checked, model built, loaders ready
             final, stop = train_epochs(cfg, loop, setup, state,
-                                       functools.partial(save, cfg, accelerator, setup, phases, writer))
+                                       functools.partial(save, cfg, saved, setup, phases, writer))
             writer.wait()  # the last checkpoint is complete before model/ and metrics.json
             phases.add("checkpoint_wait", writer.waited)
             phases.add("epoch_start", loop.epoch_start_seconds)
@@ -128,8 +130,8 @@ def learning_rate(cfg: Config, setup: Setup, state: TrainerState, phases: Phases
     return state.lr_find["suggested_lr"] if state.lr_find else None
 
 
-def save(cfg: Config, accelerator: Accelerator, setup: Setup, phases: Phases, writer: checkpoint.Writer, name: str,
-         state: TrainerState) -> Path:
+def save(cfg: Config, saved: checkpoint.Checkpointed, setup: Setup, phases: Phases, writer: checkpoint.Writer,
+         name: str, state: TrainerState) -> Path:
     """A checkpoint named `name` holding `state` (train_epochs calls it with those two): an
     epoch's in the background, a stop signal's (`_batch_` in its name) inline, after the write in
     flight, before the run stops."""
@@ -137,7 +139,7 @@ def save(cfg: Config, accelerator: Accelerator, setup: Setup, phases: Phases, wr
         background = "_batch_" not in name
         if not background:
             writer.wait()
-        return checkpoint.save_checkpoint(accelerator, Path(cfg.output_dir), name, state,
+        return checkpoint.save_checkpoint(saved, Path(cfg.output_dir), name, state,
                                           keep=cfg.train.keep_checkpoints, size=setup.checkpoint_size,
                                           writer=writer if background else None)
 

@@ -1,7 +1,9 @@
-"""Checkpoints written in the background: the same files as accelerate's save_state, never seen
+"""Checkpoints written in the background: the same files as accelerate's save_state (which pins
+its layout), tensors in their own memory format, flushed to disk before the rename, never seen
 half written, a failed write stopping the run with its one line at the next wait."""
 import errno
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,9 +11,11 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
+from transfer import files
 from transfer.errors import OutputError
 from transfer.training import checkpoint
-from transfer.training.checkpoint import TrainerState, Writer, list_checkpoints, resolve_resume, save_checkpoint
+from transfer.training.checkpoint import (Checkpointed, TrainerState, Writer, list_checkpoints, resolve_resume,
+                                          save_checkpoint)
 
 
 class Counter:
@@ -29,27 +33,33 @@ class Counter:
 
 @pytest.fixture
 def trained(tmp_path):
+    """A channels_last model after two steps of the fused Adam (as on a GPU), a prepared loader, and
+    a custom checkpointed object: a Checkpointed as a run builds it."""
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=True)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                 torch.nn.LazyLinear(2))
     model(torch.zeros(1, 3, 8, 8))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(Counter())
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    loader = torch.utils.data.DataLoader(list(range(8)), batch_size=4, shuffle=True)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    saved = Checkpointed(SimpleNamespace(accelerator=accelerator, model=model, optimizer=optimizer), (Counter(),))
+    saved.register()
     for _ in range(2):  # Adam moments and batch-norm statistics that differ from their initial values
-        loss = model(torch.randn(4, 3, 8, 8)).square().mean()
+        loss = model(torch.randn(4, 3, 8, 8).to(memory_format=torch.channels_last)).square().mean()
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
-    yield accelerator, model, optimizer, tmp_path / "run"
+    yield saved, model, optimizer, tmp_path / "run"
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def same(a, b) -> bool:
+    """Equal values, types and (tensors) dtypes and strides."""
     if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.stride() == b.stride() and torch.equal(a, b)
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
@@ -59,29 +69,59 @@ def same(a, b) -> bool:
     return a == b
 
 
-def test_a_background_checkpoint_equals_an_inline_one(trained):
-    accelerator, _, _, out = trained
+def test_background_and_inline_checkpoints_equal_accelerates_save_state(trained):
+    # pins accelerate's layout: a file it adds, renames or fills otherwise fails here
+    saved, _, optimizer, out = trained
+    accelerator = saved.trainer.accelerator
     state = TrainerState(config={"a": 1}, epoch=1, history=[{"epoch": 1}])
-    inline = save_checkpoint(accelerator, out, "epoch_001", state, keep=5)
+    reference = out / "save_state"
+    accelerator.save_state(str(reference))
+    inline = save_checkpoint(saved, out, "epoch_001", state, keep=5)
     with Writer() as writer:
-        background = save_checkpoint(accelerator, out, "epoch_002", state, keep=5, writer=writer)
-    files = sorted(p.name for p in inline.iterdir())
-    assert files == sorted(p.name for p in background.iterdir()) and "model.safetensors" in files
-    assert "optimizer.bin" in files and "custom_checkpoint_0.pkl" in files and "random_states_0.pkl" in files
-    for name in files:
-        a, b = inline / name, background / name
-        if name.endswith(".safetensors"):
-            assert same(load_file(a), load_file(b)), name
-        elif name.endswith(".json"):
-            assert a.read_text() == b.read_text()
-        else:
-            assert same(torch.load(a, weights_only=False), torch.load(b, weights_only=False)), name
+        background = save_checkpoint(saved, out, "epoch_002", state, keep=5, writer=writer)
+    expected = sorted(p.name for p in reference.iterdir())
+    assert "model.safetensors" in expected and "optimizer.bin" in expected and "random_states_0.pkl" in expected
+    assert "custom_checkpoint_0.pkl" in expected
+    for folder in (inline, background):
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*expected, checkpoint.STATE_FILE])
+        for name in expected:
+            a, b = reference / name, folder / name
+            if name.endswith(".safetensors"):
+                assert same(load_file(a), load_file(b)), name
+            else:  # the optimizer's moments in their weights' channels_last layout, as torch.save keeps them
+                assert same(torch.load(a, weights_only=False), torch.load(b, weights_only=False)), name
+        assert checkpoint.TrainerState.read(folder) == state
+    moments = torch.load(background / "optimizer.bin", weights_only=False)["state"][0]["exp_avg"]
+    assert moments.is_contiguous(memory_format=torch.channels_last) and not moments.is_contiguous()
     accelerator.load_state(str(background))  # accelerate reads it back
+    assert same(optimizer.state_dict(), torch.load(reference / "optimizer.bin", weights_only=False))
+
+
+def test_to_host_keeps_each_tensors_layout():
+    # the staging path a GPU takes (pinned there), here on the CPU: strides kept, values copied
+    weight = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    sliced = torch.randn(6, 8)[:, :3]  # not dense: copied contiguous
+    host = checkpoint.to_host({"w": weight, "s": sliced, "n": 3})
+    assert host["w"].stride() == weight.stride() and torch.equal(host["w"], weight)
+    assert host["w"].data_ptr() != weight.data_ptr() and torch.equal(host["s"], sliced) and host["n"] == 3
+
+
+def test_a_checkpoint_is_flushed_to_disk_before_and_after_its_rename(trained, monkeypatch):
+    saved, _, _, out = trained
+    synced = []
+    real = files._fsync
+    monkeypatch.setattr(files, "_fsync", lambda path: (synced.append(str(path)), real(path)))
+    with Writer() as writer:
+        final = save_checkpoint(saved, out, "epoch_001", TrainerState(config={}, epoch=1), keep=5, writer=writer)
+    tmp = out / "checkpoints" / ".tmp_epoch_001"
+    written = {str(tmp / p.name) for p in final.iterdir()}
+    assert written <= set(synced[:-2]), "every file flushed before the rename"
+    assert synced[-2:] == [str(tmp), str(out / "checkpoints")]  # the folder, then the rename in its parent
 
 
 def test_a_write_in_flight_is_never_resumed_from(trained, monkeypatch):
-    accelerator, model, _, out = trained
-    save_checkpoint(accelerator, out, "epoch_001", TrainerState(config={}, epoch=1), keep=5)
+    saved, model, _, out = trained
+    save_checkpoint(saved, out, "epoch_001", TrainerState(config={}, epoch=1), keep=5)
     release, writing = threading.Event(), threading.Event()
     real = checkpoint.accelerate_save
 
@@ -91,7 +131,7 @@ def test_a_write_in_flight_is_never_resumed_from(trained, monkeypatch):
         real(value, path, safe_serialization=safe_serialization)
     monkeypatch.setattr(checkpoint, "accelerate_save", slow)
     with Writer() as writer:
-        save_checkpoint(accelerator, out, "epoch_002", TrainerState(config={}, epoch=2), keep=5, writer=writer)
+        save_checkpoint(saved, out, "epoch_002", TrainerState(config={}, epoch=2), keep=5, writer=writer)
         assert writing.wait(30)
         with torch.no_grad():  # training goes on: the checkpoint holds the weights of when it was taken
             before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -107,17 +147,38 @@ def test_a_write_in_flight_is_never_resumed_from(trained, monkeypatch):
 
 
 def test_a_failed_background_write_stops_the_run_at_the_next_wait(trained, monkeypatch):
-    accelerator, _, _, out = trained
-    save_checkpoint(accelerator, out, "epoch_001", TrainerState(config={}, epoch=1), keep=5)
+    saved, _, _, out = trained
+    save_checkpoint(saved, out, "epoch_001", TrainerState(config={}, epoch=1), keep=5)
 
     def full(value, path, safe_serialization=False):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(checkpoint, "accelerate_save", full)
     writer = Writer()
-    save_checkpoint(accelerator, out, "epoch_002", TrainerState(config={}, epoch=2), keep=5, writer=writer)
+    save_checkpoint(saved, out, "epoch_002", TrainerState(config={}, epoch=2), keep=5, writer=writer)
     with pytest.raises(OutputError, match="no space left on device writing") as e:
         writer.wait()  # what the next checkpoint or the end of the run does
     assert "\n" not in str(e.value) and "free space or point output_dir elsewhere" in str(e.value)
     assert [p.name for p in list_checkpoints(out)] == ["epoch_001"]
     assert not (out / "checkpoints" / ".tmp_epoch_002").exists()
     writer.wait()  # raised once
+
+
+def test_accelerate_saves_and_loads_the_model_put_in_place_of_a_prepared_one(tmp_path):
+    # pins the one private accelerate detail the run relies on (accel.replace_prepared_model, which
+    # swaps in the DDP wrapper rebuilt when the backbone thaws): save_state and load_state use that list
+    from transfer.training.accel import replace_prepared_model
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(cpu=True)
+    inner = torch.nn.Linear(2, 2)
+    prepared = accelerator.prepare(inner)
+    rebuilt = torch.nn.Sequential(inner)  # a stand-in for the rebuilt wrapper: its keys are "0.weight", "0.bias"
+    replace_prepared_model(accelerator, (prepared, inner), rebuilt)
+    accelerator.save_state(str(tmp_path / "state"))
+    saved = load_file(tmp_path / "state" / "model.safetensors")
+    assert set(saved) == {"0.weight", "0.bias"}
+    with torch.no_grad():
+        inner.weight.zero_()
+    accelerator.load_state(str(tmp_path / "state"))
+    assert torch.equal(inner.weight, saved["0.weight"]) and saved["0.weight"].abs().sum() > 0
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -21,7 +21,8 @@ from ..errors import ConfigError
 
 
 def use_cuda() -> bool:
-    return torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+    """A GPU is there and the run was not told to use the CPU (see cli.hide_gpus_from_a_cpu_run)."""
+    return torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
 
 
 def local_processes() -> int:
@@ -85,9 +86,8 @@ def fuse_optimizer(settings: dict[str, bool], optimizer_name: str, precision: st
 def apply_backend_settings(settings: dict[str, bool]) -> None:
     if settings["cudnn_benchmark"]:
         torch.backends.cudnn.benchmark = True
-    if settings["tf32_matmul"]:
+    if settings["tf32_matmul"]:  # (cuDNN's convolutions use TF32 by default already)
         torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.allow_tf32 = True
 
 
 def fit_ddp(accelerator: Accelerator, model, frozen: bool):
@@ -109,6 +109,15 @@ def fit_ddp(accelerator: Accelerator, model, frozen: bool):
     rebuilt.built_frozen = frozen
     if compiled:
         rebuilt = torch.compile(rebuilt, **accelerator.state.dynamo_plugin.to_kwargs())
-    # what save_state/load_state see: the wrapper on GPUs; on CPUs accelerate keeps the inner module
-    accelerator._models = [rebuilt if m is model or m is ddp else m for m in accelerator._models]
+    replace_prepared_model(accelerator, (model, ddp), rebuilt)
     return rebuilt
+
+
+def replace_prepared_model(accelerator: Accelerator, old: tuple, new) -> None:
+    """Put `new` where accelerate holds any of `old` among its prepared models, so that nothing
+    keeps the old DDP wrapper (its reducer and gradient buckets, a model's size) alive and
+    `load_state`/`free_memory` see the model being trained. accelerate has no public way to swap a
+    prepared model: this is its one private detail here (the list `Accelerator._models`, which
+    save_state, load_state and free_memory read), and a test pins it (test_checkpoint.py). On CPUs
+    accelerate holds the inner module, not the wrapper: then nothing changes."""
+    accelerator._models = [new if any(m is o for o in old) else m for m in accelerator._models]

@@ -8,10 +8,16 @@ memory (pinned on CUDA), and a background thread writes them in accelerate's lay
 `accelerator.save_state` writes, read back by `accelerator.load_state`; tested equal) while the
 next epoch trains. The next checkpoint, the end of the run and a stop signal wait for the write
 in flight (`checkpoint_wait` in phase_seconds); a failed write is raised there, its one line
-(a full disk, say) stopping the run. A stop signal's checkpoint is written inline."""
+(a full disk, say) stopping the run. A stop signal's checkpoint is written inline, by the same
+code. Every file and the folder are flushed to disk before the rename (files.seal_folder).
+
+What is saved is handed over (`Checkpointed`), not read from the accelerator's private lists;
+the file names are accelerate's public constants, and a test pins that the files equal what
+`accelerator.save_state` writes, so an accelerate upgrade that changes its layout fails there."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import threading
@@ -19,6 +25,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -27,8 +34,11 @@ from accelerate.utils import save as accelerate_save
 from accelerate.utils.constants import OPTIMIZER_NAME, SAFE_WEIGHTS_NAME, SCALER_NAME, SCHEDULER_NAME
 
 from ..errors import ConfigError, DataError, RunError
-from ..files import guard_write, publish_folder, write_json
+from ..files import guard_write, replace_folder, seal_folder, write_json
 from .model import state_bytes
+
+if TYPE_CHECKING:
+    from .step import Trainer
 
 STATE_FILE = "trainer_state.json"  # written last: epoch, position and metric history
 
@@ -99,11 +109,27 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("epoch_*") if (p / STATE_FILE).is_file())
 
 
-def save_checkpoint(accelerator, output_dir: Path, name: str, state: TrainerState, keep: int,
+@dataclass(frozen=True)
+class Checkpointed:
+    """What a checkpoint saves besides each process's random states, in the order
+    `accelerator.load_state` restores it: the trainer's prepared model (as wrapped now: the DDP
+    wrapper is rebuilt when the backbone thaws) and optimizer, the gradient scaler (fp16), and the
+    `custom` objects (the schedule, the weight average), registered with accelerate by `register`."""
+    trainer: "Trainer"
+    custom: tuple = ()
+
+    def register(self) -> None:
+        for obj in self.custom:
+            self.trainer.accelerator.register_for_checkpointing(obj)
+
+
+def save_checkpoint(saved: Checkpointed, output_dir: Path, name: str, state: TrainerState, keep: int,
                     size: int | None = None, writer: "Writer | None" = None) -> Path:
     """`size`: the expected bytes, for the message when the disk is full. A failed save leaves
-    no temporary folder and the previous checkpoints untouched. With `writer`, the states are
-    copied to host memory now and written in the background (the folder appears when done)."""
+    no temporary folder and the previous checkpoints untouched. The states are copied to host
+    memory now; with `writer` the files are written in the background (the folder appears when
+    done), without it before this returns."""
+    accelerator = saved.trainer.accelerator
     root = checkpoint_dir(output_dir)
     final, tmp = root / name, root / f".tmp_{name}"
     if writer is not None:
@@ -111,29 +137,53 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, state: TrainerStat
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed mid-save
     accelerator.wait_for_everyone()
-    if writer is not None:
-        _save_in_background(accelerator, output_dir, tmp, final, state, keep, size, writer)
-        return final
+    with guard_write(tmp, size):
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_accelerator_state(str(tmp), [], [], [], [], accelerator.process_index, accelerator.step)  # RNG only
+    files = host_states(saved) if accelerator.is_main_process else {}
+    accelerator.wait_for_everyone()  # every process's RNG file is in tmp
+    if accelerator.is_main_process:
+        write = functools.partial(_write, output_dir, tmp, final, files, dataclasses.asdict(state), keep, size)
+        if writer is None:
+            write()
+        else:
+            writer.start(write)
+    if writer is None:
+        accelerator.wait_for_everyone()
+    return final
+
+
+def host_states(saved: Checkpointed) -> dict[str, tuple[object, bool]]:
+    """File name -> (host copy of the state, safetensors?), in accelerate's save_state names."""
+    accelerator = saved.trainer.accelerator
+    files = {SAFE_WEIGHTS_NAME: (to_host(accelerator.get_state_dict(saved.trainer.model, unwrap=False)), True),
+             f"{OPTIMIZER_NAME}.bin": (to_host(saved.trainer.optimizer.state_dict()), False)}
+    if accelerator.scaler is not None:
+        files[SCALER_NAME] = (to_host(accelerator.scaler.state_dict()), False)
+    for i, obj in enumerate(saved.custom):
+        files[f"custom_checkpoint_{i}.pkl"] = (to_host(obj.state_dict()), False)
+    return files
+
+
+def _write(output_dir: Path, tmp: Path, final: Path, files: dict, record: dict, keep: int,
+           size: int | None) -> None:
+    """The main process's part of a checkpoint (the RNG files are in `tmp` already), then the
+    rename into place."""
     try:
         with guard_write(tmp, size):
-            accelerator.save_state(str(tmp))  # every process writes its own RNG state here
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                write_json(tmp / STATE_FILE, dataclasses.asdict(state))
-                publish_folder(tmp)
+            for file, (value, safe) in files.items():
+                accelerate_save(value, tmp / file, safe_serialization=safe)  # safetensors: made contiguous there
+            write_json(tmp / STATE_FILE, record)
+            seal_folder(tmp)
+        _publish(output_dir, tmp, final, keep)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if accelerator.is_main_process:
-        _publish(output_dir, tmp, final, keep)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def _publish(output_dir: Path, tmp: Path, final: Path, keep: int) -> None:
     """Rename a complete temporary folder into place; drop the oldest and any leftovers."""
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    replace_folder(tmp, final)
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for leftover in checkpoint_dir(output_dir).glob(".tmp_*"):
@@ -142,17 +192,21 @@ def _publish(output_dir: Path, tmp: Path, final: Path, keep: int) -> None:
 
 def to_host(value):
     """A copy of `value` (tensors in dicts, lists and tuples) in host memory that training can no
-    longer change; from CUDA through pinned buffers, one synchronisation for all."""
-    cuda = []
+    longer change. Each tensor keeps its layout (strides): an optimizer's moments must come back in
+    their parameter's memory format (channels_last), since the fused kernels read both as raw
+    memory alike (a contiguous moment for a channels_last weight updates the wrong elements). From
+    a GPU through pinned buffers, one synchronisation for all; the CPU takes the same path."""
+    pinned = []
 
     def copy(v):
         if isinstance(v, torch.Tensor):
-            if v.device.type == "cuda":
-                out = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
-                out.copy_(v.detach(), non_blocking=True)
-                cuda.append(out)
-                return out
-            return v.detach().clone()
+            v = v.detach()
+            cuda = v.device.type == "cuda"
+            out = torch.empty_like(v, device="cpu", pin_memory=cuda)  # preserve_format: the same strides
+            out.copy_(v, non_blocking=cuda)
+            if cuda:
+                pinned.append(out)
+            return out
         if isinstance(v, dict):
             return type(v)((k, copy(x)) for k, x in v.items()) if isinstance(v, OrderedDict) else {
                 k: copy(x) for k, x in v.items()}
@@ -161,48 +215,9 @@ def to_host(value):
         return v
 
     result = copy(value)
-    if cuda:
+    if pinned:
         torch.cuda.synchronize()
     return result
-
-
-def _save_in_background(accelerator, output_dir: Path, tmp: Path, final: Path, state: TrainerState, keep: int,
-                        size: int | None, writer: "Writer") -> None:
-    """What `accelerator.save_state` writes, in its file names: each process its RNG state now
-    (small), the main process the rest from host copies, in `writer`'s thread."""
-    with guard_write(tmp, size):
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_accelerator_state(str(tmp), [], [], [], [], accelerator.process_index, accelerator.step)  # RNG only
-    files = {}
-    if accelerator.is_main_process:
-        for i, model in enumerate(accelerator._models):
-            files[SAFE_WEIGHTS_NAME.replace(".", f"_{i}.") if i else SAFE_WEIGHTS_NAME] = (
-                to_host(accelerator.get_state_dict(model, unwrap=False)), True)
-        for kind, objects in ((OPTIMIZER_NAME, accelerator._optimizers), (SCHEDULER_NAME, accelerator._schedulers)):
-            for i, obj in enumerate(objects):
-                files[f"{kind}.bin" if i == 0 else f"{kind}_{i}.bin"] = (to_host(obj.state_dict()), False)
-        if accelerator.scaler is not None:
-            files[SCALER_NAME] = (to_host(accelerator.scaler.state_dict()), False)
-        for i, obj in enumerate(accelerator._custom_objects):
-            files[f"custom_checkpoint_{i}.pkl"] = (to_host(obj.state_dict()), False)
-        record = dataclasses.asdict(state)
-    accelerator.wait_for_everyone()  # every process's RNG file is in tmp
-    if not accelerator.is_main_process:
-        return
-
-    def write() -> None:
-        try:
-            with guard_write(tmp, size):
-                for file, (value, safe) in files.items():
-                    accelerate_save(value, tmp / file, safe_serialization=safe)
-                write_json(tmp / STATE_FILE, record)
-                publish_folder(tmp)
-            _publish(output_dir, tmp, final, keep)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    writer.start(write)
 
 
 class Writer:
@@ -278,6 +293,7 @@ def saved_config(path: Path, output_dir: Path) -> dict | None:
 
 
 def load_checkpoint(accelerator, path: Path) -> TrainerState:
-    """Restore model, optimizer, scheduler and RNG states; return the saved trainer state."""
+    """Restore model, optimizer, the registered objects and RNG states (accelerate's load_state);
+    return the saved trainer state."""
     accelerator.load_state(str(path))
     return TrainerState.read(path)

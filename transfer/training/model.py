@@ -1,7 +1,6 @@
 """Model: a timm network with a head sized to the data, local weights, freezing, saving."""
 from __future__ import annotations
 
-import shutil
 import copy
 import json
 from pathlib import Path
@@ -12,7 +11,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..data.transforms import Normalize
 from ..errors import ConfigError
-from ..files import guard_write, publish_folder, write_atomic, write_json
+from ..files import staged_folder, write_atomic, write_json
 
 
 def build_model(cfg: ModelConfig, classes: list[str]) -> tuple[nn.Module, str | None]:
@@ -189,30 +188,19 @@ def save_model(model: nn.Module, directory: Path, classes: list[str], display_na
     timm wrapper passes it itself and fails on the repetition ("multiple values for keyword")."""
     from timm.models import save_for_hf  # (timm: see build_model)
 
-    directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     normalization = data_config(model)
     dense = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # safetensors wants dense tensors
-    try:
-        with guard_write(tmp, state_bytes(dense)):
-            save_for_hf(dense, str(tmp), safe_serialization=True,
-                        model_config={"label_names": classes,
-                                      "label_descriptions": dict(zip(classes, display_names))},
-                        data_config={"input_size": (3, image_size, image_size), "crop_pct": 1.0,
-                                     "interpolation": "bilinear", "mean": list(normalization.mean),
-                                     "std": list(normalization.std)})
-            config = json.loads((tmp / "config.json").read_text())
-            config.get("model_args", {}).pop("num_classes", None)
-            write_json(tmp / "config.json", config)
-            if card is not None:
-                write_atomic(tmp / "README.md", card)
-            publish_folder(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+    with staged_folder(directory, state_bytes(dense)) as tmp:
+        save_for_hf(dense, str(tmp), safe_serialization=True,
+                    model_config={"label_names": classes, "label_descriptions": dict(zip(classes, display_names))},
+                    data_config={"input_size": (3, image_size, image_size), "crop_pct": 1.0,
+                                 "interpolation": "bilinear", "mean": list(normalization.mean),
+                                 "std": list(normalization.std)})
+        config = json.loads((tmp / "config.json").read_text())
+        config.get("model_args", {}).pop("num_classes", None)
+        write_json(tmp / "config.json", config)
+        if card is not None:
+            write_atomic(tmp / "README.md", card)
 
 
 def state_bytes(model: nn.Module) -> int:
