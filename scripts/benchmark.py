@@ -303,6 +303,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=1, help="epochs of each whole-process run (default %(default)s)")
     parser.add_argument("--whole-only", action="store_true",
                         help="only the whole-process comparison (4.): launch to exit, time outside the loop")
+    parser.add_argument("--ema", action="store_true",
+                        help="only the weight average's cost per optimizer step (train.ema_decay): timm's ModelEmaV3 "
+                             "as it is vs transfer's, whole update and its Python part")
     parser.add_argument("--phase", choices=["epoch-ours", "epoch-article"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == "cpu":
@@ -316,6 +319,8 @@ def main(argv=None) -> int:
             exit_now(0)
         return 0
 
+    if args.ema:
+        return ema_cost(args)
     val_images = args.val_images if args.val_images is not None else args.train_images // 3
     if args.make_data:
         print(make_imagewoof_like(args.make_data, args.train_images, val_images))
@@ -378,6 +383,54 @@ def measure(args) -> int:
                    "outside the loop (ours / article)": o["outside_loop_seconds"] / a["outside_loop_seconds"]})
     results["ratios"] = ratios
     print(table(results))
+    if args.json:
+        from transfer.files import write_json
+
+        write_json(args.json, results)
+    return 0
+
+
+def ema_cost(args) -> int:
+    """Milliseconds per update of the weight average on `args.model`: the whole update (device
+    synchronised), and its Python part alone (the tensor arithmetic replaced by nothing)."""
+    import timm
+    from timm.utils import ModelEmaV3
+
+    from transfer.training.average import WeightAverage
+
+    device = torch.device(args.device)
+    model = timm.create_model(args.model, num_classes=10).to(device, memory_format=torch.channels_last)
+    kinds = {"timm ModelEmaV3 (state_dict() twice a step)": ModelEmaV3, "transfer WeightAverage": WeightAverage}
+
+    def per_update(make) -> float:
+        average = make()
+        average.update(model, step=1)
+        best = float("inf")
+        for _ in range(5):  # best of 5 rounds of 20
+            sync(device)
+            start = time.perf_counter()
+            for step in range(20):
+                average.update(model, step=step + 2)
+            sync(device)
+            best = min(best, (time.perf_counter() - start) / 20)
+        return 1000 * best
+
+    results = {"setting": {"model": args.model, "device": str(device)}, "ms_per_update": {}}
+    for name, cls in kinds.items():
+        make = (lambda cls=cls: cls(model, decay=0.999, use_warmup=True)) if cls is ModelEmaV3 else (
+            lambda: WeightAverage(model, 0.999))
+        whole = per_update(make)
+        lerp = cls._foreach_lerp_
+        cls._foreach_lerp_ = lambda self, ema, values, weight: None
+        try:
+            python = per_update(make)
+        finally:
+            cls._foreach_lerp_ = lerp
+        results["ms_per_update"][name] = {"whole": whole, "python": python}
+    lines = [f"weight average, {args.model} on {device}: ms per optimizer step (best of 5 x 20)", "",
+             "| average | whole update | Python part (arithmetic left out) |", "|---|---|---|"]
+    lines += [f"| {k} | {v['whole']:.2f} | {v['python']:.3f} |" for k, v in results["ms_per_update"].items()]
+    print("\n".join(lines))
     if args.json:
         from transfer.files import write_json
 

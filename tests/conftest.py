@@ -217,3 +217,14 @@ def sigterm_at_batch(monkeypatch, n: int) -> None:
         if len(calls) == n:
             os.kill(os.getpid(), signal.SIGTERM)
     monkeypatch.setattr(Watch, "observe", observe_then_signal)
+
+
+@pytest.fixture(scope="session")
+def two_process_checks() -> dict[str, str]:
+    """tests/two_process_checks.py run once on two processes (gloo): its `name: result` lines."""
+    here = os.path.dirname(__file__)
+    result = run_command([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), os.path.join(here, "two_process_checks.py")], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)

@@ -1,5 +1,6 @@
 """What each process trains on: a hash of every training batch's pixels, one line a step, in
-FOLDER/rank<R>.txt, for a launched run (each process records its own).
+FOLDER/rank<R>.txt, and with mixup/cutmix on, each batch's mixing draw (lam, cutmix or not) in
+FOLDER/rank<R>.mix.txt, for a launched run (each process records its own).
 
     python tests/record_batches.py FOLDER run_transfer.py --config ...
 """
@@ -21,6 +22,19 @@ def install(folder: str) -> None:
         return train_step(self, batch)
 
     step.Trainer.step = recording_step
+
+    from timm.data import Mixup
+
+    draw = Mixup._params_per_batch  # (timm's per-batch draw, observed: the test reads what it drew)
+
+    def recording_draw(self):
+        lam, cutmix = draw(self)
+        rank = os.environ.get("RANK", "0")
+        with open(os.path.join(folder, f"rank{rank}.mix.txt"), "a") as f:
+            f.write(f"{lam!r} {cutmix}\n")
+        return lam, cutmix
+
+    Mixup._params_per_batch = recording_draw
 
 
 if __name__ == "__main__":

@@ -38,3 +38,15 @@ def test_gpu_check_names_the_step_that_fails_and_shows_its_error(tmp_path):
     assert result.returncode == 1
     assert f"error: step 'preflight' failed; the end of {tmp_path / 'gpu'}/preflight.err:" in result.stderr
     assert "AssertionError: torch sees no GPU" in result.stderr
+
+
+def test_the_weight_average_cost_is_measured_for_both_averages(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark", "scripts/benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.main(["--ema", "--model", "resnet10t", "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 0
+    costs = json.loads((tmp_path / "e.json").read_text())["ms_per_update"]
+    assert len(costs) == 2 and all(c["whole"] > 0 and c["python"] > 0 for c in costs.values())
+    assert "| transfer WeightAverage |" in capsys.readouterr().out

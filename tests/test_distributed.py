@@ -75,13 +75,18 @@ def test_each_process_draws_its_own_augmentation(one_image_everywhere, tmp_path,
     result = run_command(two_processes("tests/record_batches.py", str(record), "run_transfer.py", "--config",
                                        "configs/smoke.yaml", f"data.root={one_image_everywhere}",
                                        f"output_dir={tmp_path / 'run'}", "train.epochs=1", "train.batch_size=4",
-                                       path), capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                       "data.mixup=0.8", "data.cutmix=1.0", path),
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = ((record / f"rank{r}.txt").read_text().split() for r in (0, 1))
     assert len(first) == len(second) == 6  # 48 images / (2 processes x 4)
     same = sum(a == b for a, b in zip(first, second))
     assert same == 0, f"{same} of 6 steps drew the same crops and flips on both processes"
+    # and its own mixing: mixup's and cutmix's numbers come from numpy, seeded per process too
+    first, second = ((record / f"rank{r}.mix.txt").read_text().splitlines() for r in (0, 1))
+    assert len(first) == len(second) == 6
+    same = sum(a == b for a, b in zip(first, second))
+    assert same == 0, f"{same} of 6 steps drew the same mixing on both processes"
 
 
 @pytest.mark.slow
@@ -150,3 +155,9 @@ def test_a_preempted_two_process_run_resumes_exactly_on_two_and_is_refused_on_on
     assert on_two.returncode == 0 and "resumed from" in on_two.stdout, on_two.stderr[-3000:]
     a, b = (load_file(folder / "model" / "model.safetensors") for folder in (reference, out))
     assert all(torch.equal(a[k], b[k]) for k in a)  # augmentation drawn per process, replayed exactly
+
+
+@pytest.mark.slow
+def test_the_time_budget_clock_is_the_slowest_processes(two_process_checks):
+    # rank 0 has spent 10 s, rank 1 20 s: both schedule from 20 (tests/two_process_checks.py)
+    assert two_process_checks["budget clock"] == "20 20"

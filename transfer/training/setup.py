@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from timm.utils import ModelEmaV3
 
 from ..config import Config
 from ..data.loaders import build_datasets, choose_cache, prepared_loaders, selection_loader, splits_line
 from ..data.sources import Source
 from ..files import check_space
 from . import accel, checkpoint, rundir
+from .average import WeightAverage
 from .model import build_model, data_config, state_bytes, weights_loaded
 from .objective import Objective
 from .optim import build_optimizer, parameter_groups
@@ -39,7 +39,7 @@ class Setup:
     grad_accum_steps: int
     speed_settings: dict
     select_dl: object = None  # data.select_fraction's loader: the best epoch is chosen on it
-    ema: object = None  # train.ema_decay: timm's ModelEmaV3 of the trained module
+    ema: WeightAverage | None = None  # train.ema_decay: the average of the trained module's weights
     weights: str = ""  # what the model started from (model.weights_loaded)
 
     @property
@@ -88,7 +88,7 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
     select_dl = selection_loader(source.select, cfg.train.batch_size, cfg.data.num_workers, accelerator)
     objective = Objective(cfg.train.label_smoothing, cfg.data, len(source.classes), normalization)
     trainer = Trainer(model, optimizer, accelerator, objective, cfg.optim.grad_clip, cfg.train.frozen_bn == "train")
-    ema = None if cfg.train.ema_decay is None else ModelEmaV3(trainer.module, decay=cfg.train.ema_decay,
-                                                               use_warmup=True)
+    ema = None if cfg.train.ema_decay is None else WeightAverage(trainer.module, cfg.train.ema_decay,
+                                                                  accelerator.num_processes)
     return Setup(train_ds, val_ds, source, skipped, trainer, train_dl, val_dl, cached, checkpoint_size,
                  cfg.train.grad_accum_steps, settings, select_dl, ema, weights)
