@@ -2,6 +2,7 @@
 host-side index batches, the skippable image check, figures drawn in a child process."""
 import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -132,3 +133,20 @@ def test_batches_reach_the_gpu_without_blocking_the_host(image_folder, tmp_path)
 
     accelerator = make_accelerator(tiny_config(image_folder, tmp_path / "r"), None, "no")
     assert accelerator.dataloader_config.non_blocking and accelerator.dataloader_config.use_seedable_sampler
+
+
+def test_a_cpu_run_on_a_gpu_host_pins_nothing_and_sees_no_gpu(image_folder, tmp_path, monkeypatch):
+    # pinned buffers, and any CUDA query (accelerate's checkpoint of the random states asks for
+    # every GPU's), would create a CUDA context on a GPU host; the real check is scripts/gpu_check.sh's
+    import transfer.run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host, told to use the CPU
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    setup = build(tiny_config(image_folder, tmp_path / "p", "data.num_workers=1", "data.cache=none"),
+                  Accelerator(cpu=True), Phases())
+    assert not setup.train_dl.loader.pin_memory and not setup.val_dl.pin_memory
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    seen = []
+    monkeypatch.setattr(transfer.run, "run", lambda cfg, phases: seen.append(os.environ["CUDA_VISIBLE_DEVICES"]))
+    assert main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={tmp_path / 'r'}"]) == 0
+    assert seen == [""]  # hidden before the run asked torch anything

@@ -72,6 +72,15 @@ def parse_args(argv: list[str] | None, lr_find: bool = False) -> argparse.Namesp
     return parser.parse_args(argv)
 
 
+def hide_gpus_from_a_cpu_run() -> None:
+    """A run told to use the CPU (`accelerate launch --cpu` sets ACCELERATE_USE_CPU) sees no GPU:
+    on a GPU host, accelerate's checkpoint of the random states and any other query of the GPUs
+    would otherwise create a CUDA context, taking GPU memory from other jobs (or failing on a GPU in
+    exclusive mode). Called before torch is first asked about CUDA, which fixes what it sees."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def main(argv: list[str] | None = None, lr_find: bool = False) -> int:
     """run_transfer.py (one arm), or with `lr_find` scripts/lr_find.py (the LR range test alone)."""
     launch = process_age()  # interpreter start to here: what a run started from the command line pays first
@@ -82,6 +91,7 @@ def main(argv: list[str] | None = None, lr_find: bool = False) -> int:
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
+        hide_gpus_from_a_cpu_run()
         if lr_find:
             from .run import lr_range_test  # torch and the data stack: only when a run starts
 

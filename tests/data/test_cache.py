@@ -86,7 +86,7 @@ def test_cache_and_loader_paths_crop_alike_with_persistent_workers(image_folder)
 
     train, _, _, _ = build_datasets(DataConfig(root=str(image_folder), url=None, image_size=32, num_workers=2))
     loader = DrawnLoader(DataLoader(train, batch_size=8, num_workers=2, persistent_workers=True, collate_fn=collate),
-                         train.draws)
+                         train)
     _, stored, labels = samples(train)
     cached = CachedBatches(DataLoader(IndexDataset(len(train)), batch_size=8), DecodedImages(stored, labels, 32, "cpu"),
                            train.draws, hflip=True)
@@ -101,3 +101,38 @@ def test_cache_and_loader_paths_crop_alike_with_persistent_workers(image_folder)
         epochs.append(torch.cat(ours))
     assert pids[0] == pids[1] == pids[2] and len(pids[0]) == 2  # the same two workers throughout
     assert not torch.equal(epochs[0], epochs[1])  # each epoch its own draws
+
+
+def test_skipped_batches_of_the_cache_are_not_cropped_and_the_rest_are_as_ever(image_folder):
+    from torch.utils.data import DataLoader
+
+    from transfer.data.cache import CachedBatches, IndexDataset
+    from transfer.data.transforms import Draws
+
+    paths = sorted(str(p) for p in (image_folder / "train").rglob("*.png"))
+    images, draws = DecodedImages(paths, [0] * len(paths), 32, "cpu"), Draws(len(paths))
+    cached = CachedBatches(DataLoader(IndexDataset(len(paths)), batch_size=8), images, draws, hflip=True)
+    torch.manual_seed(0)
+    whole = list(cached)
+    cropped, batch = [], images.batch
+    images.batch = lambda *a: (cropped.append(1), batch(*a))[1]
+    cached.skip_first(4)
+    torch.manual_seed(0)
+    resumed = list(cached)
+    assert len(cropped) == len(whole) - 4 and [len(b["labels"]) for b in resumed] == [len(b["labels"]) for b in whole]
+    assert all(b["pixel_values"].numel() == 0 and (b["labels"] == -1).all() for b in resumed[:4])
+    assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(whole[4:], resumed[4:]))
+    torch.manual_seed(0)
+    assert len(list(cached)) == len(whole) and len(cropped) == 2 * len(whole) - 4  # the pass after skips nothing
+
+
+def test_skip_marks_concern_the_loader_alone(image_folder):
+    # samples.png (drawn in a child process while a resumed epoch's first batches are marked) decodes
+    from transfer.config import DataConfig
+    from transfer.data.loaders import build_datasets
+
+    train, _, _, _ = build_datasets(DataConfig(root=str(image_folder), url=None, image_size=32))
+    train.mark_skipped([[0, 1]])
+    assert [e["labels"] for e in train.__getitems__([0, 1])] == [-1, -1]  # what a loader worker gets
+    assert all(p.shape == (32, 32, 3) for p in train[[0, 1]]["pixel_values"])
+    assert train.__getitems__([2, 3])[0]["pixel_values"].shape == (32, 32, 3)

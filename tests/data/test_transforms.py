@@ -85,3 +85,18 @@ def test_any_image_mode_becomes_rgb(tmp_path, mode):
     img = open_rgb(str(path))
     assert img.mode == "RGB" and img.size == (20, 20)
     assert EvalTransform(16)(img).shape == (16, 16, 3)
+
+
+def test_normalisation_constants_are_made_once_per_device_not_per_batch(monkeypatch):
+    from transfer.data.transforms import Normalize
+
+    normalize, made = Normalize(MEAN, STD), []
+    for name in ("tensor", "as_tensor"):  # a tuple turned into a tensor; (a tensor passed through costs nothing)
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda data, *a, real=real, **k: (
+            made.append(1) if not isinstance(data, torch.Tensor) else None, real(data, *a, **k))[1])
+    batch = torch.zeros(2, 8, 8, 3, dtype=torch.uint8)
+    first = normalize(batch)
+    for _ in range(3):
+        assert torch.equal(normalize(batch), first)
+    assert len(made) == 2  # the mean and the std, once

@@ -2,6 +2,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import tiny_config
+
 from transfer.config import ConfigError, ModelConfig, OptimConfig
 from transfer.training.model import build_model, head_prefixes, set_backbone_frozen, train_mode
 from transfer.training.optim import OneCycle, build_optimizer
@@ -201,6 +203,23 @@ def test_sgd_is_not_fused_under_the_fp16_scaler():
     assert fuse_optimizer(on, "sgd", "fp16") is False and fuse_optimizer(on, "sgd", "bf16") is True
     assert fuse_optimizer(on, "adam", "fp16") is True and fuse_optimizer({"fused_optimizer": False}, "adam", "no") is False
     assert torch.allclose(overflow_then_finite("adam", True), overflow_then_finite("adam", False))
+
+
+@pytest.mark.parametrize("name, fused", [("sgd", False), ("adam", True), ("adamw", True)])
+def test_setup_builds_every_optimizer_fused_on_a_gpu_but_sgd_under_fp16(image_folder, tmp_path, monkeypatch, name,
+                                                                       fused):
+    # as setup.build makes it for an fp16 run on a GPU (its backend settings; fp16 on the CPU here)
+    from accelerate import Accelerator
+
+    from transfer.training import accel
+    from transfer.training.phases import Phases
+    from transfer.training.setup import build
+
+    monkeypatch.setattr(accel, "backend_settings", lambda cuda: {"cudnn_benchmark": False, "tf32_matmul": False,
+                                                                 "fused_optimizer": True})
+    accelerator = Accelerator(cpu=True, mixed_precision="fp16")
+    setup = build(tiny_config(image_folder, tmp_path / "r", f"optim.name={name}"), accelerator, Phases())
+    assert bool(setup.trainer.optimizer.optimizer.defaults.get("fused")) is fused
 
 
 def test_an_unfused_optimizer_is_built_without_the_fused_argument(monkeypatch):

@@ -24,7 +24,7 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
 from .images import header_size, open_rgb
-from .transforms import PAD, Draws
+from .transforms import PAD, SKIPPED, Draws, ignore_stop_signals
 
 
 class _Decode(Dataset):
@@ -50,7 +50,8 @@ class DecodedImages:
     def __init__(self, images: list, labels: list[int], size: int, device, num_workers: int = 0):
         self.size, self.device = size, torch.device(device)
         arrays = []
-        decode = DataLoader(_Decode(images, size), batch_size=64, num_workers=num_workers, collate_fn=list)
+        decode = DataLoader(_Decode(images, size), batch_size=64, num_workers=num_workers, collate_fn=list,
+                            worker_init_fn=ignore_stop_signals)
         for chunk in decode:
             arrays += chunk
         shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long).view(-1, 2)
@@ -129,10 +130,12 @@ class IndexDataset(Dataset):
 class CachedBatches:
     """Iterates a (prepared) loader of indices and yields {'pixel_values', 'labels'} on the device.
     `draws`: the training split's (redrawn at the start of every pass, as DrawnLoader does); None
-    for evaluation (centre crops)."""
+    for evaluation (centre crops). `skip_first(n)`: the next pass's first n batches come without
+    pixels (SKIPPED, labels -1), for a resumed epoch to replay, as on the loader path."""
 
     def __init__(self, index_loader, images: DecodedImages, draws: Draws | None, hflip: bool):
         self.index_loader, self.images, self.draws, self.hflip = index_loader, images, draws, hflip
+        self._skip = 0
 
     def __len__(self):
         return len(self.index_loader)
@@ -140,10 +143,17 @@ class CachedBatches:
     def set_epoch(self, epoch: int) -> None:
         self.index_loader.set_epoch(epoch)
 
+    def skip_first(self, batches: int) -> None:
+        self._skip = batches
+
     def __iter__(self):
         if self.draws is not None:
             self.draws.redraw()
-        for index in self.index_loader:  # on the host (prepared with device_placement=False)
+        skip, self._skip = self._skip, 0
+        for i, index in enumerate(self.index_loader):  # on the host (prepared with device_placement=False)
+            if i < skip:
+                yield {"pixel_values": SKIPPED.expand(len(index), 0), "labels": torch.full((len(index),), -1)}
+                continue
             pixels, labels = self.images.batch(index, None if self.draws is None else self.draws[index], self.hflip)
             yield {"pixel_values": pixels, "labels": labels}
 

@@ -3,6 +3,7 @@ fly (transforms.py), and the loaders: JPEGs decoded by loader workers, or the se
 into device memory (cache.py), as `data.cache` and the free memory decide."""
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -13,7 +14,8 @@ from ..errors import DataError
 from . import cache
 from .images import image_error
 from .sources import Source, load_source
-from .transforms import BatchTransform, Draws, EvalTransform, TrainSplit, TrainTransform, collate
+from .transforms import (BatchTransform, Draws, EvalTransform, TrainSplit, TrainTransform, collate,
+                         ignore_stop_signals)
 
 
 def drop_bad_images(ds, split: str, skip: bool, num_proc: int):
@@ -65,10 +67,11 @@ def samples(ds) -> tuple[list[str], list[dict], list[int]]:
 
 class DrawnLoader:
     """A (prepared) training loader whose every pass starts by drawing that pass's augmentation
-    (Draws.redraw) in this process, before any worker is handed an index."""
+    (Draws.redraw) in this process, before any worker is handed an index. `skip_first(n)`: the
+    next pass's first n batches come undecoded (TrainSplit.skipped), for a resumed epoch to replay."""
 
-    def __init__(self, loader, draws: Draws):
-        self.loader, self.draws = loader, draws
+    def __init__(self, loader, split: TrainSplit):
+        self.loader, self.split, self._skip = loader, split, 0
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -76,8 +79,14 @@ class DrawnLoader:
     def set_epoch(self, epoch: int) -> None:
         self.loader.set_epoch(epoch)
 
+    def skip_first(self, batches: int) -> None:
+        self._skip = batches
+
     def __iter__(self):
-        self.draws.redraw()
+        self.split.draws.redraw()
+        # this process's batches of the pass, from its (seeded, set_epoch'd) sampler: no data read
+        self.split.mark_skipped(itertools.islice(self.loader.batch_sampler, self._skip))
+        self._skip = 0
         yield from self.loader
 
 
@@ -88,22 +97,24 @@ def splits_line(train_images: int, val_images: int, classes: int, skipped: dict[
     return f"train: {part('train', train_images)} in {classes} classes; val: {part('val', val_images)}"
 
 
-def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_processes: int, collate_fn=collate):
+def make_loaders(train_ds, val_ds, batch_size: int, num_workers: int, num_processes: int, collate_fn=collate,
+                 pin_memory: bool = False):
     # Persistent workers: started once, not every epoch (each start imports torch and the
     # transforms). They draw no random numbers (the augmentation comes with the epoch's Draws), so
     # a resumed run is exact. Drop the ragged last batch (a batch of one breaks batch norm) unless
-    # that is all there is.
+    # that is all there is. `pin_memory`: for a CUDA device only (a CPU run on a GPU host pins
+    # nothing, which would create a CUDA context).
     drop_last = len(train_ds) >= batch_size * num_processes
     train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last, num_workers=num_workers,
-                          collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=num_workers > 0)
-    return train_dl, eval_loader(val_ds, batch_size, num_workers, collate_fn)
+                          collate_fn=collate_fn, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                          worker_init_fn=ignore_stop_signals)
+    return train_dl, eval_loader(val_ds, batch_size, num_workers, collate_fn, pin_memory)
 
 
-def eval_loader(ds, batch_size: int, num_workers: int, collate_fn=collate) -> DataLoader:
+def eval_loader(ds, batch_size: int, num_workers: int, collate_fn=collate, pin_memory: bool = False) -> DataLoader:
     """A split scored in order, twice the training batch (no gradients to hold)."""
     return DataLoader(ds, batch_size=batch_size * 2, shuffle=False, num_workers=num_workers, collate_fn=collate_fn,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals)
 
 
 def selection_loader(select_ds, batch_size: int, num_workers: int, accelerator):
@@ -111,7 +122,8 @@ def selection_loader(select_ds, batch_size: int, num_workers: int, accelerator):
     None without one. Always decoded by loader workers: it is small."""
     if select_ds is None:
         return None
-    return accelerator.prepare_data_loader(eval_loader(select_ds, batch_size, num_workers))
+    return accelerator.prepare_data_loader(eval_loader(select_ds, batch_size, num_workers,
+                                                       pin_memory=accelerator.device.type == "cuda"))
 
 
 def class_display_names(classes: list[str]) -> list[str]:
@@ -142,9 +154,10 @@ def prepared_loaders(cfg: DataConfig, batch_size: int, train_ds, val_ds, acceler
     """The train and validation loaders, sharded by `accelerator`. `cached`: loaders of indices
     kept on the host, the images decoded onto the device once and cropped there each batch."""
     if not cached:
-        loaders = make_loaders(train_ds, val_ds, batch_size, cfg.num_workers, accelerator.num_processes)
+        loaders = make_loaders(train_ds, val_ds, batch_size, cfg.num_workers, accelerator.num_processes,
+                               pin_memory=accelerator.device.type == "cuda")
         train_dl, val_dl = (accelerator.prepare_data_loader(dl) for dl in loaders)
-        return DrawnLoader(train_dl, train_ds.draws), val_dl
+        return DrawnLoader(train_dl, train_ds), val_dl
     loaders = make_loaders(cache.IndexDataset(len(train_ds)), cache.IndexDataset(len(val_ds)), batch_size, 0,
                            accelerator.num_processes, collate_fn=None)
     # index loaders stay on the host (device_placement=False): the crops are drawn there and sent

@@ -16,6 +16,7 @@ keeps the float conversion off the CPU workers and makes host-to-device copies 4
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,26 +87,58 @@ class TrainTransform:
         return _tensor(crop)
 
 
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """In a loader worker (its `worker_init_fn`): SIGTERM and Ctrl-C are the run's to handle. A
+    stop sent to the whole process group (SLURM, a terminal's Ctrl-C, a launcher) reaches the
+    workers too; dying there would kill the run ("DataLoader worker exited unexpectedly") before it
+    writes the checkpoint the signal asks for. Workers end with the run: torch's watchdog ends a
+    worker whose parent is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+SKIPPED = torch.empty(0, dtype=torch.uint8)  # the pixels of a sample in a batch that is only replayed
+
+
 class TrainSplit(Dataset):
     """The training split as loader workers see it: sample i decoded (named by its id when bad)
-    and augmented with the epoch's draw for i. `split[[i, j]]` gives a batch dict, as `datasets` does."""
+    and augmented with the epoch's draw for i. `split[[i, j]]` gives a batch dict, as `datasets` does.
+
+    `skipped` (shared memory, like the draws) marks the samples of the batches a resumed epoch
+    replays without training on them: such a batch is neither read nor decoded, its samples come
+    as SKIPPED pixels and label -1 (only the batch's size matters to the replay)."""
 
     def __init__(self, ds, transform: TrainTransform, draws: Draws):
         self.ds, self.transform, self.draws = ds.with_format(None), transform, draws
+        self.skipped = torch.zeros(len(self.ds), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.ds)
 
+    def mark_skipped(self, batches) -> None:
+        """Mark the samples of `batches` (lists of indices) as skipped, and only those."""
+        self.skipped.zero_()
+        for indices in batches:
+            self.skipped[list(indices)] = True
+
     def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A loader's batch (torch's DataLoader calls this): skipped, or decoded."""
+        if bool(self.skipped[list(indices)].all()):  # marked by batch: all of a batch or none
+            return [{"pixel_values": SKIPPED, "labels": -1} for _ in indices]
+        return self.decode(indices)
+
+    def decode(self, indices: list[int]) -> list[dict]:
         rows = self.ds[list(indices)]
         return [{"pixel_values": self.transform(open_rgb(image, name), self.draws[i]), "labels": label}
                 for i, image, name, label in zip(indices, rows["image"], rows["id"], rows["label"])]
 
     def __getitem__(self, index):
+        """A sample, or with a list a batch dict; always decoded (samples.png reads these while a
+        resumed run's skipped batches are marked)."""
         if isinstance(index, (list, tuple)):
-            items = self.__getitems__(index)
+            items = self.decode(index)
             return {"pixel_values": [e["pixel_values"] for e in items], "labels": [e["labels"] for e in items]}
-        return self.__getitems__([index])[0]
+        return self.decode([index])[0]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ functions run in the run's own process.
 
 The child never touches the GPU: figures are drawn from host arrays and from the datasets it
 shares with the run (copy on write). It runs at a lower priority (nice 10), so on a busy machine
-the training process comes first; it ignores Ctrl-C (the run handles it) and ends when the run
+the training process comes first; it ignores Ctrl-C and SIGTERM (the run handles them) and ends when the run
 does, however the run ends: the kernel sends it SIGKILL when its parent dies (Linux's parent-death
 signal), and elsewhere its pipe closes (the child holds no copy of the run's end of it).
 """
@@ -43,7 +43,8 @@ def die_with_parent(parent_pid: int) -> None:
 def _serve(connection, parent_end, parent_pid: int, context: dict) -> None:
     die_with_parent(parent_pid)
     parent_end.close()  # else this process holds the run's end open and never sees end-of-file
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop in (signal.SIGINT, signal.SIGTERM):  # the run's to handle (sent to the whole group, say)
+        signal.signal(stop, signal.SIG_IGN)
     os.nice(10)  # background work: on a busy machine the training process comes first
     try:
         while True:

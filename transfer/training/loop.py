@@ -45,9 +45,10 @@ def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, parti
     """Train until the loader ends or the watch says stop; `batches_done`/`partial` continue a
     half-finished epoch. Returns the epoch's mean loss and where it stopped.
 
-    A half-finished epoch is continued by replaying its first `batches_done` batches through the
-    loader without training on them: loading draws the same random numbers as the first time
-    (crops, flips, worker seeds, mixing), so the rest of the epoch sees exactly the same batches."""
+    A half-finished epoch is continued by passing over its first `batches_done` batches without
+    reading, decoding or training on them (the loader's `skip_first`): the pass draws its crops and
+    flips at its start as the first time did, and the objective draws each skipped batch's mixing
+    numbers again, so the rest of the epoch sees exactly the same batches."""
     trainer, scheduler, watch = loop.trainer, loop.scheduler, loop.watch
     accelerator = trainer.accelerator
     trainer.objective.set_epoch(epoch)
@@ -62,7 +63,7 @@ def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, parti
         if started is not None:  # loader start to the first batch (phase_seconds: epoch_start)
             loop.epoch_start_seconds += time.perf_counter() - started
             started = None
-        if batch_index < batches_done:  # replay (see above)
+        if batch_index < batches_done:  # skipped, undecoded (see above)
             trainer.objective.replay(batch)
             batch_index += 1
             continue
@@ -124,6 +125,8 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
             batches_done = state.batches_done if epoch == first_epoch else 0
             set_seed(epoch_seed(cfg.train.seed, epoch, accelerator.process_index))  # seed, epoch and process alone
             train_dl.set_epoch(epoch)
+            if batches_done:
+                train_dl.skip_first(batches_done)
             frozen = epoch < cfg.train.frozen_epochs
             trainer.set_phase(frozen)
             watch.start(state.train_seconds)

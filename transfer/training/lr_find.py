@@ -60,8 +60,9 @@ class Snapshot:
     def take(cls, model, optimizer, accelerator) -> "Snapshot":
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        cuda = accelerator.device.type == "cuda"  # (a CPU run on a GPU host creates no CUDA context)
         rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-               torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+               torch.cuda.get_rng_state_all() if cuda else None)
         return cls(weights, copy.deepcopy(optimizer.state_dict()), scaler, accelerator.step, rng)
 
     def restore(self, model, optimizer, accelerator) -> None:

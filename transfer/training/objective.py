@@ -5,7 +5,7 @@ Mixing is timm's `Mixup` in its per-batch mode, applied on the device to the nor
 so the loader path and the decoded-cache path mix alike. Its random numbers come from numpy's
 global generator, which each epoch reseeds (`loop.epoch_seed`) and nothing else in the
 main process draws from: the same seed gives the same mixed batches on either path, and a resume
-that replays an epoch's first batches through `inputs` draws them again in the same order.
+that skips an epoch's first batches draws their numbers again (`replay`), in the same order.
 
 Validation loss stays plain cross-entropy (see `loop.evaluate`), so it is comparable across
 arms and settings; the training loss reported is the one optimised.
@@ -27,7 +27,7 @@ class Objective:
     mixup_prob and mixup_off_epoch say how batches are mixed."""
 
     def __init__(self, smoothing: float, mixing: DataConfig, num_classes: int, normalize: Normalize):
-        self.normalize, self.num_classes = normalize, num_classes
+        self.normalize, self.num_classes, self.image_size = normalize, num_classes, mixing.image_size
         self.smoothing = smoothing
         self.off_epoch = mixing.mixup_off_epoch
         self.mixup = None
@@ -61,10 +61,13 @@ class Objective:
         return x, targets
 
     def replay(self, batch: dict) -> None:
-        """A batch skipped while continuing a half-finished epoch: draw its mixing numbers again,
-        so the rest of the epoch mixes as it would have."""
+        """A batch skipped while continuing a half-finished epoch (its pixels were never decoded):
+        draw its mixing numbers again, so the rest of the epoch mixes as it would have. timm draws
+        them per batch, whatever its size (even a batch of one, mixed as none), and cutmix's box
+        from the image's height and width alone: two blank images of that size draw the same."""
         if self.mixing:
-            self.inputs(batch)
+            size = self.image_size
+            self.mixup(torch.zeros(2, 1, size, size), torch.zeros(2, dtype=torch.long))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean over the batch. Soft targets already carry the smoothing (timm's mixup_target)."""
