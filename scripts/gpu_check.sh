@@ -75,12 +75,14 @@ epochs() {  # epochs CACHE: the timed run of EPOCHS epochs, from the decoded cac
       train.batch_size="$BATCH" data.cache="$1" output_dir="$OUT/run_$1"
 }
 
-step resume $STEPS resume
-step cached epochs auto
-step syncs $STEPS syncs
-step cpu_run $STEPS cpu-run
-step ema "$PYTHON" scripts/benchmark.py --ema --model "$MODEL" --device "$DEVICE" --json "$OUT/ema.json"
-step jpeg epochs none
-step benchmark "$PYTHON" scripts/benchmark.py --data "$OUT/woof" --model "$MODEL" --size "$SIZE" --batch "$BATCH" \
+ONLY=${ONLY:-resume cached syncs cpu_run ema jpeg benchmark}  # the steps to run (a rerun of some, say)
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+want resume && step resume $STEPS resume
+want cached && step cached epochs auto
+want syncs && step syncs $STEPS syncs
+want cpu_run && step cpu_run $STEPS cpu-run
+want ema && step ema "$PYTHON" scripts/benchmark.py --ema --model "$MODEL" --device "$DEVICE" --json "$OUT/ema.json"
+want jpeg && step jpeg epochs none
+want benchmark && step benchmark "$PYTHON" scripts/benchmark.py --data "$OUT/woof" --model "$MODEL" --size "$SIZE" --batch "$BATCH" \
     --workers "$WORKERS" --steps 30 --device "$DEVICE" --json "$OUT/benchmark.json"
 $STEPS report | tee "$OUT/summary.md"

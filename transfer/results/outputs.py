@@ -77,7 +77,9 @@ def draw_samples(out: Path, train_ds, classes: list[str]) -> None:
     """plots/samples.png: a grid of augmented training images."""
     from . import plots  # matplotlib (0.6 s): only where a figure is drawn, in the drawer process
 
-    with torch.random.fork_rng():  # drawing these crops must not shift the training run's random numbers
+    # drawing these crops must not shift the training run's random numbers; the CPU's generator only
+    # (this runs in the forked drawer, where touching CUDA's would fail: CUDA cannot start in a fork)
+    with torch.random.fork_rng(devices=[]):
         batch = train_ds[np.linspace(0, len(train_ds) - 1, min(GRID_SIZE, len(train_ds))).astype(int).tolist()]
     names = class_display_names(classes)
     images = [p.numpy() for p in batch["pixel_values"] if p is not None]
