@@ -140,3 +140,23 @@ def test_compare_sh_needs_no_activated_environment(tmp_path):
     launcher = run_command(["scripts/compare.sh"], capture_output=True, text=True,
                               env={**env, "PYTHON": sys.executable, "LAUNCH": "no-such-launcher --x"})
     assert launcher.returncode == 2 and "launcher 'no-such-launcher'" in launcher.stderr
+
+
+def test_samples_are_drawn_without_touching_cuda(image_folder, tmp_path, monkeypatch):
+    # the drawer is a forked child, where CUDA cannot start: on a GPU host, forking every device's
+    # random generator (torch.random.fork_rng()'s default) failed every GPU run at its end
+    import torch
+
+    from transfer.config import DataConfig
+    from transfer.data.loaders import build_datasets
+    from transfer.results.outputs import draw_samples
+
+    def no_cuda(*args, **kwargs):
+        raise RuntimeError("Cannot re-initialize CUDA in forked subprocess")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a GPU host, as the child sees it
+    for name in ("get_rng_state", "set_rng_state", "_lazy_init"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda)
+    train, _, source, _ = build_datasets(DataConfig(root=str(image_folder), url=None, image_size=32))
+    before = torch.get_rng_state()
+    draw_samples(tmp_path, train, source.classes)
+    assert (tmp_path / "plots" / "samples.png").is_file() and torch.equal(torch.get_rng_state(), before)
