@@ -79,7 +79,7 @@ def test_resume_continues_to_the_same_weights(finished_run, tmp_path):
     (resumed / "metrics.json").unlink()
     cfg_b = load_config(resumed / "config.yaml", [f"output_dir={resumed}", "train.resume=auto"])
     metrics_b = run(cfg_b)
-    assert [h["epoch"] for h in metrics_b.history] == [1, 2]
+    assert [h.epoch for h in metrics_b.history] == [1, 2]
     a, b = load_file(out / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

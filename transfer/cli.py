@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None, lr_find: bool = False) -> int:
             from .run import lr_range_test  # torch and the data stack: only when a run starts
 
             found = lr_range_test(cfg, Path(args.plot))
-            print(f"suggested optim.lr={found['suggested_lr']:.3g}; plot: {args.plot}")
+            print(f"suggested optim.lr={found.suggested_lr:.3g}; plot: {args.plot}")
             return 0
         from .run import run  # (as above)
 

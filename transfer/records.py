@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +24,95 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 
 
+class RecordError(ValueError):
+    """A JSON record that does not fit its dataclass; the message names the key path."""
+
+
+def typed(cls, raw, path: str = ""):
+    """`raw` (parsed JSON) as an instance of `cls`, a dataclass whose fields may be dataclasses,
+    lists, tuples, dicts or optionals of them: strictly, so a key renamed on one side fails here,
+    naming it, instead of when a report reads it. (What is not a dataclass is taken as it is.)"""
+    if raw is None:
+        return None
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        return typed(kinds[0], raw, path) if len(kinds) == 1 else raw
+    if origin is list:
+        return [typed(args[0], v, f"{path}[{i}]") for i, v in enumerate(raw)] if args else list(raw)
+    if origin is tuple:
+        return tuple(typed(args[0], v, f"{path}[{i}]") for i, v in enumerate(raw)) if args else tuple(raw)
+    if origin is dict:
+        return {k: typed(args[1], v, f"{path}.{k}") for k, v in raw.items()} if args else dict(raw)
+    if not dataclasses.is_dataclass(cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise RecordError(f"{path or 'the file'} should be an object ({cls.__name__})")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - set(fields))
+    missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if unknown or missing:
+        where = f" in {path}" if path else ""
+        raise RecordError("; ".join(part for part in (
+            f"unknown keys {', '.join(unknown)}{where}" if unknown else "",
+            f"missing keys {', '.join(missing)}{where}" if missing else "") if part))
+    return cls(**{k: typed(hints[k], v, f"{path}.{k}" if path else k) for k, v in raw.items()})
+
+
+def read_record(cls, path: Path, what: str):
+    """The JSON file at `path` as `cls` (typed; `cls` may also be a function of the parsed JSON
+    that returns the class); a file that cannot be read or does not fit is a DataError naming it
+    and saying what to do."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} cannot be read ({e}); rerun what wrote it, or move it out of the folder") from None
+    try:
+        return typed(cls if isinstance(cls, type) else cls(raw), raw)
+    except RecordError as e:
+        raise DataError(f"{path} is not {what} of this version ({e}); rerun what wrote it, or move it out of the "
+                        f"folder") from None
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One evaluated epoch: an entry of metrics.json's `history` (and of a checkpoint's)."""
+    epoch: float  # epochs done: whole, or a fraction when a time budget ended the run mid-epoch
+    lr: float  # the rate of the epoch's last optimizer step (the head's): the article's last_lr
+    train_loss: float  # the loss optimised (label smoothing, mixing included), mean over the epoch's images
+    val_loss: float  # plain cross-entropy, whatever training optimises
+    val_acc: float
+    epoch_seconds: float  # training and evaluation
+    train_images_per_s: float
+    frozen: bool = False  # the backbone was frozen (train.freeze_epochs)
+    select_acc: float | None = None  # data.select_fraction: the selection split's
+    select_loss: float | None = None
+    ema_val_acc: float | None = None  # train.ema_decay: the weight average's
+    ema_val_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class LrFindRecord:
+    """The LR range test (optim.lr=find): its curve and every rule's pick."""
+    rule: str  # the rule used, in words (training.lr_find.RULES)
+    suggested_lr: float  # the pick: the one-cycle peak the run trains with
+    picks: dict[str, float]  # every rule's pick on this curve
+    valley_lrs: list[float]  # where the longest falling stretch of the smoothed loss starts and ends
+    lowest_loss_lr: float
+    steps: int
+    start_lr: float
+    end_lr: float
+    lrs: list[float]
+    losses: list[float]
+    smoothed_losses: list[float]
+
+
 @dataclass(frozen=True)
 class RunMetrics:
-    """metrics.json. Accuracies are fractions; `history` has one record per evaluated epoch:
-    epoch, lr, train_loss, val_loss, val_acc, frozen, epoch_seconds, train_images_per_s."""
-    history: list[dict]
+    """metrics.json. Accuracies are fractions; `history` has one record per evaluated epoch."""
+    history: list[EpochRecord]
     best_val_acc: float  # the validation accuracy of the best epoch (chosen as best_chosen_on says)
     best_epoch: float
     final_val_acc: float  # after the fixed schedule: the headline
@@ -53,7 +139,7 @@ class RunMetrics:
     weights: str | None = None  # what the run started from: timm's architecture.tag, a file's name, or random
     peak_lr: float | None = None  # the one-cycle peak used (the head's): typed in, or found
     peak_lr_per_group: dict = field(default_factory=dict)  # optimizer group -> its peak (optim.layer_decay)
-    lr_find: dict | None = None  # the LR range test's record (optim.lr=find)
+    lr_find: LrFindRecord | None = None  # the LR range test's record (optim.lr=find)
     objective: dict = field(default_factory=dict)
     speed_settings: dict = field(default_factory=dict)
     phase_seconds: dict = field(default_factory=dict)
@@ -61,24 +147,10 @@ class RunMetrics:
 
     @property
     def epochs(self) -> float:
-        return self.history[-1]["epoch"] if self.history else 0
+        return self.history[-1].epoch if self.history else 0
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, raw: dict, where: Path | str = METRICS_FILE) -> "RunMetrics":
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(raw) - set(names))
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING]
-        missing = [k for k in required if k not in raw]
-        if unknown or missing:
-            detail = "; ".join(part for part in (f"unknown keys {', '.join(unknown)}" if unknown else "",
-                                                 f"missing keys {', '.join(missing)}" if missing else "") if part)
-            raise DataError(f"{where} is not a metrics file of this version ({detail}); rerun that run, or move it "
-                            f"out of the folder")
-        return cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -97,12 +169,7 @@ def is_finished(folder: Path) -> bool:
 
 
 def read_metrics(folder: Path) -> RunMetrics:
-    path = Path(folder) / METRICS_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} cannot be read ({e}); rerun that run, or move it out of the folder") from None
-    return RunMetrics.from_json(raw, path)
+    return read_record(RunMetrics, Path(folder) / METRICS_FILE, "a metrics file")
 
 
 def load_run(folder: Path) -> FinishedRun:

@@ -16,13 +16,15 @@ from accelerate import Accelerator
 from .config import Config, flat_config, to_dict
 from .data.loaders import class_display_names, samples
 from .errors import OutputError
-from .records import RunMetrics, is_finished, read_metrics, write_metrics
+from .files import versions
+from .records import LrFindRecord, RunMetrics, is_finished, read_metrics, write_metrics
 from .results import outputs
 from .results.drawer import Drawer
 from .training import checkpoint, rundir
 from .training.accel import make_accelerator, resolve_precision
 from .training.checkpoint import TrainerState
 from .training.loop import evaluate, train_epochs
+from .training.metrics import Evaluation, calibration_error, per_class_accuracy
 from .training.lr_find import find_lr
 from .training.lr_find import line as lr_find_line
 from .training.optim import OneCycle, group_scales
@@ -73,25 +75,32 @@ def run(cfg: Config, phases: Phases | None = None) -> RunMetrics:
             if final is None or cfg.model.export == "ema":  # evaluate-only, resumed after the end, or the average's
                 with phases("final_evaluation"):
                     final = evaluate(exported(cfg, setup), setup.val_dl, accelerator, setup.trainer.objective.normalize)
-            metrics = record(cfg, setup, state, loop, final, peak_lr, precision, startup_seconds, stop, phases)
+            metrics = record(setup, state, loop, final, peak_lr, precision, startup_seconds, stop, phases)
             return finish(cfg, accelerator, setup, final, metrics, phases, drawer)
 
 
-def record(cfg: Config, setup: Setup, state: TrainerState, loop: Loop, final: dict, peak_lr: float | None,
+def record(setup: Setup, state: TrainerState, loop: Loop, final: Evaluation, peak_lr: float | None,
            precision: str, startup_seconds: float, stop: str | None, phases: Phases) -> RunMetrics:
-    """The finished run's metrics.json record."""
-    accelerator, optimizer = setup.trainer.accelerator, setup.trainer.optimizer
-    return outputs.run_metrics(
-        state.history, final, setup.source.classes, state.train_seconds, samples(setup.val_ds)[0],
+    """The finished run's metrics.json record: every field, here."""
+    accelerator, optimizer, history = setup.trainer.accelerator, setup.trainer.optimizer, state.history
+    classes = setup.source.classes
+    best, chosen_on = outputs.best_epoch(history)
+    return RunMetrics(
+        history=history, best_val_acc=best.val_acc if best else final.val_acc, best_epoch=best.epoch if best else 0,
+        best_chosen_on=chosen_on, final_val_acc=final.val_acc, final_val_loss=final.val_loss,
+        final_val_ece=calibration_error(final.confidence, final.predictions, final.references),
+        final_ema_val_acc=history[-1].ema_val_acc if history else None, val_samples=final.val_samples,
+        train_seconds=state.train_seconds,
+        per_class_val_acc=dict(zip(classes, per_class_accuracy(final.predictions, final.references, len(classes)))),
+        val_subsets=outputs.subset_scores(samples(setup.val_ds)[0], final),
         num_processes=accelerator.num_processes, device=str(accelerator.device), mixed_precision=precision,
         steps_per_epoch=setup.steps_per_epoch, optimizer_steps=loop.scheduler.steps,
         startup_seconds=startup_seconds, decoded_cache=setup.cached, stopped_by_time_budget=stop == "budget",
         skipped_images=sum(setup.skipped.values()), train_samples=len(setup.train_ds), resumes=state.resumes,
-        final_ema_val_acc=state.history[-1].get("ema_val_acc") if state.history else None,
-        lr_per_step=loop.lrs, peak_lr=peak_lr, lr_find=state.lr_find,
+        lr_per_step=loop.lrs, weights=setup.weights, peak_lr=peak_lr,
         peak_lr_per_group={name: (peak_lr or 0.0) * scale for name, scale in group_scales(optimizer).items()},
-        objective=setup.trainer.objective.describe, speed_settings=setup.speed_settings,
-        phase_seconds=phases.seconds, weights=setup.weights)
+        lr_find=state.lr_find, objective=setup.trainer.objective.describe, speed_settings=setup.speed_settings,
+        phase_seconds=phases.seconds, versions=versions())
 
 
 def exported(cfg: Config, setup: Setup):
@@ -127,7 +136,7 @@ def learning_rate(cfg: Config, setup: Setup, state: TrainerState, phases: Phases
             state.lr_find = find_lr(setup.trainer, setup.train_dl, cfg.train.epochs, cfg.train.frozen_epochs,
                                     cfg.optim.name, cfg.optim.lr_find_rule)
         setup.trainer.accelerator.print(lr_find_line(state.lr_find))
-    return state.lr_find["suggested_lr"] if state.lr_find else None
+    return state.lr_find.suggested_lr if state.lr_find else None
 
 
 def save(cfg: Config, saved: checkpoint.Checkpointed, setup: Setup, phases: Phases, writer: checkpoint.Writer,
@@ -155,7 +164,7 @@ def write_start(cfg: Config, accelerator: Accelerator, out: Path, setup: Setup, 
         raise OutputError(str(e), exit_code=2) from None
 
 
-def finish(cfg: Config, accelerator: Accelerator, setup: Setup, final: dict, metrics: RunMetrics, phases: Phases,
+def finish(cfg: Config, accelerator: Accelerator, setup: Setup, final: Evaluation, metrics: RunMetrics, phases: Phases,
            drawer: Drawer) -> RunMetrics:
     """Every output of a finished run: figures (in the drawer), predictions, model/, then metrics.json."""
     classes, names = setup.source.classes, class_display_names(setup.source.classes)
@@ -172,7 +181,7 @@ def finish(cfg: Config, accelerator: Accelerator, setup: Setup, final: dict, met
     return metrics
 
 
-def lr_range_test(cfg: Config, plot: Path) -> dict:
+def lr_range_test(cfg: Config, plot: Path) -> LrFindRecord:
     """`scripts/lr_find.py`: only the LR range test, its plot written to `plot`; no run folder."""
     from .results.plots import plot_lr_find  # matplotlib: the run itself draws in the drawer process
 

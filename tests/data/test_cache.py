@@ -62,7 +62,7 @@ def test_cached_run_trains_exactly_like_the_loader_run(image_folder, tmp_path):
     wa = load_file(tmp_path / "loader" / "model" / "model.safetensors")
     wb = load_file(tmp_path / "cached" / "model" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert a.history[-1]["val_acc"] == b.history[-1]["val_acc"]
+    assert a.history[-1].val_acc == b.history[-1].val_acc
 
 
 @pytest.mark.slow

@@ -166,9 +166,9 @@ def test_the_best_epoch_is_chosen_on_a_selection_split_kept_out_of_training_and_
     with open(out / "val_predictions.csv", newline="") as f:
         scored = {row["id"] for row in csv.DictReader(f)}
     assert not scored & set(chosen)
-    assert metrics.best_chosen_on == "select" and all("select_acc" in h for h in metrics.history)
-    best = max(metrics.history, key=lambda h: h["select_acc"])
-    assert metrics.best_epoch == best["epoch"] and metrics.best_val_acc == best["val_acc"]
+    assert metrics.best_chosen_on == "select" and all(h.select_acc is not None for h in metrics.history)
+    best = max(metrics.history, key=lambda h: h.select_acc)
+    assert metrics.best_epoch == best.epoch and metrics.best_val_acc == best.val_acc
     other = run(tiny_config(image_folder, tmp_path / "subset", "train.epochs=0", "data.select_fraction=0.25",
                             "data.train_per_class=6"))  # a subset is drawn from what the selection left
     assert json.loads((tmp_path / "subset" / "select_split.json").read_text())["select"] == chosen

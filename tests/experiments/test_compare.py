@@ -1,5 +1,6 @@
 """scripts/compare.sh and its report, and the time budget that makes equal-time comparisons."""
 import json
+from dataclasses import asdict
 import os
 import sys
 
@@ -12,6 +13,7 @@ from conftest import run_command, tiny_config
 from transfer.experiments.report import build
 from transfer.experiments.summary import time_to_reach
 from transfer.config import dump_yaml, load_config
+from transfer.records import EpochRecord, LrFindRecord
 from transfer.run import run
 
 
@@ -23,7 +25,9 @@ def fake_run(folder, accs, seconds=10.0, lr=1e-4, pretrained=True, unseen=None, 
                "final_val_acc": accs[-1], "final_val_loss": history[-1]["val_loss"], "val_samples": 20,
                "train_seconds": seconds * len(accs),
                "val_subsets": {"unseen_by_imagenet": {"samples": 4, "val_acc": unseen}} if unseen is not None else {},
-               "peak_lr": found or lr, "lr_find": {"suggested_lr": found} if found else None}
+               "peak_lr": found or lr, "lr_find": asdict(LrFindRecord(
+                   "minimum", found, {"minimum": found}, [found / 10, found * 10], found * 10, 100, 1e-7, 10.0, [], [], []))
+               if found else None}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     cfg = load_config("configs/pretrained.yaml" if pretrained else "configs/scratch.yaml",
                       [f"optim.lr={'find' if found else lr}"])
@@ -34,7 +38,7 @@ def test_report_numbers_match_the_runs(tmp_path):
     fake_run(tmp_path / "pretrained" / "seed0", [0.6, 0.8, 0.9], unseen=0.75)
     fake_run(tmp_path / "pretrained" / "seed1", [0.5, 0.7, 0.8], unseen=0.5)
     fake_run(tmp_path / "scratch" / "seed0", [0.1, 0.2, 0.3], seconds=5.0, lr=1e-3, pretrained=False, unseen=0.25)
-    summary = build(tmp_path)
+    summary = asdict(build(tmp_path))
     p, s = summary["arms"]["pretrained"], summary["arms"]["scratch"]
     assert p["seeds"] == 2 and s["seeds"] == 1
     assert p["best_val_acc"] == pytest.approx(0.85) and p["best_val_acc_std"] == pytest.approx(0.0707107, rel=1e-5)
@@ -58,7 +62,7 @@ def test_report_shows_the_learning_rate_each_arm_found(tmp_path):
     fake_run(tmp_path / "pretrained" / "seed0", [0.6, 0.9], found=2.5e-4)
     fake_run(tmp_path / "pretrained" / "seed1", [0.6, 0.8], found=3e-4)
     fake_run(tmp_path / "scratch_strong" / "seed0", [0.2, 0.4], pretrained=False, found=4.2e-3)
-    summary = build(tmp_path)
+    summary = asdict(build(tmp_path))
     assert summary["arms"]["scratch_strong"]["peak_lr"] == [4.2e-3] and summary["arms"]["pretrained"]["lr_found"]
     report = (tmp_path / "report.md").read_text()
     assert "| `optim.lr (used)` | `0.00025, 0.0003 (found)` | `0.0042 (found)` |" in report, report
@@ -69,7 +73,7 @@ def test_the_strong_recipes_get_their_own_gain(tmp_path):
     fake_run(tmp_path / "scratch" / "seed0", [0.2, 0.3], pretrained=False)
     fake_run(tmp_path / "pretrained_strong" / "seed0", [0.7, 0.9])
     fake_run(tmp_path / "scratch_strong" / "seed0", [0.3, 0.5], pretrained=False)
-    summary = build(tmp_path)
+    summary = asdict(build(tmp_path))
     plain, strong = summary["gains"]
     assert summary["gain"] == plain and plain["arms"] == ["pretrained", "scratch"]
     assert strong["arms"] == ["pretrained_strong", "scratch_strong"]
@@ -81,11 +85,11 @@ def test_the_strong_recipes_get_their_own_gain(tmp_path):
     for arm in ("pretrained_strong", "scratch_strong"):
         (only_strong / arm).mkdir(parents=True)
         (tmp_path / arm / "seed0").rename(only_strong / arm / "seed0")
-    assert build(only_strong)["gain"]["arms"] == ["pretrained_strong", "scratch_strong"]
+    assert build(only_strong).gain.arms == ["pretrained_strong", "scratch_strong"]
 
 
 def test_time_to_reach():
-    history = [{"val_acc": a, "epoch_seconds": 2.0} for a in (0.2, 0.5, 0.4, 0.9)]
+    history = [EpochRecord(i + 1, 1e-3, 1.0, 1.0, a, 2.0, 10.0) for i, a in enumerate((0.2, 0.5, 0.4, 0.9))]
     assert time_to_reach(history, 0.5) == 4.0 and time_to_reach(history, 0.95) is None
 
 

@@ -39,27 +39,27 @@ def comparison(tmp_path, accuracy_p: float, accuracy_s: float, seeds=(0, 1, 2), 
     for seed in seeds:
         fake_run(tmp_path / "pretrained" / f"seed{seed}", rng.random(IMAGES) < accuracy_p, seed)
         fake_run(tmp_path / "scratch" / f"seed{seed}", rng.random(IMAGES) < accuracy_s, seed, pretrained=False)
-    return build(tmp_path)["gain"]
+    return build(tmp_path).gain
 
 
 def test_a_null_comparison_gives_an_interval_around_zero(tmp_path):
     # the same arm twice (both draw from one 60% model): whatever the gain, the interval holds 0
     gain = comparison(tmp_path, 0.6, 0.6)
-    low, high = gain["final_val_acc_ci95"]
-    assert low < 0 < high and gain["paired"] and gain["paired_seeds"] == [0, 1, 2]
-    assert len(gain["per_seed_final_val_acc_points"]) == 3 and len(gain["mcnemar_p"]) == 3
-    assert gain["final_val_acc_points"] == pytest.approx(np.mean(gain["per_seed_final_val_acc_points"]))
+    low, high = gain.final_val_acc_ci95
+    assert low < 0 < high and gain.paired and gain.paired_seeds == [0, 1, 2]
+    assert len(gain.per_seed_final_val_acc_points) == 3 and len(gain.mcnemar_p) == 3
+    assert gain.final_val_acc_points == pytest.approx(np.mean(gain.per_seed_final_val_acc_points))
 
 
 def test_a_large_difference_gives_an_interval_that_excludes_zero(tmp_path):
     gain = comparison(tmp_path, 0.8, 0.4)
-    low, high = gain["final_val_acc_ci95"]
-    assert 0 < low < 40 < high and gain["seeds_better"] == 3
-    assert max(gain["mcnemar_p"]) < 1e-6
+    low, high = gain.final_val_acc_ci95
+    assert 0 < low < 40 < high and gain.seeds_better == 3
+    assert max(gain.mcnemar_p) < 1e-6
     report = (tmp_path / "report.md").read_text()
-    assert report.splitlines()[2] == f"**{gain['headline']}**"
-    assert gain["headline"].startswith("gain of pretraining +") and "(95% CI +" in gain["headline"]
-    assert f"3 seeds x {IMAGES} images; pretrained better on 3/3 seeds)" in gain["headline"]
+    assert report.splitlines()[2] == f"**{gain.headline}**"
+    assert gain.headline.startswith("gain of pretraining +") and "(95% CI +" in gain.headline
+    assert f"3 seeds x {IMAGES} images; pretrained better on 3/3 seeds)" in gain.headline
 
 
 def test_the_image_bootstrap_is_paired(tmp_path):
@@ -70,14 +70,14 @@ def test_the_image_bootstrap_is_paired(tmp_path):
     pretrained[np.flatnonzero(~scratch)[:12]] = True
     fake_run(tmp_path / "pretrained", pretrained, 0)
     fake_run(tmp_path / "scratch", scratch, 0, pretrained=False)
-    gain = build(tmp_path)["gain"]
-    low, high = gain["final_val_acc_ci95"]
-    assert gain["final_val_acc_points"] == pytest.approx(3.0) and 0 < low < 3.0 < high
-    assert gain["mcnemar_p"] == [pytest.approx(2 * 0.5**12)]  # 12 discordant images, all one way
-    assert "one seed, so training randomness is not in it" in gain["ci_method"]
-    unpaired = _unpaired([correct_by_image(tmp_path / "pretrained")], [correct_by_image(tmp_path / "scratch")])
-    assert unpaired["final_val_acc_ci95"][0] < 0  # treated as independent samples, the same runs look unsure
-    assert high - low < (unpaired["final_val_acc_ci95"][1] - unpaired["final_val_acc_ci95"][0]) / 3
+    gain = build(tmp_path).gain
+    low, high = gain.final_val_acc_ci95
+    assert gain.final_val_acc_points == pytest.approx(3.0) and 0 < low < 3.0 < high
+    assert gain.mcnemar_p == [pytest.approx(2 * 0.5**12)]  # 12 discordant images, all one way
+    assert "one seed, so training randomness is not in it" in gain.ci_method
+    unpaired = _unpaired(3.0, [correct_by_image(tmp_path / "pretrained")], [correct_by_image(tmp_path / "scratch")])
+    assert unpaired.final_val_acc_ci95[0] < 0  # treated as independent samples, the same runs look unsure
+    assert high - low < (unpaired.final_val_acc_ci95[1] - unpaired.final_val_acc_ci95[0]) / 3
 
 
 def test_arms_without_common_seeds_are_compared_unpaired_and_the_report_says_so(tmp_path):
@@ -86,18 +86,19 @@ def test_arms_without_common_seeds_are_compared_unpaired_and_the_report_says_so(
         fake_run(tmp_path / "pretrained" / f"seed{seed}", rng.random(IMAGES) < 0.7, seed)
     for seed in (5, 6):
         fake_run(tmp_path / "scratch" / f"seed{seed}", rng.random(IMAGES) < 0.5, seed, pretrained=False)
-    gain = build(tmp_path)["gain"]
-    assert not gain["paired"] and gain["final_val_acc_ci95"][0] < gain["final_val_acc_points"]
-    assert "unpaired" in gain["ci_method"] and "unpaired" in gain["headline"]
+    gain = build(tmp_path).gain
+    assert not gain.paired and gain.final_val_acc_ci95[0] < gain.final_val_acc_points
+    assert "unpaired" in gain.ci_method and "unpaired" in gain.headline
     assert "**Warning**: the arms ran different seeds" in (tmp_path / "report.md").read_text()
 
 
 def test_a_sweep_point_has_caught_up_only_when_its_interval_says_so():
     from transfer.experiments.sweep_report import catch_up_value
 
-    points = [{"value": 5, "gain": {"final_val_acc_points": 0.5, "final_val_acc_ci95": [-3.0, 4.0]}},  # mean < 1
-              {"value": 20, "gain": {"final_val_acc_points": 0.2, "final_val_acc_ci95": [-0.5, 0.9]}},
-              {"value": None, "gain": {"final_val_acc_points": 0.1, "final_val_acc_ci95": [-0.4, 0.6]}}]
+    from transfer.experiments.records import Gain, SweepPoint
+
+    points = [SweepPoint({}, value, "", {}, Gain(mean, "", final_val_acc_ci95=ci), [])
+              for value, mean, ci in ((5, 0.5, [-3.0, 4.0]), (20, 0.2, [-0.5, 0.9]), (None, 0.1, [-0.4, 0.6]))]  # 5: mean < 1
     assert catch_up_value(points) == 20
     assert catch_up_value(points[:1]) is None
 
@@ -113,7 +114,9 @@ def test_calibration_error_by_hand():
 
 
 def test_headline_without_predictions_says_why():
-    gain = {"final_val_acc_points": 4.0, "ci_method": "none: a run has no val_predictions.csv to pair images with"}
+    from transfer.experiments.records import Gain
+
+    gain = Gain(4.0, ci_method="none: a run has no val_predictions.csv to pair images with")
     assert headline(gain, {}) == ("gain of pretraining +4.0 points of final validation accuracy (no interval: a run "
                                   "has no val_predictions.csv to pair images with)")
 
@@ -122,14 +125,14 @@ def test_the_aggregate_over_one_dataset_is_that_dataset_and_over_several_widens_
     gains = {name: comparison(tmp_path / name, p, s, seeds=(0, 1), rng_seed=i)
              for i, (name, p, s) in enumerate([("a", 0.8, 0.4), ("b", 0.6, 0.55), ("c", 0.5, 0.5)])}
     one = aggregate({"a": gains["a"]})
-    assert one["mean_gain_points"] == pytest.approx(gains["a"]["final_val_acc_points"])
-    assert one["mean_gain_ci95"] == pytest.approx(gains["a"]["final_val_acc_ci95"])  # the same two-level interval
+    assert one.mean_gain_points == pytest.approx(gains["a"].final_val_acc_points)
+    assert one.mean_gain_ci95 == pytest.approx(gains["a"].final_val_acc_ci95)  # the same two-level interval
     every = aggregate(gains)
-    assert every["mean_gain_points"] == pytest.approx(np.mean([g["final_val_acc_points"] for g in gains.values()]))
-    low, high = every["mean_gain_ci95"]
-    widths = [g["final_val_acc_ci95"][1] - g["final_val_acc_ci95"][0] for g in gains.values()]
-    assert low < every["mean_gain_points"] < high and high - low < max(widths)  # averaging narrows, but
+    assert every.mean_gain_points == pytest.approx(np.mean([g.final_val_acc_points for g in gains.values()]))
+    low, high = every.mean_gain_ci95
+    widths = [g.final_val_acc_ci95[1] - g.final_val_acc_ci95[0] for g in gains.values()]
+    assert low < every.mean_gain_points < high and high - low < max(widths)  # averaging narrows, but
     assert high - low > min(widths) / 3  # never below what the datasets' own spread allows
-    iqm_low, iqm_high = every["iqm_gain_ci95"]
-    assert iqm_low <= every["iqm_gain_points"] <= iqm_high and "too narrow with 2 seeds" in every["ci_method"]
-    assert aggregate({"a": gains["a"], "x": None})["datasets_without_gain"] == ["x"]
+    iqm_low, iqm_high = every.iqm_gain_ci95
+    assert iqm_low <= every.iqm_gain_points <= iqm_high and "too narrow with 2 seeds" in every.ci_method
+    assert aggregate({"a": gains["a"], "x": None}).datasets_without_gain == ["x"]

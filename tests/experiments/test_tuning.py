@@ -127,12 +127,14 @@ def test_tuning_a_key_that_is_also_set_is_refused(tmp_path):
 
 
 def test_a_choice_at_the_grid_s_edge_is_named():
+    from transfer.experiments.records import ArmTuning, TuningPoint
     from transfer.experiments.tuning import grid_edges
 
     def arm(chosen, values=(1e-4, 1e-3, 1e-2)):
-        return {"chosen": {"optim.lr": chosen}, "points": [{"setting": {"optim.lr": v}} for v in values]}
+        return ArmTuning(0, ["optim.lr"], [TuningPoint({"optim.lr": v}, 0.5, 1.0, "") for v in values],
+                         {"optim.lr": chosen})
 
     assert grid_edges({"a": arm(1e-2), "b": arm(1e-3), "c": arm(1e-4)}) == [
         "a: optim.lr=0.01 (the last value tried)", "c: optim.lr=0.0001 (the first value tried)"]
     assert grid_edges({"two": arm(1e-2, values=(1e-3, 1e-2))}) == []  # two values have no inside
-    assert grid_edges({"none": {"chosen": None, "points": []}}) == []
+    assert grid_edges({"none": ArmTuning(0, ["optim.lr"], [], None)}) == []

@@ -62,14 +62,14 @@ def test_tensorboard_gets_step_and_epoch_scalars(trained):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/lr", "epoch/val_acc", "epoch/train_loss", "epoch/val_loss"} <= tags
-    assert [e.value for e in acc.Scalars("epoch/val_acc")] == pytest.approx([h["val_acc"] for h in metrics.history])
+    assert [e.value for e in acc.Scalars("epoch/val_acc")] == pytest.approx([h.val_acc for h in metrics.history])
 
 
 def test_gradient_accumulation_runs_the_whole_schedule(image_folder, tmp_path):
     # 48 images / batch 8 = 6 batches per epoch; 4 per optimizer step -> 2 steps per epoch
     metrics = run(tiny_config(image_folder, tmp_path / "accum", "train.grad_accum_steps=4"))
     assert metrics.steps_per_epoch == 2
-    assert metrics.history[-1]["lr"] < 3e-3 / 1000  # annealed to the end, not cut short
+    assert metrics.history[-1].lr < 3e-3 / 1000  # annealed to the end, not cut short
 
 
 def test_evaluate_only_with_a_fresh_head(image_folder, tmp_path):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from transfer import files
 from transfer.errors import OutputError
+from transfer.records import EpochRecord
 from transfer.training import checkpoint
 from transfer.training.checkpoint import (Checkpointed, TrainerState, Writer, list_checkpoints, resolve_resume,
                                           save_checkpoint)
@@ -73,7 +74,7 @@ def test_background_and_inline_checkpoints_equal_accelerates_save_state(trained)
     # pins accelerate's layout: a file it adds, renames or fills otherwise fails here
     saved, _, optimizer, out = trained
     accelerator = saved.trainer.accelerator
-    state = TrainerState(config={"a": 1}, epoch=1, history=[{"epoch": 1}])
+    state = TrainerState(config={"a": 1}, epoch=1, history=[EpochRecord(1, 1e-3, 1.0, 1.0, 0.5, 2.0, 10.0)])
     reference = out / "save_state"
     accelerator.save_state(str(reference))
     inline = save_checkpoint(saved, out, "epoch_001", state, keep=5)

@@ -105,11 +105,11 @@ def test_suggestion_rule_picks_inside_the_falling_stretch():
     losses = [2.0 if lr < 1e-4 else max(0.5, 2.0 - 0.5 * math.log10(lr / 1e-4)) if lr < 1e-1 else 0.5 * (lr / 1e-1) ** 2
               for lr in lrs]
     found = lr_find.suggest(lrs, losses, steps, "adam", "valley")
-    assert 1e-4 < found["suggested_lr"] < 1e-1
-    smoothed = found["smoothed_losses"]
-    pick = lrs.index(found["suggested_lr"])
+    assert 1e-4 < found.suggested_lr < 1e-1
+    smoothed = found.smoothed_losses
+    pick = lrs.index(found.suggested_lr)
     assert smoothed[pick + 1] < smoothed[pick] < smoothed[pick - 1]  # still falling there
-    assert found["rule"] == lr_find.RULES["valley"] and found["picks"]["valley"] == found["suggested_lr"]
+    assert found.rule == lr_find.RULES["valley"] and found.picks["valley"] == found.suggested_lr
 
 
 def test_steep_and_minimum_rules_read_the_trimmed_curve():
@@ -127,11 +127,11 @@ def test_steep_and_minimum_rules_read_the_trimmed_curve():
         return 1.24 + 2.0 * (x + 2)
     losses = [loss(lr) for lr in lrs]
     found = {rule: lr_find.suggest(lrs, losses, steps, "adam", rule) for rule in lr_find.RULES}
-    assert found["steep"]["rule"] == lr_find.RULES["steep"]
-    assert found["valley"]["picks"] == found["steep"]["picks"] == found["minimum"]["picks"]  # every rule recorded
-    assert 1e-4 <= found["steep"]["suggested_lr"] <= 1.2e-3  # the steepest decade (smoothing lags it a little)
-    assert 1e-3 / 1.5 <= found["minimum"]["suggested_lr"] <= 1e-2 / 10 * 3  # a tenth of the smoothed minimum
-    assert {r: f["suggested_lr"] for r, f in found.items()} == found["valley"]["picks"]
+    assert found["steep"].rule == lr_find.RULES["steep"]
+    assert found["valley"].picks == found["steep"].picks == found["minimum"].picks  # every rule recorded
+    assert 1e-4 <= found["steep"].suggested_lr <= 1.2e-3  # the steepest decade (smoothing lags it a little)
+    assert 1e-3 / 1.5 <= found["minimum"].suggested_lr <= 1e-2 / 10 * 3  # a tenth of the smoothed minimum
+    assert {r: f.suggested_lr for r, f in found.items()} == found["valley"].picks
 
 
 def test_suggestion_is_a_third_plus_a_sixth_down_the_valley():
@@ -140,8 +140,8 @@ def test_suggestion_is_a_third_plus_a_sixth_down_the_valley():
     lrs = lr_find.schedule(steps)
     losses = [3.0 - 0.05 * i for i in range(40)] + [10.0] * 20
     found = lr_find.suggest(lrs, losses, steps, "adam", "valley")
-    assert found["valley_lrs"] == [lrs[0], lrs[39]]
-    assert found["suggested_lr"] == lrs[39 // 3 + 39 // 6]  # index 19
+    assert found.valley_lrs == [lrs[0], lrs[39]]
+    assert found.suggested_lr == lrs[39 // 3 + 39 // 6]  # index 19
 
 
 @pytest.mark.parametrize("losses, why", [([float("nan")] * 3, "not finite from the first step"),
@@ -172,16 +172,16 @@ def same_weights(a, b):
 def test_found_lr_is_recorded_plotted_and_equals_typing_it_in(found_run, image_folder, tmp_path):
     out, metrics = found_run
     found = metrics.lr_find
-    assert found["rule"] == lr_find.RULES["minimum"] and found["suggested_lr"] == found["picks"]["minimum"] and metrics.peak_lr == found["suggested_lr"]
-    assert found["valley_lrs"][0] < found["suggested_lr"] < found["valley_lrs"][1]
-    assert json.loads((out / "metrics.json").read_text())["lr_find"]["suggested_lr"] == found["suggested_lr"]
+    assert found.rule == lr_find.RULES["minimum"] and found.suggested_lr == found.picks["minimum"] and metrics.peak_lr == found.suggested_lr
+    assert found.valley_lrs[0] < found.suggested_lr < found.valley_lrs[1]
+    assert json.loads((out / "metrics.json").read_text())["lr_find"]["suggested_lr"] == found.suggested_lr
     assert (out / "plots" / "lr_find.png").stat().st_size > 0
-    assert f"`optim.lr=find` (found {found['suggested_lr']:.3g})" in (out / "model" / "README.md").read_text()
-    assert 0.9 * found["suggested_lr"] < max(metrics.lr_per_step) <= found["suggested_lr"]  # the cycle's peak
+    assert f"`optim.lr=find` (found {found.suggested_lr:.3g})" in (out / "model" / "README.md").read_text()
+    assert 0.9 * found.suggested_lr < max(metrics.lr_per_step) <= found.suggested_lr  # the cycle's peak
     assert metrics.phase_seconds["lr_find"] > 0
     # model, optimizer, scaler and random state restored: the run equals one with the value typed in
     typed = tmp_path / "typed"
-    run(tiny_config(image_folder, typed, f"optim.lr={found['suggested_lr']!r}", "train.label_smoothing=0.1",
+    run(tiny_config(image_folder, typed, f"optim.lr={found.suggested_lr!r}", "train.label_smoothing=0.1",
                     "data.mixup=0.4", "data.cutmix=1.0", "data.mixup_off_epoch=1"))
     assert same_weights(out, typed)
 
@@ -203,7 +203,7 @@ def test_mid_epoch_resume_with_mixup_reuses_the_found_lr_and_is_exact(found_run,
         raise AssertionError("a resumed run searched for its learning rate again")
     monkeypatch.setattr(lr_find, "range_test", no_second_search)
     metrics = run(load_config(reference / "config.yaml", [f"output_dir={out}", "train.resume=auto"]))
-    assert metrics.lr_find["suggested_lr"] == json.loads((reference / "metrics.json").read_text())[
+    assert metrics.lr_find.suggested_lr == json.loads((reference / "metrics.json").read_text())[
         "lr_find"]["suggested_lr"]
     assert same_weights(out, reference)  # mixing draws replayed with the skipped batches
 

@@ -14,7 +14,6 @@ data.train_per_class=4,8,16,null; or any key=v1,v2,...), JOBS (1). Finished step
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..errors import ConfigError
 from ..records import is_finished
 from ..run import run
 from .plan import CompareSpec, Grid, arm_config
+from .records import SUMMARY_FILE, Summary, read_summary
 from .runner import compare
 
 DEFAULT_SWEEP = "data.train_per_class=4,8,16,null"
@@ -32,16 +32,15 @@ MODEL = ["model.name=resnet10t", "data.image_size=32", "train.batch_size=16", "d
          "data.cache=none"]
 
 
-def headline(summary: dict, per_class, seeds: int) -> str:
-    arms, gain = summary["arms"], summary.get("gain")
+def headline(summary: Summary, per_class, seeds: int) -> str:
     lines = [f"demo: resnet10t pretrained on the source shapes vs from scratch, on 6 new shapes with {per_class} "
              f"labelled images per class, {seeds} seed(s); final validation accuracy (mean ± std):"]
     for arm, label in (("pretrained", "pretrained on the source task"), ("scratch", "from scratch")):
-        if arm in arms:
-            a = arms[arm]
-            lines.append(f"  {label:<30} {100 * a['final_val_acc']:5.1f}% ± {100 * a['final_val_acc_std']:.1f}")
-    if gain:
-        lines.append(f"  {gain['headline']}")
+        if arm in summary.arms:
+            a = summary.arms[arm]
+            lines.append(f"  {label:<30} {100 * a.final_val_acc:5.1f}% ± {100 * a.final_val_acc_std:.1f}")
+    if summary.gain:
+        lines.append(f"  {summary.gain.headline}")
     return "\n".join(lines)
 
 
@@ -82,10 +81,9 @@ def main(env: dict = os.environ) -> int:
     folder = out / ("sweep" if sweep else "compare")
     spec = CompareSpec(folder, ("pretrained", "scratch"), seeds, sweep, jobs=base.jobs, launch=base.launch)
     code = compare(spec, target)
-    summary_file = folder / "summary.json"
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-        shown = summary["sweep"]["points"][-1]["value"] if sweep else per_class
+    if (folder / SUMMARY_FILE).is_file():
+        summary = read_summary(folder)
+        shown = summary.sweep.points[-1].value if sweep else per_class
         print("\n" + headline(summary, "all" if shown is None else shown, len(seeds)))
         print(f"report: {folder / 'report.md'}, {folder / 'comparison.png'}"
               + (f", {folder / 'sweep.png'}" if sweep else ""))

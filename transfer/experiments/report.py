@@ -11,18 +11,20 @@ and OUT/summary.json ("suite").
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from ..errors import RunError
-from ..files import write_atomic, write_json
-from ..results.plots import plot_comparison
+from ..files import write_atomic
 from . import suite_report, sweep_report
+from .figures import plot_comparison
 from .plan import read_suite, read_sweep, setting_args, value_text
-from .summary import FRACTIONS, summarize
+from .records import FRACTIONS, ArmSummary, Gain, Summary, SuiteSummary, write_summary
+from .summary import summarize
 from .tuning import grid_edges
 
 
-def build(out: Path) -> dict:
+def build(out: Path) -> Summary | SuiteSummary:
     """The report files in `out` (a comparison, a sweep or a suite); the summary. RunError (exit 2)
     when `out` holds no finished run."""
     out = Path(out)
@@ -39,48 +41,43 @@ def build(out: Path) -> dict:
             parts[name] = None
     if not any(parts.values()):
         raise RunError(f"no finished runs (metrics.json) under {out}; run scripts/compare.sh with OUT={out} first")
-    summary = {"suite": suite_report.build(out, meta, parts)}
-    write_json(out / "summary.json", summary)
+    summary = SuiteSummary(suite_report.build(out, meta, parts))
+    write_summary(out, summary)
     write_atomic(out / "report.md", markdown(summary))
     return summary
 
 
-def build_one(out: Path) -> dict:
+def build_one(out: Path) -> Summary:
     """summary.json, report.md and comparison.png (and sweep.png) of one comparison or sweep."""
     out = Path(out)
     meta = read_sweep(out) if out.is_dir() else None
     if meta is None:
-        arms, summary = summarize(out) if out.is_dir() else ({}, {})
+        runs, summary = summarize(out) if out.is_dir() else ({}, None)
     else:  # the top level describes the last swept point that has runs, as a plain comparison would
         sweep = sweep_report.build(out, meta)
-        shown = sweep_report.with_runs(sweep)
-        arms, summary = summarize(Path(shown[-1]["folder"])) if shown else ({}, {})
-        summary["sweep"] = sweep
-    if not arms:
+        shown = sweep.with_runs()
+        runs, summary = summarize(Path(shown[-1].folder)) if shown else ({}, None)
+        summary = summary and dataclasses.replace(summary, sweep=sweep)
+    if not runs:
         raise RunError(f"no finished runs (metrics.json) under {out}; run scripts/compare.sh with OUT={out} first")
-    write_json(out / "summary.json", summary)
+    write_summary(out, summary)
     write_atomic(out / "report.md", markdown(summary))
-    plot_comparison({arm: [r.metrics.history for r in runs] for arm, runs in arms.items()}, out / "comparison.png")
+    plot_comparison({arm: [r.metrics.history for r in found] for arm, found in runs.items()}, out / "comparison.png")
     return summary
 
 
-def is_suite(summary: dict) -> bool:
-    """A suite's summary has only the table over datasets at its top level."""
-    return "arms" not in summary and "suite" in summary
-
-
-def headlines(summary: dict) -> list[str]:
+def headlines(summary: Summary | SuiteSummary) -> list[str]:
     """What compare.sh prints last: each gain's line, or the suite's line over datasets."""
-    if is_suite(summary):
-        return [suite_report.aggregate_line(summary["suite"]["aggregate"])]
-    return [gain["headline"] for gain in summary.get("gains", [])]
+    if isinstance(summary, SuiteSummary):
+        return [suite_report.aggregate_line(summary.suite.aggregate)]
+    return [gain.headline for gain in summary.gains]
 
 
-def files(summary: dict) -> list[str]:
+def files(summary: Summary | SuiteSummary) -> list[str]:
     """The report's files in OUT."""
-    if is_suite(summary):
+    if isinstance(summary, SuiteSummary):
         return ["report.md", suite_report.SUITE_PLOT, "summary.json"]
-    return ["report.md", "comparison.png", *(["sweep.png"] if "sweep" in summary else []), "summary.json"]
+    return ["report.md", "comparison.png", *(["sweep.png"] if summary.sweep else []), "summary.json"]
 
 
 def _pct(mean: float | None, std: float | None = None) -> str:
@@ -93,50 +90,50 @@ def _secs(value: float | None) -> str:
     return "not reached" if value is None else f"{value:.0f} s"
 
 
-def _lrs(arm: dict) -> str:
-    text = ", ".join(f"{lr:.3g}" for lr in arm.get("peak_lr", []))
-    return f"{text} (found)" if arm.get("lr_found") else text
+def _lrs(arm: ArmSummary) -> str:
+    text = ", ".join(f"{lr:.3g}" for lr in arm.peak_lr)
+    return f"{text} (found)" if arm.lr_found else text
 
 
-def gain_lines(g: dict) -> list[str]:
+def gain_lines(g: Gain) -> list[str]:
     """The gain of pretraining, explained: per seed, the test per seed, the method."""
-    pair = "" if g["arms"] == ["pretrained", "scratch"] else f" ({g['arms'][0]} vs {g['arms'][1]})"
-    lines = [f"**Gain of pretraining{pair}**: {g['final_val_acc_points']:+.1f} points of final validation accuracy"
-             + (f", {g['unseen_by_imagenet_val_acc_points']:+.1f} on the validation images ImageNet's training set "
-                f"does not contain" if "unseen_by_imagenet_val_acc_points" in g else "")
-             + f"; {g['best_val_acc_points']:+.1f} points at each run's best epoch (not the headline: unless the "
+    pair = "" if g.arms == ["pretrained", "scratch"] else f" ({g.arms[0]} vs {g.arms[1]})"
+    lines = [f"**Gain of pretraining{pair}**: {g.final_val_acc_points:+.1f} points of final validation accuracy"
+             + (f", {g.unseen_by_imagenet_val_acc_points:+.1f} on the validation images ImageNet's training set "
+                f"does not contain" if g.unseen_by_imagenet_val_acc_points is not None else "")
+             + f"; {g.best_val_acc_points:+.1f} points at each run's best epoch (not the headline: unless the "
                f"runs chose it on a selection split, data.select_fraction, it was picked on the images it is scored on)."]
-    if g.get("paired"):
-        seeds = ", ".join(f"seed {s}: {v:+.1f}" for s, v in zip(g["paired_seeds"], g["per_seed_final_val_acc_points"]))
-        tests = ", ".join(f"{p:.2g}" for p in g["mcnemar_p"])
+    if g.paired:
+        seeds = ", ".join(f"seed {s}: {v:+.1f}" for s, v in zip(g.paired_seeds, g.per_seed_final_val_acc_points))
+        tests = ", ".join(f"{p:.2g}" for p in g.mcnemar_p)
         lines.append(f"Per seed (same images for both arms): {seeds}. McNemar's exact test per seed, on the images "
                      f"exactly one arm gets right: p = {tests}.")
-    lines += [f"Interval: {g['ci_method']}.", ""]
+    lines += [f"Interval: {g.ci_method}.", ""]
     return lines
 
 
-def tuning_lines(arms: dict) -> list[str]:
+def tuning_lines(arms: dict[str, ArmSummary]) -> list[str]:
     """TUNE: per arm, each grid point's selection accuracy, the chosen one in bold."""
-    tuned = {n: a["tuned"] for n, a in arms.items() if "tuned" in a}
+    tuned = {n: a.tuned for n, a in arms.items() if a.tuned}
     if not tuned:
         return []
     names = list(tuned)
     first = next(iter(tuned.values()))
-    keys, seed = first["keys"], first["seed"]
+    keys, seed = first.keys, first.seed
     lines = ["", "## Tuning, on the selection split", "",
              f"Each arm trained every point of the grid on {'seed ' + str(seed) if seed is not None else 'its seed'} "
              f"and was scored by its final accuracy on the selection split (training images held out by "
              f"`data.select_fraction`, never the validation images); its reported runs use the point in bold.", "",
              "| " + ", ".join(f"`{k}`" for k in keys) + " | " + " | ".join(names) + " |",
              "|---" * (len(names) + 1) + "|"]
-    for i, row in enumerate(first["points"]):
+    for i, row in enumerate(first.points):
         cells = []
         for n in names:
-            r = tuned[n]["points"][i]
-            text = "failed or not run" if r["select_acc"] is None else f"{100 * r['select_acc']:.1f}%"
-            cells.append(f"**{text}**" if r["setting"] == tuned[n]["chosen"] else text)
-        lines.append(f"| {', '.join(value_text(v) for v in row['setting'].values())} | " + " | ".join(cells) + " |")
-    lines += ["", "Chosen: " + "; ".join(f"{n} {', '.join(setting_args(t['chosen'])) if t['chosen'] else 'nothing'}"
+            r = tuned[n].points[i]
+            text = "failed or not run" if r.select_acc is None else f"{100 * r.select_acc:.1f}%"
+            cells.append(f"**{text}**" if r.setting == tuned[n].chosen else text)
+        lines.append(f"| {', '.join(value_text(v) for v in row.setting.values())} | " + " | ".join(cells) + " |")
+    lines += ["", "Chosen: " + "; ".join(f"{n} {', '.join(setting_args(t.chosen)) if t.chosen else 'nothing'}"
                                          for n, t in tuned.items()) + "."]
     edges = grid_edges(tuned)
     if edges:
@@ -145,33 +142,32 @@ def tuning_lines(arms: dict) -> list[str]:
     return lines
 
 
-def markdown(summary: dict) -> str:
-    if is_suite(summary):
-        return suite_report.markdown(summary["suite"])
-    arms = summary["arms"]
+def markdown(summary: Summary | SuiteSummary) -> str:
+    if isinstance(summary, SuiteSummary):
+        return suite_report.markdown(summary.suite)
+    arms = summary.arms
     names = list(arms)
-    rows = [("runs (seeds)", lambda a: str(a["seeds"])),
-            ("started from", lambda a: ", ".join(f"`{w}`" for w in a.get("weights", [])) or "—"),
-            ("**final val accuracy** (after the fixed schedule)", lambda a: _pct(a["final_val_acc"], a["final_val_acc_std"])),
+    rows = [("runs (seeds)", lambda a: str(a.seeds)),
+            ("started from", lambda a: ", ".join(f"`{w}`" for w in a.weights) or "—"),
+            ("**final val accuracy** (after the fixed schedule)", lambda a: _pct(a.final_val_acc, a.final_val_acc_std)),
             ("best val accuracy (at the best epoch)",
-             lambda a: _pct(a["best_val_acc"], a["best_val_acc_std"]) + (
-                 " (chosen on the selection split)" if a.get("best_chosen_on") == ["select"]
+             lambda a: _pct(a.best_val_acc, a.best_val_acc_std) + (
+                 " (chosen on the selection split)" if a.best_chosen_on == ["select"]
                  else " (chosen on the val images: optimistic)")),
             ("calibration error (ECE, 15 bins)",
-             lambda a: "—" if a.get("final_val_ece") is None else f"{a['final_val_ece']:.3f}"
-             + (f" ± {a['final_val_ece_std']:.3f}" if a.get("final_val_ece_std") else "")),
+             lambda a: "—" if a.final_val_ece is None else f"{a.final_val_ece:.3f}"
+             + (f" ± {a.final_val_ece_std:.3f}" if a.final_val_ece_std else "")),
             ("val accuracy on images unseen by ImageNet",
-             lambda a: _pct(a.get("unseen_by_imagenet_val_acc"), a.get("unseen_by_imagenet_val_acc_std"))
-             + (f" (n={a['unseen_by_imagenet_samples']})" if "unseen_by_imagenet_samples" in a else "")),
-            ("epochs", lambda a: f"{a['epochs']:g}"),
-            ("train time (train + eval)", lambda a: _secs(a["train_seconds"])),
-            ("training images/s", lambda a: "—" if a["train_images_per_s"] is None else f"{a['train_images_per_s']:.0f}")]
-    rows += [(f"time to {int(f * 100)}% of best accuracy",
-              lambda a, f=f: _secs(a[f"seconds_to_{int(f * 100)}pct_of_best"])) for f in FRACTIONS]
+             lambda a: _pct(a.unseen_by_imagenet_val_acc, a.unseen_by_imagenet_val_acc_std)
+             + (f" (n={a.unseen_by_imagenet_samples})" if a.unseen_by_imagenet_samples is not None else "")),
+            ("epochs", lambda a: f"{a.epochs:g}"),
+            ("train time (train + eval)", lambda a: _secs(a.train_seconds)),
+            ("training images/s", lambda a: "—" if a.train_images_per_s is None else f"{a.train_images_per_s:.0f}")]
+    rows += [(f"time to {int(f * 100)}% of best accuracy", lambda a, f=f: _secs(a.seconds_to(f))) for f in FRACTIONS]
     lines = ["# Pretrained vs scratch", ""]
-    for gain in summary.get("gains", []):
-        lines += [f"**{gain['headline']}**", ""]
-    seed_sets = {n: tuple(arms[n].get("seed_values", [])) for n in names}
+    for gain in summary.gains:
+        lines += [f"**{gain.headline}**", ""]
+    seed_sets = {n: tuple(arms[n].seed_values) for n in names}
     if len(set(seed_sets.values())) > 1:
         lines += ["**Warning**: the arms ran different seeds ("
                   + "; ".join(f"{n}: {', '.join(map(str, v)) or 'none recorded'}" for n, v in seed_sets.items())
@@ -180,12 +176,12 @@ def markdown(summary: dict) -> str:
     lines += ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(fn(arms[n]) for n in names) + " |" for label, fn in rows]
     lines.append("")
-    for gain in summary.get("gains", []):
+    for gain in summary.gains:
         lines += gain_lines(gain)
     lines += ["Mean ± standard deviation over seeds. Times to X% are measured against each arm's own mean best "
               "accuracy.", "", "## Settings that differ between the arms", ""]
-    diff = dict(summary["differing_settings"])
-    if any(a.get("lr_found") for a in arms.values()):  # what `optim.lr: find` picked, per arm (and seed)
+    diff = dict(summary.differing_settings)
+    if any(a.lr_found for a in arms.values()):  # what `optim.lr: find` picked, per arm (and seed)
         diff["optim.lr (used)"] = {n: _lrs(arms[n]) for n in names}
     if diff:
         lines += ["| setting | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -196,9 +192,8 @@ def markdown(summary: dict) -> str:
     else:
         lines.append("None besides the output folder and seed.")
     lines += tuning_lines(arms)
-    if "sweep" in summary:
-        sweep = summary["sweep"]
-        last = sweep_report.with_runs(sweep)[-1]["setting"]
+    if summary.sweep:
+        last = summary.sweep.with_runs()[-1].setting
         lines[0] += f" (at {', '.join(f'`{a}`' for a in setting_args(last))}, the last point of the sweep)"
-        lines += ["", sweep_report.markdown(sweep)]
+        lines += ["", sweep_report.markdown(summary.sweep)]
     return "\n".join(lines) + "\n"

@@ -139,14 +139,13 @@ def chosen_settings(spec: CompareSpec, say=print) -> tuple[dict, list[str]]:
     for base in spec.bases():
         where = base.describe()
         for arm, tuned in (choices(base.folder) or {}).items():
-            if tuned["chosen"] is None:
+            if tuned.chosen is None:
                 unchosen.append(f"{arm}{where}: none of its tuning runs finished, so its reported runs did not run")
                 continue
-            chosen.setdefault(base.folder, {})[arm] = tuned["chosen"]
-            scores = ", ".join(f"{', '.join(setting_args(r['setting']))}: "
-                               + ("failed" if r["select_acc"] is None else f"{r['select_acc']:.4f}")
-                               for r in tuned["points"])
-            say(f"tuned {arm}{where}: {', '.join(setting_args(tuned['chosen']))} (selection accuracy {scores})")
+            chosen.setdefault(base.folder, {})[arm] = tuned.chosen
+            scores = ", ".join(f"{', '.join(setting_args(r.setting))}: "
+                               + ("failed" if r.select_acc is None else f"{r.select_acc:.4f}") for r in tuned.points)
+            say(f"tuned {arm}{where}: {', '.join(setting_args(tuned.chosen))} (selection accuracy {scores})")
             for edge in grid_edges({arm: tuned}):
                 say(f"warning: {edge} is at the edge of the grid; its best may lie beyond it: extend TUNE past it")
     return chosen, unchosen

@@ -10,56 +10,54 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..results.plots import plot_suite, value_label
+from .figures import plot_suite, value_label
 from .intervals import aggregate
 from .plan import Grid, setting_args, setting_text
+from .records import Aggregate, DatasetResult, Suite, SuitePoint, Summary
 from .sweep_report import arm_cell, gain_cell, missing_runs
 
 SUITE_PLOT = "suite.png"
 
 
-def _cells(meta: dict, part: dict | None, settings: list[dict]) -> list[dict]:
+def _cells(meta: dict, name: str, part: Summary | None, settings: list[dict]) -> list[DatasetResult]:
     """One dataset's result at each point of the sweep (one point without a sweep)."""
+    entry, report = meta["datasets"][name], f"{name}/report.md" if part else None
     if part is None:  # no finished run at all
-        return [{"setting": s, "arms": {}, "gain": None, "missing": missing_runs(meta, {})} for s in settings]
+        return [DatasetResult(entry, s, {}, None, missing_runs(meta, {}), report) for s in settings]
     if meta["sweep"] is None:
-        return [{"setting": {}, "arms": part["arms"], "gain": part.get("gain"), "missing": missing_runs(meta, part["arms"])}]
-    return [{"setting": p["setting"], "arms": p["arms"], "gain": p.get("gain"), "missing": p["missing"]}
-            for p in part["sweep"]["points"]]
+        return [DatasetResult(entry, {}, part.arms, part.gain, missing_runs(meta, part.arms), report)]
+    return [DatasetResult(entry, p.setting, p.arms, p.gain, p.missing, report) for p in part.sweep.points]
 
 
-def build(out: Path, meta: dict, parts: dict[str, dict | None]) -> dict:
+def build(out: Path, meta: dict, parts: dict[str, Summary | None]) -> Suite:
     """The "suite" part of summary.json, from each dataset's summary (None: no finished run); draws
     suite.png."""
     settings = Grid.from_json(meta["sweep"]).points() if meta["sweep"] else [{}]
-    cells = {name: _cells(meta, parts.get(name), settings) for name in meta["datasets"]}
+    cells = {name: _cells(meta, name, parts.get(name), settings) for name in meta["datasets"]}
     points = []
     for i, setting in enumerate(settings):
-        datasets = {name: {"settings": entry, **cells[name][i],
-                           "report": f"{name}/report.md" if parts.get(name) else None}
-                    for name, entry in meta["datasets"].items()}
-        points.append({"setting": setting, "datasets": datasets,
-                       "aggregate": aggregate({n: d["gain"] for n, d in datasets.items()})})
-    shown = next((p for p in reversed(points) if any(d["arms"] for d in p["datasets"].values())), points[-1])
-    suite = {"file": meta["file"], "arms": meta["arms"], "seeds": meta["seeds"], "axes": meta["sweep"],
-             "datasets": shown["datasets"], "aggregate": shown["aggregate"], "at": shown["setting"]}
-    if meta["sweep"]:
-        suite["points"] = points
+        datasets = {name: cells[name][i] for name in meta["datasets"]}
+        points.append(SuitePoint(setting, datasets, aggregate({n: d.gain for n, d in datasets.items()})))
+    shown = next((p for p in reversed(points) if any(d.arms for d in p.datasets.values())), points[-1])
+    suite = Suite(file=meta["file"], arms=meta["arms"], seeds=meta["seeds"], axes=meta["sweep"],
+                  datasets=shown.datasets, aggregate=shown.aggregate, at=shown.setting,
+                  points=points if meta["sweep"] else None)
     plot_suite(_plot_rows(suite, points), Path(out) / SUITE_PLOT, meta["sweep"][0][0] if meta["sweep"] else None)
     return suite
 
 
-def _plot_rows(suite: dict, points: list[dict]) -> list[dict]:
-    first = suite["axes"][0][0] if suite["axes"] else None
+def _plot_rows(suite: Suite, points: list[SuitePoint]) -> list[dict]:
+    """plot_suite's rows: a dataset (with the other swept keys' values), its gains and intervals."""
+    first = suite.axes[0][0] if suite.axes else None
     rows: dict = {}
     for point in points:
-        others = {k: v for k, v in point["setting"].items() if k != first}
-        for name, d in point["datasets"].items():
+        others = {k: v for k, v in point.setting.items() if k != first}
+        for name, d in point.datasets.items():
             label = name + (f" ({', '.join(setting_args(others))})" if others else "")
             row = rows.setdefault(label, {"dataset": label, "points": []})
-            if d["gain"]:
-                ci = d["gain"].get("final_val_acc_ci95")
-                row["points"].append({"x": point["setting"].get(first), "gain": d["gain"]["final_val_acc_points"],
+            if d.gain:
+                ci = d.gain.final_val_acc_ci95
+                row["points"].append({"x": point.setting.get(first), "gain": d.gain.final_val_acc_points,
                                       "low": ci[0] if ci else None, "high": ci[1] if ci else None})
     return list(rows.values())
 
@@ -68,55 +66,52 @@ def _ci(interval) -> str:
     return f" (95% CI {interval[0]:+.1f} to {interval[1]:+.1f})" if interval else ""
 
 
-def aggregate_line(agg: dict) -> str:
+def aggregate_line(agg: Aggregate) -> str:
     """The gain over datasets in one line."""
-    n = agg["datasets_with_gain"]
+    n = agg.datasets_with_gain
     if not n:
-        return f"over {agg['datasets']} datasets: no gain to sum up (no dataset has finished runs of both arms)"
-    text = (f"over {n} dataset{'s' * (n != 1)}: mean gain of pretraining {agg['mean_gain_points']:+.1f} points"
-            f"{_ci(agg.get('mean_gain_ci95'))}, interquartile mean {agg['iqm_gain_points']:+.1f}"
-            f"{_ci(agg.get('iqm_gain_ci95'))}, median {agg['median_gain_points']:+.1f}; the gain's 95% interval "
-            f"excludes 0 on {agg['datasets_gain_ci_excludes_0']} of {n} (above 0 on {agg['datasets_gain_ci_above_0']}, "
-            f"below on {agg['datasets_gain_ci_below_0']})")
-    if agg["datasets_without_gain"]:
-        text += f"; no gain on {', '.join(agg['datasets_without_gain'])} (runs missing)"
+        return f"over {agg.datasets} datasets: no gain to sum up (no dataset has finished runs of both arms)"
+    text = (f"over {n} dataset{'s' * (n != 1)}: mean gain of pretraining {agg.mean_gain_points:+.1f} points"
+            f"{_ci(agg.mean_gain_ci95)}, interquartile mean {agg.iqm_gain_points:+.1f}"
+            f"{_ci(agg.iqm_gain_ci95)}, median {agg.median_gain_points:+.1f}; the gain's 95% interval "
+            f"excludes 0 on {agg.datasets_gain_ci_excludes_0} of {n} (above 0 on {agg.datasets_gain_ci_above_0}, "
+            f"below on {agg.datasets_gain_ci_below_0})")
+    if agg.datasets_without_gain:
+        text += f"; no gain on {', '.join(agg.datasets_without_gain)} (runs missing)"
     return text
 
 
-def _table(meta_arms: list[str], datasets: dict) -> list[str]:
-    arms = [a for a in meta_arms if any(a in d["arms"] for d in datasets.values())] or list(meta_arms)
+def _table(meta_arms: list[str], datasets: dict[str, DatasetResult]) -> list[str]:
+    arms = [a for a in meta_arms if any(a in d.arms for d in datasets.values())] or list(meta_arms)
     lines = ["| dataset | " + " | ".join(arms) + " | gain of pretraining (95% CI) | pretrained better on | missing runs |",
              "|---" * (len(arms) + 4) + "|"]
     for name, d in datasets.items():
-        gain = d["gain"] or {}
-        better = (f"{gain['seeds_better']}/{len(gain['paired_seeds'])} seeds" if gain.get("paired") else "—")
-        link = f"[{name}]({d['report']})" if d["report"] else name
-        lines.append(f"| {link} | " + " | ".join(arm_cell(d["arms"].get(a)) for a in arms)
-                     + f" | {gain_cell(d['gain'])} | {better} | " + (", ".join(d["missing"]) or "none") + " |")
+        better = f"{d.gain.seeds_better}/{len(d.gain.paired_seeds)} seeds" if d.gain and d.gain.paired else "—"
+        link = f"[{name}]({d.report})" if d.report else name
+        lines.append(f"| {link} | " + " | ".join(arm_cell(d.arms.get(a)) for a in arms)
+                     + f" | {gain_cell(d.gain)} | {better} | " + (", ".join(d.missing) or "none") + " |")
     return lines
 
 
-def markdown(suite: dict) -> str:
-    names = list(suite["datasets"])
-    lines = [f"# Pretrained vs scratch over {len(names)} datasets (`SUITE={suite['file']}`)", ""]
-    sections = suite.get("points") or [{"setting": {}, "datasets": suite["datasets"], "aggregate": suite["aggregate"]}]
-    for point in sections:
-        if point["setting"]:
-            lines += [f"## At {', '.join(f'`{k}={value_label(v)}`' for k, v in point['setting'].items())}", ""]
-        line = aggregate_line(point["aggregate"])
+def markdown(suite: Suite) -> str:
+    names = list(suite.datasets)
+    lines = [f"# Pretrained vs scratch over {len(names)} datasets (`SUITE={suite.file}`)", ""]
+    for point in suite.points or [SuitePoint({}, suite.datasets, suite.aggregate)]:
+        if point.setting:
+            lines += [f"## At {', '.join(f'`{k}={value_label(v)}`' for k, v in point.setting.items())}", ""]
+        line = aggregate_line(point.aggregate)
         lines += [f"**{line[0].upper() + line[1:]}.**", ""]
-        lines += _table(suite["arms"], point["datasets"]) + [""]
-    agg = suite["aggregate"]
+        lines += _table(suite.arms, point.datasets) + [""]
     lines += ["Final validation accuracy, mean ± std over seeds. Each dataset's gain is the difference of the two arms' "
               "final accuracies with its own 95% interval (paired by seed on the same images; the dataset's report "
               "says how it was computed). Over datasets, rliable's aggregates (Agarwal et al. 2021): the mean of the "
               "datasets' mean gains, the interquartile mean of every seed's gain pooled over datasets, and the median "
-              f"dataset. Their 95% intervals: {agg['ci_method'].removeprefix('none: ')}.", "",
+              f"dataset. Their 95% intervals: {suite.aggregate.ci_method.removeprefix('none: ')}.", "",
               "Each dataset's own report (every arm's numbers, curves, settings): "
-              + ", ".join(f"[{n}]({d['report']})" if d["report"] else f"{n} (no finished run)"
-                          for n, d in suite["datasets"].items()) + ".", "",
+              + ", ".join(f"[{n}]({d.report})" if d.report else f"{n} (no finished run)"
+                          for n, d in suite.datasets.items()) + ".", "",
               "## Settings per dataset", "", "| dataset | settings |", "|---|---|"]
-    for name, d in suite["datasets"].items():
-        given = ", ".join(f"`{k}={setting_text(v)}`" for k, v in d["settings"].items())
+    for name, d in suite.datasets.items():
+        given = ", ".join(f"`{k}={setting_text(v)}`" for k, v in d.settings.items())
         lines.append(f"| {name} | {given or 'the arms’ defaults'} |")
     return "\n".join(lines) + "\n"

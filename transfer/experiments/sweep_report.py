@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..results.plots import plot_sweep, value_label
+from .figures import plot_sweep, value_label
 from .plan import Grid, point_folder, setting_args
+from .records import ArmSummary, CatchUp, Gain, Sweep, SweepPoint
 from .summary import summarize
 
 CATCH_UP_POINTS = 1.0  # "scratch comes within 1 point of pretrained"
 
 
-def missing_runs(meta: dict, arms: dict[str, dict]) -> list[str]:
+def missing_runs(meta: dict, arms: dict[str, ArmSummary]) -> list[str]:
     """'arm seed N' (or 'arm') for each planned run (meta: {"arms", "seeds"}) without a finished
-    run among `arms` (arm -> its summary, whose "runs" are the finished folders)."""
+    run among `arms` (arm -> its summary, whose `runs` are the finished folders)."""
     missing = []
     for arm in meta["arms"]:
-        found = {Path(r).name for r in (arms.get(arm) or {}).get("runs", [])}
+        found = {Path(r).name for r in (arms[arm].runs if arm in arms else [])}
         if meta["seeds"]:
             missing += [f"{arm} seed {s}" for s in meta["seeds"] if f"seed{s}" not in found]
         elif arm not in arms:
@@ -30,59 +31,43 @@ def missing_runs(meta: dict, arms: dict[str, dict]) -> list[str]:
     return missing
 
 
-def points(root: Path, meta: dict) -> list[dict]:
-    """One point per combination of the swept values: the summary ({"arms", "gain", ...}) of its runs."""
+def points(root: Path, meta: dict) -> list[SweepPoint]:
+    """One point per combination of the swept values, with the summary of its runs."""
     grid = Grid.from_json(meta["axes"])
     result = []
     for setting in grid.points():
         folder = point_folder(root, setting)
         _, part = summarize(folder)
-        result.append({"setting": setting, "value": setting[grid.keys[0]], "folder": str(folder),
-                       "arms": part["arms"], "gain": part.get("gain"), "missing": missing_runs(meta, part["arms"])})
+        result.append(SweepPoint(setting=setting, value=setting[grid.keys[0]], folder=str(folder), arms=part.arms,
+                                 gain=part.gain, missing=missing_runs(meta, part.arms)))
     return result
 
 
-def with_runs(sweep: dict) -> list[dict]:
-    """The points that have at least one finished run, in sweep order."""
-    return [p for p in sweep["points"] if p["arms"]]
-
-
-def lines_of(sweep: dict) -> list[tuple[dict, list[dict]]]:
-    """(the other keys' values, its points in the first key's order) per line of the curve."""
-    first = sweep["axes"][0][0]
-    groups: dict = {}
-    for p in sweep["points"]:
-        others = {k: v for k, v in p["setting"].items() if k != first}
-        groups.setdefault(repr(others), (others, []))[1].append(p)
-    return list(groups.values())
-
-
-def catch_up_value(points_: list[dict]):
+def catch_up_value(points_: list[SweepPoint]):
     """The first swept value (in sweep order) at which scratch has caught up: the gain's 95%
     interval lies below 1 point (a mean alone, read off two noisy arms, does not decide it)."""
     for point in points_:
-        interval = (point.get("gain") or {}).get("final_val_acc_ci95")
+        interval = point.gain.final_val_acc_ci95 if point.gain else None
         if interval is not None and interval[1] < CATCH_UP_POINTS:
-            return point["value"]
+            return point.value
     return None
 
 
-def gain_cell(gain: dict | None) -> str:
+def gain_cell(gain: Gain | None) -> str:
     if gain is None:
         return "—"
-    interval = gain.get("final_val_acc_ci95")
-    return f"{gain['final_val_acc_points']:+.1f} points" + (
-        f" ({interval[0]:+.1f} to {interval[1]:+.1f})" if interval else "")
+    interval = gain.final_val_acc_ci95
+    return f"{gain.final_val_acc_points:+.1f} points" + (f" ({interval[0]:+.1f} to {interval[1]:+.1f})" if interval else "")
 
 
-def arm_cell(a: dict | None) -> str:
+def arm_cell(a: ArmSummary | None) -> str:
     return "missing" if a is None else (
-        f"{100 * a['final_val_acc']:.1f}%" + (f" ± {100 * a['final_val_acc_std']:.1f}" if a["seeds"] > 1 else ""))
+        f"{100 * a.final_val_acc:.1f}%" + (f" ± {100 * a.final_val_acc_std:.1f}" if a.seeds > 1 else ""))
 
 
-def markdown(sweep: dict) -> str:
-    keys, pts = [k for k, _ in sweep["axes"]], sweep["points"]
-    arms = list(dict.fromkeys(a for p in pts for a in p["arms"]))
+def markdown(sweep: Sweep) -> str:
+    keys, pts = [k for k, _ in sweep.axes], sweep.points
+    arms = list(dict.fromkeys(a for p in pts for a in p.arms))
     over = " x ".join(f"`{k}`" for k in keys)
     lines = [f"## Sweep over {over}", "", f"Final validation accuracy, mean ± std over seeds, per value of {over}; "
              f"the gain with its 95% interval.", "",
@@ -90,26 +75,27 @@ def markdown(sweep: dict) -> str:
              + " | gain of pretraining (95% CI) | missing runs |",
              "|---" * (len(keys) + len(arms) + 2) + "|"]
     for p in pts:
-        lines.append("| " + " | ".join(value_label(p["setting"][k]) for k in keys) + " | "
-                     + " | ".join(arm_cell(p["arms"].get(arm)) for arm in arms)
-                     + f" | {gain_cell(p.get('gain'))} | " + (", ".join(p["missing"]) or "none") + " |")
+        lines.append("| " + " | ".join(value_label(p.setting[k]) for k in keys) + " | "
+                     + " | ".join(arm_cell(p.arms.get(arm)) for arm in arms)
+                     + f" | {gain_cell(p.gain)} | " + (", ".join(p.missing) or "none") + " |")
     lines.append("")
-    if any(p.get("gain") for p in pts):
-        for line in sweep["catch_up"]:
-            where = f" (at {', '.join(setting_args(line['others']))})" if line["others"] else ""
+    if any(p.gain for p in pts):
+        for line in sweep.catch_up:
+            where = f" (at {', '.join(setting_args(line.others))})" if line.others else ""
             lines.append(f"Scratch has caught up{where} (the gain's 95% interval below {CATCH_UP_POINTS:g} point) at "
-                         f"`{keys[0]}={value_label(line['at'])}`." if line["at"] is not None
+                         f"`{keys[0]}={value_label(line.at)}`." if line.at is not None
                          else f"Scratch has not caught up{where} within this sweep (no value of `{keys[0]}` where the "
                               f"gain's 95% interval lies below {CATCH_UP_POINTS:g} point).")
         lines.append("")
     return "\n".join(lines)
 
 
-def build(root: Path, meta: dict) -> dict:
+def build(root: Path, meta: dict) -> Sweep:
     """The sweep part of summary.json; draws sweep.png."""
     pts = points(root, meta)
-    sweep = {"key": meta["axes"][0][0], "values": meta["axes"][0][1], "axes": meta["axes"], "points": pts}
-    sweep["catch_up"] = [{"others": others, "at": catch_up_value(line)} for others, line in lines_of(sweep)]
-    sweep["scratch_within_1_point_at"] = sweep["catch_up"][0]["at"] if len(meta["axes"]) == 1 else None
-    plot_sweep(sweep, lines_of(sweep), Path(root) / "sweep.png")
+    partial = Sweep(key=meta["axes"][0][0], values=meta["axes"][0][1], axes=meta["axes"], points=pts, catch_up=[])
+    catch_up = [CatchUp(others=others, at=catch_up_value(line)) for others, line in partial.lines()]
+    sweep = Sweep(key=partial.key, values=partial.values, axes=partial.axes, points=pts, catch_up=catch_up,
+                  scratch_within_1_point_at=catch_up[0].at if len(meta["axes"]) == 1 else None)
+    plot_sweep(sweep, Path(root) / "sweep.png")
     return sweep

@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..files import write_json
 from ..records import is_finished, read_metrics
 from .plan import Base, Grid, Job, make_job, point_folder, run_args, run_folder, setting_args, value_text
+from .records import ArmTuning, TuningPoint
 
 TUNE_DIR = "tune"
 GRID_FILE = "grid.json"
@@ -68,17 +69,17 @@ def read_grid(base: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _score(folder: Path) -> dict | None:
+def _score(folder: Path) -> tuple[float | None, float | None] | None:
+    """(selection accuracy, selection loss) of a finished tuning run, None when it did not finish."""
     if not is_finished(folder):
         return None
     last = read_metrics(folder).history[-1]
-    return {"select_acc": last.get("select_acc"), "select_loss": last.get("select_loss")}
+    return last.select_acc, last.select_loss
 
 
-def choices(base: Path) -> dict[str, dict] | None:
-    """Per arm: {"seed", "keys", "points": [{"setting", "select_acc", "select_loss", "run"}],
-    "chosen"}; "run" is None for a point whose run has not finished (it failed, or has not run),
-    "chosen" None when no point of the arm has. None when `base` was not tuned."""
+def choices(base: Path) -> dict[str, ArmTuning] | None:
+    """Per arm: every point of the grid with its score, and the chosen setting (None when no point
+    of the arm finished). None when `base` was not tuned."""
     meta = read_grid(base)
     if meta is None:
         return None
@@ -89,24 +90,25 @@ def choices(base: Path) -> dict[str, dict] | None:
         for point in grid.points():
             folder = run_folder(tune_folder(base, point), arm, meta["seed"])
             score = _score(folder)
-            rows.append({"setting": point, "run": str(folder) if score else None,
-                         **(score or {"select_acc": None, "select_loss": None})})
-        scored = [(i, r) for i, r in enumerate(rows) if r["select_acc"] is not None]
-        best = max(scored, key=lambda ir: (ir[1]["select_acc"], -(ir[1]["select_loss"] or 0.0), -ir[0]), default=None)
-        result[arm] = {"seed": meta["seed"], "keys": grid.keys, "points": rows,
-                       "chosen": None if best is None else best[1]["setting"]}
+            acc, loss = score or (None, None)
+            rows.append(TuningPoint(setting=point, select_acc=acc, select_loss=loss,
+                                    run=str(folder) if score else None))
+        scored = [(i, r) for i, r in enumerate(rows) if r.select_acc is not None]
+        best = max(scored, key=lambda ir: (ir[1].select_acc, -(ir[1].select_loss or 0.0), -ir[0]), default=None)
+        result[arm] = ArmTuning(seed=meta["seed"], keys=grid.keys, points=rows,
+                                chosen=None if best is None else best[1].setting)
     return result
 
 
-def grid_edges(tuned: dict) -> list[str]:
-    """'scratch: optim.lr=0.01 (the last value tried)' for each arm (name -> its `choices` entry)
-    whose choice sits at an end of a key with three or more values: its best may lie beyond."""
+def grid_edges(tuned: dict[str, ArmTuning]) -> list[str]:
+    """'scratch: optim.lr=0.01 (the last value tried)' for each arm whose choice sits at an end of
+    a key with three or more values: its best may lie beyond."""
     edges = []
     for name, t in tuned.items():
-        if not t["chosen"]:
+        if not t.chosen:
             continue
-        for key, value in t["chosen"].items():
-            values = list(dict.fromkeys(p["setting"][key] for p in t["points"]))
+        for key, value in t.chosen.items():
+            values = list(dict.fromkeys(p.setting[key] for p in t.points))
             if len(values) >= 3 and value in (values[0], values[-1]):
                 which = "first" if value == values[0] else "last"
                 edges.append(f"{name}: {key}={value_text(value)} (the {which} value tried)")

@@ -66,9 +66,9 @@ def model_card(cfg: Config, metrics: RunMetrics, classes: list[str], names: list
     defaults, ours = flat_config(to_dict(Config())), flat_config(to_dict(cfg))
     changed = [f"`{k}={_shown(k, ours[k])}`" for k in ours if k != "output_dir" and ours[k] != defaults.get(k)]
     if metrics.lr_find:  # optim.lr=find: say what it found
-        changed = [f"`optim.lr=find` (found {metrics.lr_find['suggested_lr']:.3g})" if c == "`optim.lr=find`" else c
+        changed = [f"`optim.lr=find` (found {metrics.lr_find.suggested_lr:.3g})" if c == "`optim.lr=find`" else c
                    for c in changed]
-    epochs = metrics.history[-1]["epoch"] if metrics.history else 0
+    epochs = metrics.history[-1].epoch if metrics.history else 0
     per_class = metrics.per_class_val_acc
     rows = [f"| {n} | {'—' if per_class[c] is None else f'{100 * per_class[c]:.1f}%'} |"
             for c, n in zip(classes, names)]

@@ -19,9 +19,9 @@ import torch
 
 from ..config import Config, dump_yaml
 from ..data.loaders import class_display_names
-from ..files import versions, write_atomic, write_json
-from ..records import CONFIG_FILE, RunMetrics
-from ..training.metrics import calibration_error, confusion_matrix, per_class_accuracy
+from ..files import write_atomic, write_json
+from ..records import CONFIG_FILE, EpochRecord, RunMetrics
+from ..training.metrics import Evaluation, confusion_matrix
 from ..training.model import save_model
 from .card import model_card
 
@@ -31,38 +31,23 @@ GRID_SIZE = 16  # images in samples.png and mistakes.png
 UNSEEN_PREFIX = "ILSVRC2012_val_"
 
 
-def subset_scores(paths: list[str], final: dict) -> dict:
+def subset_scores(paths: list[str], final: Evaluation) -> dict:
     """Accuracy on the validation images ImageNet's training set does not contain, when there are any."""
     unseen = np.array([Path(p).name.startswith(UNSEEN_PREFIX) for p in paths])
     if not unseen.any():
         return {}
-    correct = final["predictions"][unseen] == final["references"][unseen]
+    correct = final.predictions[unseen] == final.references[unseen]
     return {"unseen_by_imagenet": {"prefix": UNSEEN_PREFIX, "samples": int(unseen.sum()),
                                    "val_acc": float(correct.mean())}}
 
 
-def run_metrics(history: list[dict], final: dict, classes: list[str], train_seconds: float, paths: list[str],
-                **run_info) -> RunMetrics:
-    """The finished run's record (records.RunMetrics); `run_info`: its remaining fields."""
-    # the best epoch: chosen on the selection split when there is one (data.select_fraction), else on
-    # the validation images themselves (optimistic: chosen and scored on the same images)
-    chosen_on = "select" if history and all("select_acc" in h for h in history) else "val"
-    best = max(history, key=lambda h: h[f"{chosen_on}_acc"]) if history else None
-    per_class = per_class_accuracy(final["predictions"], final["references"], len(classes))
-    return RunMetrics(
-        history=history,
-        best_val_acc=best["val_acc"] if best else final["val_acc"],
-        best_epoch=best["epoch"] if best else 0,
-        best_chosen_on=chosen_on,
-        final_val_acc=final["val_acc"],
-        final_val_loss=final["val_loss"],
-        final_val_ece=calibration_error(final["confidence"], final["predictions"], final["references"]),
-        val_samples=final["val_samples"],
-        train_seconds=train_seconds,
-        per_class_val_acc=dict(zip(classes, per_class)),
-        val_subsets=subset_scores(paths, final),
-        versions=versions(),
-        **run_info)
+def best_epoch(history: list[EpochRecord]) -> tuple[EpochRecord | None, str]:
+    """The best epoch and what it was chosen on: the selection split when there is one
+    (data.select_fraction), else the validation images themselves (optimistic: chosen and scored on
+    the same images)."""
+    chosen_on = "select" if history and all(h.select_acc is not None for h in history) else "val"
+    best = max(history, key=lambda h: h.select_acc if chosen_on == "select" else h.val_acc) if history else None
+    return best, chosen_on
 
 
 def write_start(out: Path, cfg: Config, records: dict[str, dict] | None = None) -> None:
@@ -87,17 +72,17 @@ def draw_samples(out: Path, train_ds, classes: list[str]) -> None:
                           out / "plots" / "samples.png", "training samples, as augmented")
 
 
-def predictions_csv(paths: list[str], final: dict, classes: list[str]) -> str:
+def predictions_csv(paths: list[str], final: Evaluation, classes: list[str]) -> str:
     """One row per validation image; quoted as CSV, so any file or class name reads back."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["id", "label", "predicted", "confidence"])
     writer.writerows([p, classes[t], classes[y], f"{c:.4f}"]
-                     for p, t, y, c in zip(paths, final["references"], final["predictions"], final["confidence"]))
+                     for p, t, y, c in zip(paths, final.references, final.predictions, final.confidence))
     return text.getvalue()
 
 
-def write_final(out: Path, metrics_: RunMetrics, final: dict, model, classes: list[str], names: list[str],
+def write_final(out: Path, metrics_: RunMetrics, final: Evaluation, model, classes: list[str], names: list[str],
                 cfg: Config, paths: list[str]) -> None:
     """Predictions and model/ (with its card); the figures are draw_final's, metrics.json is
     records.write_metrics' (last)."""
@@ -106,7 +91,7 @@ def write_final(out: Path, metrics_: RunMetrics, final: dict, model, classes: li
     save_model(model, out / "model", classes, names, cfg.data.image_size, card)
 
 
-def draw_final(out: Path, metrics_: RunMetrics, final: dict, names: list[str], val_ds) -> None:
+def draw_final(out: Path, metrics_: RunMetrics, final: Evaluation, names: list[str], val_ds) -> None:
     """plots/: accuracy, loss, lr, lr_find, confusion, mistakes."""
     from . import plots  # matplotlib (0.6 s): only where a figure is drawn, in the drawer process
 
@@ -119,21 +104,21 @@ def draw_final(out: Path, metrics_: RunMetrics, final: dict, names: list[str], v
         plots.plot_lr(metrics_.lr_per_step, metrics_.steps_per_epoch, out / "plots" / "lr.png", stem_scale)
     if metrics_.lr_find:
         plots.plot_lr_find(metrics_.lr_find, out / "plots" / "lr_find.png")
-    counts = confusion_matrix(final["predictions"], final["references"], len(names))
+    counts = confusion_matrix(final.predictions, final.references, len(names))
     plots.plot_confusion(counts, names, out / "plots" / "confusion.png")
     _plot_mistakes(final, val_ds, names, out / "plots" / "mistakes.png")
 
 
-def _plot_mistakes(final: dict, val_ds, names: list[str], path: Path) -> None:
+def _plot_mistakes(final: Evaluation, val_ds, names: list[str], path: Path) -> None:
     """The most confident wrong predictions, as the model saw them."""
     from . import plots  # (see draw_final)
 
-    wrong = np.flatnonzero(final["predictions"] != final["references"])
-    wrong = wrong[np.argsort(-final["confidence"][wrong])][:GRID_SIZE]
+    wrong = np.flatnonzero(final.predictions != final.references)
+    wrong = wrong[np.argsort(-final.confidence[wrong])][:GRID_SIZE]
     if len(wrong) == 0:
         return
     images = [val_ds[int(i)]["pixel_values"].numpy() for i in wrong]
-    titles = [f"{names[final['references'][i]]}\n→ {names[final['predictions'][i]]} "
-              f"({final['confidence'][i]:.0%})" for i in wrong]
+    titles = [f"{names[final.references[i]]}\n→ {names[final.predictions[i]]} "
+              f"({final.confidence[i]:.0%})" for i in wrong]
     plots.plot_image_grid(np.stack(images), titles, path, "most confident mistakes (true → predicted)")
 

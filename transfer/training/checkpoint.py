@@ -35,6 +35,7 @@ from accelerate.utils.constants import OPTIMIZER_NAME, SAFE_WEIGHTS_NAME, SCALER
 
 from ..errors import ConfigError, DataError, RunError
 from ..files import guard_write, replace_folder, seal_folder, write_json
+from ..records import EpochRecord, LrFindRecord, RecordError, typed
 from .model import state_bytes
 
 if TYPE_CHECKING:
@@ -52,11 +53,11 @@ class TrainerState:
     epoch: int = 0  # whole epochs done
     batches_done: int = 0  # batches of epoch `epoch` done (a checkpoint written on a stop signal)
     partial: tuple[float, int] = (0.0, 0)  # that half epoch's (loss sum, images)
-    history: list[dict] = field(default_factory=list)  # one record per evaluated epoch
+    history: list[EpochRecord] = field(default_factory=list)  # one record per evaluated epoch
     lrs: list[float] = field(default_factory=list)  # each optimizer step's learning rate
     train_seconds: float = 0.0
     resumes: list[dict] = field(default_factory=list)  # {"from", "changed"} per resume
-    lr_find: dict | None = None  # the LR range test's record (optim.lr=find), reused on resume
+    lr_find: LrFindRecord | None = None  # the LR range test's record (optim.lr=find), reused on resume
     num_processes: int | None = None  # the schedule and the epoch position count this many processes' steps
     mixed_precision: str | None = None  # as `auto` resolved (no, fp16, bf16): what the optimizer state holds
 
@@ -70,14 +71,12 @@ class TrainerState:
         error naming the file (a checkpoint of another version), a missing one takes its default."""
         file = Path(path) / STATE_FILE
         raw = json.loads(file.read_text())
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise DataError(f"{file} holds keys this version does not know ({', '.join(unknown)}); resume it with the "
-                            f"version that wrote it, or start a fresh run in another output_dir")
         raw.setdefault("config", None)
-        raw["partial"] = tuple(raw.get("partial", (0.0, 0)))
-        return cls(**raw)
+        try:
+            return typed(cls, raw)
+        except RecordError as e:
+            raise DataError(f"{file} does not fit this version ({e}); resume it with the version that wrote it, or "
+                            f"start a fresh run in another output_dir") from None
 
 
 def check_same_execution(state: TrainerState, path: Path, num_processes: int, precision: str) -> None:

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data.transforms import Normalize
 from .checkpoint import TrainerState
-from .metrics import accuracy
+from ..records import EpochRecord
+from .metrics import Evaluation, accuracy
 from .setup import Setup
 from .step import Loop
 
@@ -35,10 +36,10 @@ def check_due(steps: int) -> bool:
     return steps % LOG_EVERY == 0 or steps in (1, 2, 4, 8)
 
 
-def epoch_line(record: dict) -> str:
+def epoch_line(record: EpochRecord) -> str:
     """The article's per-epoch line."""
-    return (f"Epoch [{record['epoch']}], last_lr: {record['lr']:.5f}, train_loss: {record['train_loss']:.4f}, "
-            f"val_loss: {record['val_loss']:.4f}, val_acc: {record['val_acc']:.4f}")
+    return (f"Epoch [{record.epoch}], last_lr: {record.lr:.5f}, train_loss: {record.train_loss:.4f}, "
+            f"val_loss: {record.val_loss:.4f}, val_acc: {record.val_acc:.4f}")
 
 
 def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, partial=(0.0, 0)) -> dict:
@@ -97,7 +98,7 @@ def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, parti
 
 
 @torch.inference_mode()
-def evaluate(model, loader, accelerator, normalize: Normalize) -> dict:
+def evaluate(model, loader, accelerator, normalize: Normalize) -> Evaluation:
     """Every validation image exactly once across processes; loss averaged per image. Results stay
     on the device until the end: no host sync per batch."""
     model.eval()
@@ -109,12 +110,12 @@ def evaluate(model, loader, accelerator, normalize: Normalize) -> dict:
         # gather_for_metrics drops the samples duplicated to even out the last batch across processes
         gathered.append(accelerator.gather_for_metrics((prediction, batch["labels"], loss, confidence)))
     preds, labels, losses, confidence = (torch.cat(ts).cpu().numpy() for ts in zip(*gathered))
-    return {"val_loss": float(losses.mean()), "val_acc": accuracy(preds, labels), "val_samples": len(labels),
-            "predictions": preds, "references": labels, "confidence": confidence}
+    return Evaluation(val_loss=float(losses.mean()), val_acc=accuracy(preds, labels), val_samples=len(labels),
+                      predictions=preds, references=labels, confidence=confidence)
 
 
 def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
-                 save: Callable[[str, TrainerState], object]) -> tuple[dict | None, str | None]:
+                 save: Callable[[str, TrainerState], object]) -> tuple[Evaluation | None, str | None]:
     """The epochs still to run: train, evaluate, record, checkpoint. (last evaluation, stop reason)
     `state` is updated in place (history, lrs, seconds); `save(name, state)` writes a checkpoint."""
     trainer, watch, train_dl = loop.trainer, loop.watch, setup.train_dl
@@ -144,21 +145,22 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
             epoch_seconds = watch.seconds()
             state.train_seconds += epoch_seconds
             done = result["batches_done"]
-            record = {"epoch": epoch + 1 if done == len(train_dl) else round(epoch + done / len(train_dl), 3),
-                      "lr": result["lr"], "train_loss": result["train_loss"], "val_loss": final["val_loss"],
-                      "val_acc": final["val_acc"], "frozen": frozen, "epoch_seconds": epoch_seconds,
-                      "train_images_per_s": result["train_images"] / train_time,
-                      **({} if chooser is None else {"select_acc": chooser["val_acc"], "select_loss": chooser["val_loss"]}),
-                      **({} if averaged is None else {"ema_val_acc": averaged["val_acc"],
-                                                      "ema_val_loss": averaged["val_loss"]})}
+            record = EpochRecord(
+                epoch=epoch + 1 if done == len(train_dl) else round(epoch + done / len(train_dl), 3), lr=result["lr"],
+                train_loss=result["train_loss"], val_loss=final.val_loss, val_acc=final.val_acc, frozen=frozen,
+                epoch_seconds=epoch_seconds, train_images_per_s=result["train_images"] / train_time,
+                select_acc=None if chooser is None else chooser.val_acc,
+                select_loss=None if chooser is None else chooser.val_loss,
+                ema_val_acc=None if averaged is None else averaged.val_acc,
+                ema_val_loss=None if averaged is None else averaged.val_loss)
             state.history.append(record)
-            accelerator.log({f"epoch/{k}": record[k] for k in ("train_loss", "val_loss", "val_acc", "lr")},
+            accelerator.log({f"epoch/{k}": getattr(record, k) for k in ("train_loss", "val_loss", "val_acc", "lr")},
                             step=loop.scheduler.steps)
             accelerator.print(epoch_line(record))
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs or stop == "budget":
                 save(f"epoch_{epoch + 1:03d}", state.at(epoch + 1))
             if stop == "budget":
                 accelerator.print(f"time budget of {cfg.train.time_budget_s:g} s spent: the schedule ended after "
-                                  f"{record['epoch']:.2f} epochs ({loop.scheduler.steps} optimizer steps)")
+                                  f"{record.epoch:.2f} epochs ({loop.scheduler.steps} optimizer steps)")
                 break
     return final, stop

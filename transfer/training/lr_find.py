@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import RunError
+from ..records import LrFindRecord
 from .optim import PCT_START
 from .step import Trainer
 
@@ -107,7 +108,7 @@ def picks(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
             "minimum": float(np.exp(lr[int(np.argmin(loss))])) / 10}
 
 
-def suggest(lrs: list[float], losses: list[float], steps: int, optimizer: str, rule: str = "minimum") -> dict:
+def suggest(lrs: list[float], losses: list[float], steps: int, optimizer: str, rule: str = "minimum") -> LrFindRecord:
     """The pick from a recorded curve by `rule`, or RunError saying why there is none."""
     by_hand = f"set optim.lr by hand (e.g. optim.lr={BY_HAND[optimizer]:g}, or sweep it: SWEEP='optim.lr=...')"
     if not losses or not math.isfinite(losses[0]):
@@ -121,9 +122,9 @@ def suggest(lrs: list[float], losses: list[float], steps: int, optimizer: str, r
                        f"{START_LR:g} and {lrs[len(finite) - 1]:.3g} (smoothed: {smoothed[0]:.4f} at the start, "
                        f"lowest {min(smoothed):.4f}); {by_hand}")
     chosen = picks(lrs[:len(finite)], smoothed)
-    return {"rule": RULES[rule], "suggested_lr": chosen[rule], "picks": chosen, "valley_lrs": [lrs[first], lrs[last]],
-            "lowest_loss_lr": lrs[int(np.argmin(smoothed))], "steps": len(losses), "start_lr": START_LR,
-            "end_lr": END_LR, "lrs": lrs[:len(losses)], "losses": losses, "smoothed_losses": smoothed}
+    return LrFindRecord(rule=RULES[rule], suggested_lr=chosen[rule], picks=chosen, valley_lrs=[lrs[first], lrs[last]],
+                        lowest_loss_lr=lrs[int(np.argmin(smoothed))], steps=len(losses), start_lr=START_LR,
+                        end_lr=END_LR, lrs=lrs[:len(losses)], losses=losses, smoothed_losses=smoothed)
 
 
 def valley(values: list[float]) -> tuple[int, int]:
@@ -141,7 +142,7 @@ def valley(values: list[float]) -> tuple[int, int]:
 
 
 def find_lr(trainer: Trainer, loader, epochs: int, frozen_epochs: int, optimizer_name: str,
-            rule: str = "minimum") -> dict:
+            rule: str = "minimum") -> LrFindRecord:
     """The LR range test, on the model as it trains when the one-cycle schedule peaks (after the
     warm-up, 30% into the run): the whole model when only the first epoch or so freezes the
     backbone, the head alone for a linear probe (frozen throughout)."""
@@ -150,7 +151,7 @@ def find_lr(trainer: Trainer, loader, epochs: int, frozen_epochs: int, optimizer
     return range_test(trainer, loader, optimizer_name, rule=rule)
 
 
-def range_test(trainer: Trainer, loader, optimizer_name: str, steps: int = STEPS, rule: str = "minimum") -> dict:
+def range_test(trainer: Trainer, loader, optimizer_name: str, steps: int = STEPS, rule: str = "minimum") -> LrFindRecord:
     """Run the test with `trainer` set up for the first epoch; return the metrics.json record,
     or raise RunError when inconclusive."""
     accelerator, optimizer = trainer.accelerator, trainer.optimizer
@@ -175,7 +176,7 @@ def range_test(trainer: Trainer, loader, optimizer_name: str, steps: int = STEPS
     finally:
         snapshot.restore(model, optimizer.optimizer, accelerator)
     found = suggest(lrs, losses, steps, optimizer_name, rule)
-    picks = accelerator.gather(torch.tensor([found["suggested_lr"]], dtype=torch.float64, device=accelerator.device))
+    picks = accelerator.gather(torch.tensor([found.suggested_lr], dtype=torch.float64, device=accelerator.device))
     if not bool((picks == picks[0]).all()):  # by construction they agree (one reduced curve); never train apart
         raise RuntimeError(f"LR range test: processes picked different learning rates {picks.tolist()}")
     return found
@@ -192,7 +193,7 @@ def _set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def line(found: dict) -> str:
-    low, high = found["valley_lrs"]
-    return (f"lr range test: {found['steps']} steps from lr {found['start_lr']:g}; the smoothed loss falls while the "
-            f"lr rises from {low:.2g} to {high:.2g}; using optim.lr={found['suggested_lr']:.3g} ({found['rule']})")
+def line(found: LrFindRecord) -> str:
+    low, high = found.valley_lrs
+    return (f"lr range test: {found.steps} steps from lr {found.start_lr:g}; the smoothed loss falls while the "
+            f"lr rises from {low:.2g} to {high:.2g}; using optim.lr={found.suggested_lr:.3g} ({found.rule})")

@@ -11,8 +11,21 @@ start-up is not safe: `datasets` inspects a half-imported `transformers` and fai
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One pass over a split (loop.evaluate): the scores, and per image (in the split's order) the
+    predicted class, the true one and the predicted class's probability."""
+    val_loss: float  # plain cross-entropy, mean per image
+    val_acc: float
+    val_samples: int
+    predictions: np.ndarray
+    references: np.ndarray
+    confidence: np.ndarray
 
 
 @functools.cache
