@@ -217,7 +217,7 @@ def epoch_ours(args, launched):
         metrics = run(cfg)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"epoch_seconds": sum(h["epoch_seconds"] for h in metrics.history),  # every epoch: train + eval
+    return {"epoch_seconds": sum(h.epoch_seconds for h in metrics.history),  # every epoch: train + eval
             "startup_seconds": metrics.startup_seconds,
             "peak_memory_mb": peak_memory_mb(torch.device(metrics.device.split(":")[0])),
             "val_acc": metrics.history[-1].val_acc, "mixed_precision": metrics.mixed_precision,

@@ -34,7 +34,8 @@ def test_benchmark_runs_and_writes_json(tmp_path):
 def test_gpu_check_names_the_step_that_fails_and_shows_its_error(tmp_path):
     # here there is no GPU: the pre-flight step fails, says so in one line, and shows why
     result = run_command(["scripts/gpu_check.sh"], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OUT": str(tmp_path / "gpu"), "WHEELS": str(tmp_path / "none")})
+                         env={**os.environ, "OUT": str(tmp_path / "gpu"), "WHEELS": str(tmp_path / "none"),
+                              "PYTHON": sys.executable})
     assert result.returncode == 1
     assert f"error: step 'preflight' failed; the end of {tmp_path / 'gpu'}/preflight.err:" in result.stderr
     assert "AssertionError: torch sees no GPU" in result.stderr

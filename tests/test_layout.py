@@ -96,13 +96,11 @@ def test_a_non_editable_install_runs_from_any_folder(tmp_path, image_folder):
     shutil.copytree(PACKAGE.parent, repo, ignore=lambda folder, names: [
         n for n in names if (Path(folder) == PACKAGE.parent and n in top_level) or n == "__pycache__"
         or n.endswith(".egg-info")])
-    venv = tmp_path / "venv"
-    run_command([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
-                timeout=120)
-    python = str(venv / "bin" / "python")
+    site = tmp_path / "site"  # installed there, and first on the path: ahead of the editable install (this
+    python = sys.executable  # interpreter has torch and the rest, in a venv or not)
     run_command([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                 "--target", str(venv / "lib" / "site"), str(repo)], check=True, timeout=300, capture_output=True)
-    env = {**os.environ, "PYTHONPATH": str(venv / "lib" / "site")}  # ahead of the editable install
+                 "--target", str(site), str(repo)], check=True, timeout=300, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(site)}
     where = tmp_path / "elsewhere"
     where.mkdir()
     every = "; ".join(f"import transfer.{m}" for m in modules() if m != "__main__")
@@ -110,13 +108,13 @@ def test_a_non_editable_install_runs_from_any_folder(tmp_path, image_folder):
                                        f"sys.modules.items() if n.split('.')[0] == 'transfer']))"],
                         capture_output=True, text=True, cwd=where, env=env, timeout=120)
     files = json.loads(found.stdout)  # every module of the package, from the installed copy, none from the checkout
-    assert files and all(f.startswith(str(venv / "lib" / "site")) for f in files), found.stdout + found.stderr
+    assert files and all(f.startswith(str(site)) for f in files), found.stdout + found.stderr
     printed = run_command([python, "-m", "transfer.cli", "compare", "train.epochs=1"], capture_output=True, text=True,
                           cwd=where, timeout=120, env={**env, "PRINT_JOBS": "1", "ARMS": "pretrained probe",
                                                        "OUT": str(tmp_path / "cmp")})
     assert printed.returncode == 0, printed.stderr
-    assert str(venv / "lib" / "site" / "transfer" / "configs" / "probe.yaml") in printed.stdout
-    trained = run_command([python, "-m", "transfer", "--config", str(venv / "lib" / "site" / "transfer" / "configs" /
+    assert str(site / "transfer" / "configs" / "probe.yaml") in printed.stdout
+    trained = run_command([python, "-m", "transfer", "--config", str(site / "transfer" / "configs" /
                                                                      "smoke.yaml"),
                            f"data.root={image_folder}", "train.epochs=1", f"output_dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, cwd=where, env=env, timeout=300)

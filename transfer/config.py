@@ -30,8 +30,11 @@ class DataConfig:
     label_column: Optional[str] = None  # null: the one ClassLabel column (or one named label/labels)
     val_fraction: Optional[float] = None  # hold out this fraction of train when the source has no validation split
     select_fraction: Optional[float] = None  # hold out this fraction of train to choose the best epoch on
-    split_seed: int = 0  # seeds the held-out split (independent of train.seed: every arm and seed scores the same)
-    train_per_class: Optional[int] = None  # at most N training images per class (nested subsets, drawn by split_seed)
+    split_seed: int = 0  # seeds a held-out validation split (data.val_fraction): every arm and seed scores the same
+    # seeds the labelled subset and the selection split; null: train.seed (each seed its own draw, the same for both
+    # arms of a seed, so the interval covers which images were labelled); an integer: one draw for every seed
+    subset_seed: Optional[int] = None
+    train_per_class: Optional[int] = None  # at most N training images per class (nested subsets, drawn by subset_seed)
     train_samples: Optional[int] = None  # N training images in all, stratified by class (nested; VTAB-1k: 1000)
     root: str = "data/imagewoof2-160"  # folder with train/ and val/, one subfolder per class
     url: Optional[str] = None  # archive fetched when `root` does not exist; null never fetches
@@ -157,6 +160,11 @@ class Config:
     def __post_init__(self):
         _check(self.model.export == "raw" or self.train.ema_decay is not None, "model.export", self.model.export,
                "raw unless train.ema_decay is set (there are no averaged weights to export)")
+
+    @property
+    def subset_seed(self) -> int:
+        """What draws the labelled subset and the selection split: data.subset_seed, or train.seed."""
+        return self.train.seed if self.data.subset_seed is None else self.data.subset_seed
 
 
 def _check(ok: bool, key: str, value, valid: str) -> None:

@@ -22,6 +22,9 @@ from .files import write_json
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+# Imagewoof's validation files named so come from ImageNet's own validation set; the others are
+# ImageNet *training* images, which ImageNet-pretrained weights have already seen.
+UNSEEN_PREFIX = "ILSVRC2012_val_"
 
 
 class RecordError(ValueError):
@@ -120,7 +123,9 @@ class RunMetrics:
     val_samples: int
     train_seconds: float  # training and per-epoch evaluation
     best_chosen_on: str = "val"  # "select": the epoch was chosen on data.select_fraction's images
-    final_val_ece: float | None = None  # expected calibration error, 15 bins (training.metrics)
+    final_val_ece: float | None = None  # expected calibration error, 15 equal-mass bins (training.metrics)
+    final_val_nll: float | None = None  # mean negative log-likelihood of the true class (nats)
+    final_val_brier: float | None = None  # mean Brier score
     final_ema_val_acc: float | None = None  # train.ema_decay: the weight average's, at the last epoch
     per_class_val_acc: dict = field(default_factory=dict)  # class -> accuracy (None without images)
     val_subsets: dict = field(default_factory=dict)  # e.g. unseen_by_imagenet: {prefix, samples, val_acc}

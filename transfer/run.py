@@ -24,7 +24,7 @@ from .training import checkpoint, rundir
 from .training.accel import make_accelerator, resolve_precision
 from .training.checkpoint import TrainerState
 from .training.loop import evaluate, train_epochs
-from .training.metrics import Evaluation, calibration_error, per_class_accuracy
+from .training.metrics import Evaluation, brier_score, calibration_error, log_loss, per_class_accuracy
 from .training.lr_find import find_lr
 from .training.lr_find import line as lr_find_line
 from .training.optim import OneCycle, group_scales
@@ -89,6 +89,8 @@ def record(setup: Setup, state: TrainerState, loop: Loop, final: Evaluation, pea
         history=history, best_val_acc=best.val_acc if best else final.val_acc, best_epoch=best.epoch if best else 0,
         best_chosen_on=chosen_on, final_val_acc=final.val_acc, final_val_loss=final.val_loss,
         final_val_ece=calibration_error(final.confidence, final.predictions, final.references),
+        final_val_nll=log_loss(final.true_probability),
+        final_val_brier=brier_score(final.true_probability, final.squared_probabilities),
         final_ema_val_acc=history[-1].ema_val_acc if history else None, val_samples=final.val_samples,
         train_seconds=state.train_seconds,
         per_class_val_acc=dict(zip(classes, per_class_accuracy(final.predictions, final.references, len(classes)))),

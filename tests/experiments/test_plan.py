@@ -95,10 +95,15 @@ def test_overwrite_retrains_a_finished_run(tmp_path, recording_launcher):
     assert not (finished / "metrics.json").exists()  # the old result is gone; the new run failed
 
 
-def test_all_four_arms_plan_from_their_shipped_configs(tmp_path):
-    result = compare_sh(tmp_path, "train.epochs=1", PRINT_JOBS="1",
-                        ARMS="pretrained pretrained_strong scratch scratch_strong")
+def test_all_four_arms_plan_from_their_shipped_configs_with_three_seeds_by_default(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SEEDS"}  # SEEDS unset: the default, three seeds
+    result = run_command(["scripts/compare.sh", "train.epochs=1"], capture_output=True, text=True, timeout=120,
+                         env={**env, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "PRINT_JOBS": "1",
+                              "ARMS": "pretrained pretrained_strong scratch scratch_strong"})
     lines = result.stdout.strip().splitlines()
-    assert result.returncode == 0 and len(lines) == 4, result.stderr
-    for line, arm in zip(lines, ("pretrained", "pretrained_strong", "scratch", "scratch_strong")):
-        assert f"configs/{arm}.yaml" in line and f"output_dir={tmp_path / 'out' / arm}" in line
+    assert result.returncode == 0 and len(lines) == 12, result.stderr
+    for i, arm in enumerate(("pretrained", "pretrained_strong", "scratch", "scratch_strong")):
+        for seed, line in enumerate(lines[3 * i:3 * i + 3]):
+            assert f"configs/{arm}.yaml" in line and f"output_dir={tmp_path / 'out' / arm / f'seed{seed}'}" in line
+    once = compare_sh(tmp_path, "train.epochs=1", PRINT_JOBS="1", ARMS="scratch", SEEDS="")  # set, empty: the config's
+    assert once.stdout.strip().splitlines()[0].endswith(f"{tmp_path / 'out' / 'scratch' / 'train.log'} 2>&1")

@@ -165,9 +165,10 @@ def test_a_failed_background_write_stops_the_run_at_the_next_wait(trained, monke
 
 
 def test_accelerate_saves_and_loads_the_model_put_in_place_of_a_prepared_one(tmp_path):
-    # pins the one private accelerate detail the run relies on (accel.replace_prepared_model, which
-    # swaps in the DDP wrapper rebuilt when the backbone thaws): save_state and load_state use that list
-    from transfer.training.accel import replace_prepared_model
+    # pins the one private accelerate detail the run relies on (its list of prepared models:
+    # accel.replace_prepared_model swaps in the DDP wrapper rebuilt when the backbone thaws, and a
+    # background checkpoint saves accel.prepared_models): save_state and load_state use that list
+    from transfer.training.accel import prepared_models, replace_prepared_model
 
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=True)
@@ -175,6 +176,7 @@ def test_accelerate_saves_and_loads_the_model_put_in_place_of_a_prepared_one(tmp
     prepared = accelerator.prepare(inner)
     rebuilt = torch.nn.Sequential(inner)  # a stand-in for the rebuilt wrapper: its keys are "0.weight", "0.bias"
     replace_prepared_model(accelerator, (prepared, inner), rebuilt)
+    assert prepared_models(accelerator) == [rebuilt]
     accelerator.save_state(str(tmp_path / "state"))
     saved = load_file(tmp_path / "state" / "model.safetensors")
     assert set(saved) == {"0.weight", "0.bias"}

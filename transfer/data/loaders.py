@@ -34,11 +34,11 @@ def drop_bad_images(ds, split: str, skip: bool, num_proc: int):
     return ds, len(bad)
 
 
-def build_datasets(cfg: DataConfig) -> tuple[object, object, Source, dict[str, int]]:
+def build_datasets(cfg: DataConfig, subset_seed: int | None = None) -> tuple[object, object, Source, dict[str, int]]:
     """Train and validation datasets with on-the-fly transforms, the source (classes, notes, any
     held-out split; `source.select`, with data.select_fraction, transformed like validation), and
     how many bad images each split skipped ({"train": n, "val": m})."""
-    source = load_source(cfg)
+    source = load_source(cfg, subset_seed)
     train, val, bad_train, bad_val = source.train, source.val, 0, 0
     if cfg.check_images:  # else a bad image stops the run when a loader reaches it, naming it
         train, bad_train = drop_bad_images(train, "train", cfg.skip_bad_images, cfg.num_workers)

@@ -11,9 +11,11 @@ Sources (`data.dataset`):
   them out, or a folder written by `Dataset(Dict).save_to_disk`.
 A source without a validation split gets one held out of train (`data.val_fraction`), stratified
 by class and seeded by `data.split_seed` alone, so every arm and seed scores the same images.
-`data.train_per_class` then keeps at most N training images per class, or `data.train_samples` N in
-all, stratified by class (VTAB-1k's protocol), drawn by the same seed so that smaller subsets lie
-inside larger ones.
+`data.select_fraction` holds out a selection split, and `data.train_per_class` keeps at most N
+training images per class, or `data.train_samples` N in all, stratified by class (VTAB-1k's
+protocol): both drawn by the run's subset seed (`data.subset_seed`, by default `train.seed`), so
+each seed labels its own images, both arms of a seed the same ones, and a smaller subset lies inside
+a larger one of the same seed.
 """
 from __future__ import annotations
 
@@ -48,34 +50,36 @@ class Source:
                                                    ("train_subset.json", self.subset)) if record is not None}
 
 
-def load_source(cfg: DataConfig) -> Source:
+def load_source(cfg: DataConfig, subset_seed: int | None = None) -> Source:
+    """The source's splits, then the selection split and the training subset, drawn by `subset_seed`
+    (Config.subset_seed: data.subset_seed, or train.seed; None here: data.subset_seed or 0)."""
     import datasets  # about 1 s: when a source is loaded, not when predict or the outputs import data/
 
+    seed = subset_seed if subset_seed is not None else (cfg.subset_seed or 0)
     datasets.disable_progress_bars()  # listing local files is no download worth a bar
     source = load_folder(resolve_root(cfg), cfg) if cfg.dataset is None else load_datasets_source(cfg)
-    if cfg.select_fraction is not None:  # before any subset: every subset and arm chooses on the same images
-        pick = held_out_indices(list(source.train["label"]), cfg.select_fraction, cfg.split_seed)
+    if cfg.select_fraction is not None:  # before any subset: every subset of a seed chooses on the same images
+        pick = held_out_indices(list(source.train["label"]), cfg.select_fraction, seed)
         source.select = source.train.select(pick)
         source.train = source.train.select(sorted(set(range(len(source.train))) - set(pick)))
-        source.selection = {"fraction": cfg.select_fraction, "split_seed": cfg.split_seed,
-                            "select": list(source.select["id"])}
+        source.selection = {"fraction": cfg.select_fraction, "subset_seed": seed, "select": list(source.select["id"])}
         source.notes.append(f"selection: {len(pick):,} training images held out to choose the best epoch on "
-                            f"(data.select_fraction={cfg.select_fraction:g}; list in select_split.json)")
+                            f"(data.select_fraction={cfg.select_fraction:g}, drawn by seed {seed}; list in "
+                            f"select_split.json)")
     if cfg.train_per_class is not None:
-        keep = per_class_subset(list(source.train["label"]), cfg.train_per_class, cfg.split_seed)
+        keep = per_class_subset(list(source.train["label"]), cfg.train_per_class, seed)
         source.train = source.train.select(keep)
-        source.subset = {"per_class": cfg.train_per_class, "split_seed": cfg.split_seed,
-                         "train": list(source.train["id"])}
+        source.subset = {"per_class": cfg.train_per_class, "subset_seed": seed, "train": list(source.train["id"])}
         source.notes.append(f"training subset: {len(keep):,} images, at most {cfg.train_per_class} per class "
-                            f"(data.train_per_class, data.split_seed={cfg.split_seed}; list in train_subset.json)")
+                            f"(data.train_per_class, drawn by seed {seed}; list in train_subset.json)")
     if cfg.train_samples is not None:
         labels = list(source.train["label"])
-        keep = stratified_subset(labels, cfg.train_samples, cfg.split_seed)
+        keep = stratified_subset(labels, cfg.train_samples, seed)
         source.train = source.train.select(keep)
-        source.subset = {"samples": cfg.train_samples, "split_seed": cfg.split_seed, "train": list(source.train["id"])}
+        source.subset = {"samples": cfg.train_samples, "subset_seed": seed, "train": list(source.train["id"])}
         counts = np.bincount([labels[i] for i in keep], minlength=len(source.classes))
         source.notes.append(f"training subset: {len(keep):,} images stratified by class, {counts.min()} to {counts.max()} "
-                            f"a class (data.train_samples={cfg.train_samples}, data.split_seed={cfg.split_seed}; list in "
+                            f"a class (data.train_samples={cfg.train_samples}, drawn by seed {seed}; list in "
                             f"train_subset.json)" + (f"; {int((counts == 0).sum())} class(es) got none" if counts.min() == 0
                                                      else ""))
     return source

@@ -8,7 +8,7 @@
    scratch, over several seeds, through the same code as the real experiment.
 4. Print the headline: each arm's accuracy (mean ± std) and the gain of pretraining.
 
-Environment: OUT (runs/demo), SEEDS ("0 1"), PER_CLASS (8 labelled target images per class),
+Environment: OUT (runs/demo), SEEDS ("0 1 2": the fewest with a valid interval), PER_CLASS (8 labelled target images per class),
 EPOCHS (12, target), SOURCE_IMAGES (50 per class), SOURCE_EPOCHS (5), SWEEP (1: the curve over
 data.train_per_class=4,8,16,null; or any key=v1,v2,...), JOBS (1). Finished steps are reused.
 """
@@ -23,7 +23,7 @@ from ..data.synthetic import make_demo_tasks
 from ..errors import ConfigError
 from ..records import is_finished
 from ..run import run
-from .plan import CompareSpec, Grid, arm_config
+from .plan import DEFAULT_SEEDS, CompareSpec, Grid, arm_config
 from .records import SUMMARY_FILE, Summary, read_summary
 from .runner import compare
 
@@ -54,7 +54,8 @@ def _count(env: dict, name: str, default: str) -> int:
 def main(env: dict = os.environ) -> int:
     """The demo's steps, each reused when it is done; its exit code is compare.sh's."""
     out = Path(env.get("OUT", "runs/demo")).absolute()
-    base = CompareSpec.from_environ({"SEEDS": env.get("SEEDS", "0 1"), "JOBS": env.get("JOBS", "1")}, sys.executable)
+    seeds_text = env.get("SEEDS", " ".join(map(str, DEFAULT_SEEDS)))
+    base = CompareSpec.from_environ({"SEEDS": seeds_text, "JOBS": env.get("JOBS", "1")}, sys.executable)
     seeds = base.seeds
     per_class = env.get("PER_CLASS", "8")
     epochs, source_images = _count(env, "EPOCHS", "12"), _count(env, "SOURCE_IMAGES", "50")

@@ -80,7 +80,7 @@ def plot_sweep(sweep: Sweep, path: Path) -> None:
     acc_ax, gain_ax = fig.subplots(1, 2)
     arms = list(dict.fromkeys(a for p in sweep.points for a in p.arms))
     styles = ["-o", "--s", ":^", "-.D", "-v", "--P"]
-    lines = sweep.lines()
+    lines = sweep.curves()
     for n, (others, pts) in enumerate(lines):
         style, suffix = styles[n % len(styles)], f" ({_setting_label(others)})" if others else ""
         for arm in arms:
@@ -96,6 +96,11 @@ def plot_sweep(sweep: Sweep, path: Path) -> None:
             (line,) = gain_ax.plot([xi for xi, _ in gains], [g.final_val_acc_points for _, g in gains], style,
                                    ms=4, color="tab:green" if len(lines) == 1 else None,
                                    label=_setting_label(others) if others else None)
+            marks = {repr(v.value): v.verdict for line_ in sweep.lines if line_.others == others for v in line_.verdicts}
+            for xi, p in ((at[repr(p.value)], p) for p in pts if p.gain):
+                if marks.get(repr(p.value), "not tested") != "not tested":
+                    gain_ax.annotate(marks[repr(p.value)], (xi, p.gain.final_val_acc_points), fontsize=7,
+                                     textcoords="offset points", xytext=(0, 6), ha="center", color=line.get_color())
             banded = [(xi, g.final_val_acc_ci95) for xi, g in gains if g.final_val_acc_ci95]
             if banded:
                 gain_ax.fill_between([xi for xi, _ in banded], [ci[0] for _, ci in banded],

@@ -29,6 +29,9 @@ from ..errors import ConfigError
 from ..records import is_finished
 
 ARMS = ("pretrained", "pretrained_strong", "scratch", "scratch_strong", "probe")  # the shipped arms, in report order
+# compare.sh without SEEDS: the fewest seeds whose gain has a valid interval (intervals.MIN_SEEDS); 5 for a claim
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_TUNE_SEEDS = (1000,)  # TUNE chooses on seeds that are not reported (tuning.py)
 SWEEP_FILE = "sweep.json"
 SUITE_FILE = "suite.json"
 # what names a dataset's images: set per dataset by a suite, so not also on the command line
@@ -344,7 +347,8 @@ class CompareSpec:
     unreadable value is one line naming the variable (exit 2), never a silent default."""
     out: Path
     arms: tuple[str, ...] = ("pretrained", "scratch")
-    seeds: tuple[int, ...] = ()  # empty: each arm's config seed, one run per arm
+    seeds: tuple[int, ...] = ()  # empty (SEEDS= set but empty): each arm's config seed, one run per arm, no
+    # interval; SEEDS unset: DEFAULT_SEEDS
     sweep: Grid | None = None  # SWEEP: the grid every arm runs at each point of
     tune: Grid | None = None  # TUNE: the grid every arm is tuned over, on the selection split
     suite: Suite | None = None  # SUITE: the datasets, each its own comparison
@@ -353,6 +357,7 @@ class CompareSpec:
     print_jobs: bool = False  # print the runs as shell commands instead of running them
     overwrite: bool = False  # retrain finished runs
     launch: tuple[str, ...] = ()  # the launcher command; () = PYTHON -m accelerate.commands.launch
+    tune_seeds: tuple[int, ...] = DEFAULT_TUNE_SEEDS  # TUNE_SEEDS: the tuning runs' seeds, never among `seeds`
 
     def bases(self) -> list[Base]:
         return bases(self.out, self.sweep, self.suite)
@@ -364,7 +369,7 @@ class CompareSpec:
             raise ConfigError("ARMS is empty; name one or more of: " + ", ".join(ARMS))
         for arm in arms:
             arm_config(arm)
-        seeds = _integers(env, "SEEDS")
+        seeds = _integers(env, "SEEDS") if "SEEDS" in env else list(DEFAULT_SEEDS)  # set but empty: the configs' seed
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"SEEDS={env['SEEDS']!r} repeats a seed")
         jobs = _integers(env, "JOBS") or [1]
@@ -372,9 +377,15 @@ class CompareSpec:
             raise ConfigError(f"JOBS={env.get('JOBS')!r} is invalid; expected one whole number >= 1")
         launch = tuple(shlex.split(env.get("LAUNCH", ""))) or (env.get("PYTHON") or python, "-m",
                                                                  "accelerate.commands.launch")
+        tune_seeds = _integers(env, "TUNE_SEEDS") if env.get("TUNE_SEEDS", "").strip() else list(DEFAULT_TUNE_SEEDS)
+        if set(tune_seeds) & set(seeds) or len(set(tune_seeds)) != len(tune_seeds):
+            raise ConfigError(f"TUNE_SEEDS={' '.join(map(str, tune_seeds))!r} repeats a seed or shares one with "
+                              f"SEEDS={' '.join(map(str, seeds))!r}; the tuning seeds must not be reported (a choice "
+                              f"made on a reported seed flatters it): pick others")
         return cls(Path(env.get("OUT") or "runs/compare").absolute(), arms, tuple(seeds),
                    Grid.parse(env["SWEEP"], "SWEEP", "data.train_per_class=5,20,null") if env.get("SWEEP", "").strip()
                    else None,
                    Grid.parse(env["TUNE"]) if env.get("TUNE", "").strip() else None,
                    Suite.load(env["SUITE"]) if env.get("SUITE", "").strip() else None, jobs[0],
-                   tuple(env.get("GPUS", "").split()), _boolean(env, "PRINT_JOBS"), _boolean(env, "OVERWRITE"), launch)
+                   tuple(env.get("GPUS", "").split()), _boolean(env, "PRINT_JOBS"), _boolean(env, "OVERWRITE"), launch,
+                   tune_seeds=tuple(tune_seeds))

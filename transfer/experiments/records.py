@@ -22,20 +22,25 @@ FRACTIONS = (0.5, 0.8, 0.9)  # "time to reach X of the best accuracy"
 
 @dataclass(frozen=True)
 class TuningPoint:
-    """One point of a tuned grid for one arm: its selection-split score, or None (not finished)."""
+    """One point of a tuned grid for one arm: its selection-split score (the mean over the tuning
+    seeds that finished), or None (none finished)."""
     setting: dict
     select_acc: float | None
     select_loss: float | None
-    run: str | None  # the tuning run's folder, None when it did not finish
+    run: str | None  # the first tuning run's folder, None when none finished
+    runs: list[str] = field(default_factory=list)  # every finished tuning run of the point
+    standard_error: float | None = None  # of select_acc: over the tuning seeds, or binomial with one
+    indistinguishable: bool = False  # within one standard error of the chosen point's score
 
 
 @dataclass(frozen=True)
 class ArmTuning:
-    """TUNE, for one arm: every point on `seed`, and the setting its reported runs train with."""
-    seed: int | None
+    """TUNE, for one arm: every point on the tuning seeds, and the setting its reported runs train with."""
+    seed: int | None  # the first tuning seed
     keys: list[str]
     points: list[TuningPoint]
     chosen: dict | None  # None: no point of the arm finished
+    seeds: list[int] = field(default_factory=list)  # the tuning seeds (TUNE_SEEDS): never reported
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,24 @@ class ArmSummary:
     unseen_by_imagenet_val_acc: float | None = None
     unseen_by_imagenet_val_acc_std: float | None = None
     unseen_by_imagenet_samples: int | None = None
+    train_samples: float | None = None  # training images a run used, mean over seeds
     tuned: ArmTuning | None = None
 
     def seconds_to(self, fraction: float) -> float | None:
         return getattr(self, f"seconds_to_{int(fraction * 100)}pct_of_best")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Pretrained minus scratch (negative: pretrained better calibrated), with 95% intervals from
+    MIN_SEEDS paired seeds: mean log loss of the true class (nats), mean Brier score, and the
+    equal-mass expected calibration error."""
+    nll_difference: float
+    brier_difference: float
+    ece_difference: float
+    nll_ci95: list[float] | None = None
+    brier_ci95: list[float] | None = None
+    ece_ci95: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,19 +99,23 @@ class Gain:
     sure it is (intervals.py says how each field is computed; `ci_method` says it in words)."""
     final_val_acc_points: float
     ci_method: str
+    interval: str = "none"  # what final_val_acc_ci95 covers: seeds and images / runs / per seed, images only / none
     arms: list[str] = field(default_factory=lambda: ["pretrained", "scratch"])
     headline: str = ""
     best_val_acc_points: float | None = None
-    final_val_acc_ci95: list[float] | None = None
+    final_val_acc_ci95: list[float] | None = None  # None below MIN_SEEDS paired seeds
     standard_error_points: float | None = None
     degrees_of_freedom: float | None = None
     per_seed_final_val_acc_points: list[float] | None = None
+    per_seed_image_ci95: list[list[float]] | None = None  # each seed's, over its images alone (conditional)
     paired_seeds: list[int] | None = None
     seeds_better: int | None = None
-    mcnemar_p: list[float] | None = None
+    mcnemar_p: list[float] | None = None  # per seed: do these two trained networks differ on these images?
     images: int | None = None
     paired: bool = False
     unseen_by_imagenet_val_acc_points: float | None = None
+    unseen_by_imagenet_ci95: list[float] | None = None
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -108,10 +131,30 @@ class SweepPoint:
 
 
 @dataclass(frozen=True)
-class CatchUp:
-    """Along one line of a sweep (the other keys' values): the first value where scratch caught up."""
+class Verdict:
+    """At one value of a data or time axis: has scratch caught up? `verdict`: "caught up" (the gain's
+    interval lies below the margin), "behind" (above 0), "undetermined" (neither), or "not tested"
+    (below a value that was undetermined: the fixed sequence stopped there)."""
+    value: object
+    verdict: str
+    smallest_margin_points: float | None  # the smallest margin "caught up" could have been shown within
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The per-seed gains against log10 of the resource: the slope (points a decade) with its 95% CI."""
+    x: str  # what the slope is against
+    slope_points_per_decade: float
+    ci95: list[float]
+    observations: int
+
+
+@dataclass(frozen=True)
+class SweepLine:
+    """One line of a sweep (the other keys' values): verdicts from the largest value down, and the trend."""
     others: dict
-    at: object
+    verdicts: list[Verdict]
+    trend: Trend | None = None
 
 
 @dataclass(frozen=True)
@@ -120,14 +163,14 @@ class Sweep:
     values: list
     axes: list  # [[key, [values]], ...]: the grid, first key on the x axis
     points: list[SweepPoint]
-    catch_up: list[CatchUp]
-    scratch_within_1_point_at: object = None
+    lines: list[SweepLine] = field(default_factory=list)  # verdicts and trends (data and time axes only)
+    margin_points: float = 1.0  # "caught up": the gain's interval lies below this
 
     def with_runs(self) -> list[SweepPoint]:
         """The points that have at least one finished run, in sweep order."""
         return [p for p in self.points if p.arms]
 
-    def lines(self) -> list[tuple[dict, list[SweepPoint]]]:
+    def curves(self) -> list[tuple[dict, list[SweepPoint]]]:
         """(the other keys' values, its points in the first key's order) per line of the curve."""
         groups: dict = {}
         for p in self.points:
@@ -156,12 +199,14 @@ class Aggregate:
     mean_gain_points: float | None
     iqm_gain_points: float | None
     median_gain_points: float | None
-    datasets_gain_ci_excludes_0: int
-    datasets_gain_ci_above_0: int
-    datasets_gain_ci_below_0: int
     ci_method: str
-    mean_gain_ci95: list[float] | None = None
-    iqm_gain_ci95: list[float] | None = None
+    seeds_per_dataset: int = 0  # the fewest a dataset has
+    fixed_effects_ci95: list[float] | None = None  # the mean, on these datasets
+    random_effects_ci95: list[float] | None = None  # the mean, for a new dataset like these
+    between_datasets_sd_points: float | None = None  # the random-effects model's spread of datasets' gains
+    iqm_gain_ci95: list[float] | None = None  # from MIN_IQM_SEEDS seeds a dataset
+    datasets_above_0_holm: int | None = None  # gains above 0 after Holm's correction over datasets
+    datasets_below_0_holm: int | None = None
 
 
 @dataclass(frozen=True)

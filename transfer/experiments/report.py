@@ -95,20 +95,36 @@ def _lrs(arm: ArmSummary) -> str:
     return f"{text} (found)" if arm.lr_found else text
 
 
+def _interval(ci) -> str:
+    return f" (95% CI {ci[0]:+.3g} to {ci[1]:+.3g})" if ci else ""
+
+
 def gain_lines(g: Gain) -> list[str]:
-    """The gain of pretraining, explained: per seed, the test per seed, the method."""
+    """The gain of pretraining, explained: per seed, calibration, the tests per seed, the method."""
     pair = "" if g.arms == ["pretrained", "scratch"] else f" ({g.arms[0]} vs {g.arms[1]})"
     lines = [f"**Gain of pretraining{pair}**: {g.final_val_acc_points:+.1f} points of final validation accuracy"
-             + (f", {g.unseen_by_imagenet_val_acc_points:+.1f} on the validation images ImageNet's training set "
-                f"does not contain" if g.unseen_by_imagenet_val_acc_points is not None else "")
+             + (f", {g.unseen_by_imagenet_val_acc_points:+.1f}{_interval(g.unseen_by_imagenet_ci95)} on the validation "
+                f"images ImageNet's training set does not contain" if g.unseen_by_imagenet_val_acc_points is not None
+                else "")
              + f"; {g.best_val_acc_points:+.1f} points at each run's best epoch (not the headline: unless the "
                f"runs chose it on a selection split, data.select_fraction, it was picked on the images it is scored on)."]
     if g.paired:
-        seeds = ", ".join(f"seed {s}: {v:+.1f}" for s, v in zip(g.paired_seeds, g.per_seed_final_val_acc_points))
+        seeds = ", ".join(f"seed {s}: {v:+.1f} ({low:+.1f} to {high:+.1f})" for s, v, (low, high) in
+                          zip(g.paired_seeds, g.per_seed_final_val_acc_points, g.per_seed_image_ci95))
+        lines.append(f"Per seed (same images for both arms; each seed's 95% interval over its images alone, "
+                     f"conditional on its trained networks): {seeds}.")
+    if g.calibration:
+        c = g.calibration
+        lines.append(f"Calibration, pretrained minus scratch (negative: pretrained better): log loss "
+                     f"{c.nll_difference:+.3f} nats{_interval(c.nll_ci95)}, Brier score "
+                     f"{c.brier_difference:+.4f}{_interval(c.brier_ci95)}, expected calibration error (15 equal-mass "
+                     f"bins) {c.ece_difference:+.3f}{_interval(c.ece_ci95)}.")
+    if g.paired:
         tests = ", ".join(f"{p:.2g}" for p in g.mcnemar_p)
-        lines.append(f"Per seed (same images for both arms): {seeds}. McNemar's exact test per seed, on the images "
-                     f"exactly one arm gets right: p = {tests}.")
-    lines += [f"Interval: {g.ci_method}.", ""]
+        lines.append(f"Do these two trained networks differ on these images (McNemar's exact test per seed, on the "
+                     f"images exactly one arm gets right)? p = {tests}. This is about the networks at hand, not about "
+                     f"pretraining in general: the interval above is.")
+    lines += [f"Interval: {g.ci_method}. Tuning (TUNE) is outside it: the choice of settings is taken as given.", ""]
     return lines
 
 
@@ -119,18 +135,22 @@ def tuning_lines(arms: dict[str, ArmSummary]) -> list[str]:
         return []
     names = list(tuned)
     first = next(iter(tuned.values()))
-    keys, seed = first.keys, first.seed
+    keys, seeds = first.keys, first.seeds or [first.seed]
     lines = ["", "## Tuning, on the selection split", "",
-             f"Each arm trained every point of the grid on {'seed ' + str(seed) if seed is not None else 'its seed'} "
-             f"and was scored by its final accuracy on the selection split (training images held out by "
-             f"`data.select_fraction`, never the validation images); its reported runs use the point in bold.", "",
+             f"Each arm trained every point of the grid on tuning seed{'s' * (len(seeds) != 1)} "
+             f"{', '.join(map(str, seeds))} (not reported: the reported seeds are fresh draws) and was scored by its "
+             f"final accuracy on the selection split (training images held out by `data.select_fraction`, never the "
+             f"validation images), ± its standard error; its reported runs use the point in bold, and points marked "
+             f"≈ are within a standard error of it: the data cannot tell them apart. The gain's interval takes the "
+             f"choice as given: the tuning's own variance is not in it.", "",
              "| " + ", ".join(f"`{k}`" for k in keys) + " | " + " | ".join(names) + " |",
              "|---" * (len(names) + 1) + "|"]
     for i, row in enumerate(first.points):
         cells = []
         for n in names:
             r = tuned[n].points[i]
-            text = "failed or not run" if r.select_acc is None else f"{100 * r.select_acc:.1f}%"
+            text = "failed or not run" if r.select_acc is None else f"{100 * r.select_acc:.1f}%" + (
+                f" ± {100 * r.standard_error:.1f}" if r.standard_error else "") + (" ≈" if r.indistinguishable else "")
             cells.append(f"**{text}**" if r.setting == tuned[n].chosen else text)
         lines.append(f"| {', '.join(value_text(v) for v in row.setting.values())} | " + " | ".join(cells) + " |")
     lines += ["", "Chosen: " + "; ".join(f"{n} {', '.join(setting_args(t.chosen)) if t.chosen else 'nothing'}"

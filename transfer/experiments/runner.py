@@ -171,7 +171,7 @@ def write_layout(spec: CompareSpec) -> None:
         for root in roots:
             write_json(root / SWEEP_FILE, sweep_meta(spec.sweep, arms, seeds))
     if spec.tune:
-        write_grids(spec.bases(), arms, seeds, spec.tune)
+        write_grids(spec.bases(), arms, list(spec.tune_seeds), spec.tune)
 
 
 def compare(spec: CompareSpec, overrides: list[str]) -> int:
@@ -179,7 +179,7 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
     failed. Settings that cannot run raise ConfigError (exit 2) before any run starts."""
     arms, seeds, bases_ = list(spec.arms), list(spec.seeds), spec.bases()
     check_overrides(spec.suite, spec.sweep, overrides)
-    tuning = plan_tuning(bases_, arms, seeds, overrides, spec.tune) if spec.tune else []
+    tuning = plan_tuning(bases_, arms, list(spec.tune_seeds), overrides, spec.tune) if spec.tune else []
     planned = [] if spec.tune else plan(bases_, arms, seeds, overrides)
     write_layout(spec)
     if spec.print_jobs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .figures import plot_suite, value_label
-from .intervals import aggregate
+from .intervals import MIN_SEEDS, aggregate
 from .plan import Grid, setting_args, setting_text
 from .records import Aggregate, DatasetResult, Suite, SuitePoint, Summary
 from .sweep_report import arm_cell, gain_cell, missing_runs
@@ -50,16 +50,25 @@ def _plot_rows(suite: Suite, points: list[SuitePoint]) -> list[dict]:
     """plot_suite's rows: a dataset (with the other swept keys' values), its gains and intervals."""
     first = suite.axes[0][0] if suite.axes else None
     rows: dict = {}
+
+    def add(label: str, x, value: float | None, ci) -> None:
+        row = rows.setdefault(label, {"dataset": label, "points": []})
+        if value is not None:
+            row["points"].append({"x": x, "gain": value, "low": ci[0] if ci else None, "high": ci[1] if ci else None})
     for point in points:
         others = {k: v for k, v in point.setting.items() if k != first}
+        where = f" ({', '.join(setting_args(others))})" if others else ""
         for name, d in point.datasets.items():
-            label = name + (f" ({', '.join(setting_args(others))})" if others else "")
-            row = rows.setdefault(label, {"dataset": label, "points": []})
-            if d.gain:
-                ci = d.gain.final_val_acc_ci95
-                row["points"].append({"x": point.setting.get(first), "gain": d.gain.final_val_acc_points,
-                                      "low": ci[0] if ci else None, "high": ci[1] if ci else None})
+            add(name + where, point.setting.get(first), d.gain and d.gain.final_val_acc_points,
+                d.gain and d.gain.final_val_acc_ci95)
+        agg = point.aggregate
+        add(MEAN_THESE + where, point.setting.get(first), agg.mean_gain_points, agg.fixed_effects_ci95)
+        add(MEAN_NEW + where, point.setting.get(first), agg.random_effects_ci95 and agg.mean_gain_points,
+            agg.random_effects_ci95)
     return list(rows.values())
+
+
+MEAN_THESE, MEAN_NEW = "mean: on these datasets", "mean: for a new dataset like these"
 
 
 def _ci(interval) -> str:
@@ -67,15 +76,23 @@ def _ci(interval) -> str:
 
 
 def aggregate_line(agg: Aggregate) -> str:
-    """The gain over datasets in one line."""
+    """The gain over datasets in one line: the mean with its two intervals, labelled."""
     n = agg.datasets_with_gain
     if not n:
         return f"over {agg.datasets} datasets: no gain to sum up (no dataset has finished runs of both arms)"
-    text = (f"over {n} dataset{'s' * (n != 1)}: mean gain of pretraining {agg.mean_gain_points:+.1f} points"
-            f"{_ci(agg.mean_gain_ci95)}, interquartile mean {agg.iqm_gain_points:+.1f}"
-            f"{_ci(agg.iqm_gain_ci95)}, median {agg.median_gain_points:+.1f}; the gain's 95% interval "
-            f"excludes 0 on {agg.datasets_gain_ci_excludes_0} of {n} (above 0 on {agg.datasets_gain_ci_above_0}, "
-            f"below on {agg.datasets_gain_ci_below_0})")
+    text = f"over {n} dataset{'s' * (n != 1)}: mean gain of pretraining {agg.mean_gain_points:+.1f} points"
+    if agg.fixed_effects_ci95:
+        low, high = agg.fixed_effects_ci95
+        text += f" (95% CI {low:+.1f} to {high:+.1f} on these datasets"
+        text += (f"; {agg.random_effects_ci95[0]:+.1f} to {agg.random_effects_ci95[1]:+.1f} for a new dataset like "
+                 f"these)" if agg.random_effects_ci95 else "; none for a new dataset from one)")
+        text += (f", interquartile mean {agg.iqm_gain_points:+.1f}{_ci(agg.iqm_gain_ci95)}, median "
+                 f"{agg.median_gain_points:+.1f}; above 0 on {agg.datasets_above_0_holm} of {n} datasets and below on "
+                 f"{agg.datasets_below_0_holm} (each dataset's test, Holm-corrected)")
+    else:
+        text += (f" (no interval: {agg.seeds_per_dataset} seed(s) on a dataset, and {MIN_SEEDS} are needed to bound "
+                 f"training randomness), interquartile mean {agg.iqm_gain_points:+.1f}, median "
+                 f"{agg.median_gain_points:+.1f}")
     if agg.datasets_without_gain:
         text += f"; no gain on {', '.join(agg.datasets_without_gain)} (runs missing)"
     return text
@@ -103,10 +120,11 @@ def markdown(suite: Suite) -> str:
         lines += [f"**{line[0].upper() + line[1:]}.**", ""]
         lines += _table(suite.arms, point.datasets) + [""]
     lines += ["Final validation accuracy, mean ± std over seeds. Each dataset's gain is the difference of the two arms' "
-              "final accuracies with its own 95% interval (paired by seed on the same images; the dataset's report "
-              "says how it was computed). Over datasets, rliable's aggregates (Agarwal et al. 2021): the mean of the "
-              "datasets' mean gains, the interquartile mean of every seed's gain pooled over datasets, and the median "
-              f"dataset. Their 95% intervals: {suite.aggregate.ci_method.removeprefix('none: ')}.", "",
+              "final accuracies with its own 95% interval over its training runs and validation images (paired by "
+              "seed on the same images; below 3 seeds each seed's, over images alone). Over datasets: the mean of "
+              "the datasets' gains, with an interval on these datasets and one for a new dataset like these, the "
+              "interquartile mean of every seed's gain pooled over datasets and the median dataset (rliable's "
+              f"aggregates, Agarwal et al. 2021). How: {suite.aggregate.ci_method.removeprefix('none: ')}.", "",
               "Each dataset's own report (every arm's numbers, curves, settings): "
               + ", ".join(f"[{n}]({d.report})" if d.report else f"{n} (no finished run)"
                           for n, d in suite.datasets.items()) + ".", "",

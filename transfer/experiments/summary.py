@@ -63,7 +63,9 @@ def summarize_arm(runs: list[FinishedRun]) -> ArmSummary:
         **{f"seconds_to_{int(f * 100)}pct_of_best": float(np.mean(t)) if all(x is not None for x in t) else None
            for f, t in times.items()},
         unseen_by_imagenet_val_acc=unseen_acc[0], unseen_by_imagenet_val_acc_std=unseen_acc[1],
-        unseen_by_imagenet_samples=unseen[0]["samples"] if all(unseen) else None)
+        unseen_by_imagenet_samples=unseen[0]["samples"] if all(unseen) else None,
+        train_samples=float(np.mean([m.train_samples for m in metrics])) if all(m.train_samples for m in metrics)
+        else None)
 
 
 def differing_settings(arms: dict[str, list[FinishedRun]]) -> dict[str, dict[str, object]]:
@@ -77,10 +79,11 @@ def differing_settings(arms: dict[str, list[FinishedRun]]) -> dict[str, dict[str
 def gain_of(runs: dict[str, list[FinishedRun]], arms: dict[str, ArmSummary], pretrained: str, scratch: str) -> Gain:
     """The gain of pretraining between two arms: `pretrained` minus `scratch`, with its interval."""
     p, s = arms[pretrained], arms[scratch]
-    unseen = (100 * (p.unseen_by_imagenet_val_acc - s.unseen_by_imagenet_val_acc)
-              if p.unseen_by_imagenet_val_acc is not None and s.unseen_by_imagenet_val_acc is not None else None)
-    gain = dataclasses.replace(paired_gain(runs[pretrained], runs[scratch]), arms=[pretrained, scratch],
-                               best_val_acc_points=100 * (p.best_val_acc - s.best_val_acc),
+    gain = paired_gain(runs[pretrained], runs[scratch])
+    unseen = gain.unseen_by_imagenet_val_acc_points  # paired by image; else (unpaired) from the arms' means
+    if unseen is None and p.unseen_by_imagenet_val_acc is not None and s.unseen_by_imagenet_val_acc is not None:
+        unseen = 100 * (p.unseen_by_imagenet_val_acc - s.unseen_by_imagenet_val_acc)
+    gain = dataclasses.replace(gain, arms=[pretrained, scratch], best_val_acc_points=100 * (p.best_val_acc - s.best_val_acc),
                                unseen_by_imagenet_val_acc_points=unseen)
     return dataclasses.replace(gain, headline=headline(gain, arms))
 

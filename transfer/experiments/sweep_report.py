@@ -8,14 +8,20 @@ The first key is the curve's x axis; every combination of the others is one line
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import numpy as np
+from scipy import stats
 
 from .figures import plot_sweep, value_label
 from .plan import Grid, point_folder, setting_args
-from .records import ArmSummary, CatchUp, Gain, Sweep, SweepPoint
+from .records import ArmSummary, Gain, Sweep, SweepLine, SweepPoint, Trend, Verdict
 from .summary import summarize
 
-CATCH_UP_POINTS = 1.0  # "scratch comes within 1 point of pretrained"
+CATCH_UP_POINTS = 1.0  # "scratch has caught up": within 1 point of pretrained
+DATA_KEYS = ("data.train_per_class", "data.train_samples")  # a resource: the verdicts and the trend make sense
+TIME_KEYS = ("train.epochs", "train.time_budget_s")
 
 
 def missing_runs(meta: dict, arms: dict[str, ArmSummary]) -> list[str]:
@@ -43,21 +49,65 @@ def points(root: Path, meta: dict) -> list[SweepPoint]:
     return result
 
 
-def catch_up_value(points_: list[SweepPoint]):
-    """The first swept value (in sweep order) at which scratch has caught up: the gain's 95%
-    interval lies below 1 point (a mean alone, read off two noisy arms, does not decide it)."""
-    for point in points_:
-        interval = point.gain.final_val_acc_ci95 if point.gain else None
-        if interval is not None and interval[1] < CATCH_UP_POINTS:
-            return point.value
-    return None
+def verdicts(points_: list[SweepPoint], margin: float = CATCH_UP_POINTS) -> list[Verdict]:
+    """Has scratch caught up, value by value, from the largest resource down (null, all of the data,
+    is the largest): the fixed-sequence procedure, so that "caught up" at several values is one claim
+    at the 95% level: each value's two one-sided tests (the gain's 95% interval below `margin`:
+    caught up; above 0: behind) are made in turn, and the first value where neither holds ends the
+    sequence (the smaller ones are not tested)."""
+    ordered = sorted(points_, key=lambda p: (p.value is None, p.value if p.value is not None else 0), reverse=True)
+    result, stopped = [], False
+    for point in ordered:
+        ci = point.gain.final_val_acc_ci95 if point.gain else None
+        smallest = None if ci is None else max(ci[1], 0.0)
+        if stopped:
+            verdict = "not tested"
+        elif ci is not None and ci[1] < margin:
+            verdict = "caught up"
+        elif ci is not None and ci[0] > 0:
+            verdict = "behind"
+        else:
+            verdict, stopped = "undetermined", True
+        result.append(Verdict(point.value, verdict, smallest))
+    return result
+
+
+def trend(points_: list[SweepPoint], key: str) -> Trend | None:
+    """The per-seed gains against log10 of the resource (each run's training images on a data axis,
+    the value itself on a time axis), one observation a value and seed: the slope, points a decade,
+    with its 95% interval (an ordinary least squares t interval)."""
+    xs, ys = [], []
+    for p in points_:
+        if not p.gain or not p.gain.per_seed_final_val_acc_points:
+            continue
+        if key in DATA_KEYS:
+            sizes = [a.train_samples for a in p.arms.values() if a.train_samples]
+            x = np.log10(np.mean(sizes)) if sizes else None
+        else:
+            x = np.log10(p.value) if isinstance(p.value, (int, float)) and p.value > 0 else None
+        if x is not None:
+            xs += [x] * len(p.gain.per_seed_final_val_acc_points)
+            ys += list(p.gain.per_seed_final_val_acc_points)
+    if len(set(xs)) < 2 or len(xs) < 3:
+        return None
+    fit = stats.linregress(xs, ys)
+    half = float(stats.t.ppf(0.975, len(xs) - 2)) * fit.stderr
+    return Trend(x="log10 training images" if key in DATA_KEYS else f"log10 {key}",
+                 slope_points_per_decade=float(fit.slope), ci95=[fit.slope - half, fit.slope + half],
+                 observations=len(xs))
 
 
 def gain_cell(gain: Gain | None) -> str:
+    """The gain with its 95% interval; below 3 seeds each seed's over its images, said so."""
     if gain is None:
         return "—"
     interval = gain.final_val_acc_ci95
-    return f"{gain.final_val_acc_points:+.1f} points" + (f" ({interval[0]:+.1f} to {interval[1]:+.1f})" if interval else "")
+    if interval:
+        return f"{gain.final_val_acc_points:+.1f} points ({interval[0]:+.1f} to {interval[1]:+.1f})"
+    if gain.paired and gain.per_seed_image_ci95:
+        return (f"{gain.final_val_acc_points:+.1f} points (no interval with {len(gain.paired_seeds)} seed(s); per seed, "
+                f"images only: " + ", ".join(f"{low:+.1f} to {high:+.1f}" for low, high in gain.per_seed_image_ci95) + ")")
+    return f"{gain.final_val_acc_points:+.1f} points (no interval)"
 
 
 def arm_cell(a: ArmSummary | None) -> str:
@@ -79,23 +129,37 @@ def markdown(sweep: Sweep) -> str:
                      + " | ".join(arm_cell(p.arms.get(arm)) for arm in arms)
                      + f" | {gain_cell(p.gain)} | " + (", ".join(p.missing) or "none") + " |")
     lines.append("")
-    if any(p.gain for p in pts):
-        for line in sweep.catch_up:
-            where = f" (at {', '.join(setting_args(line.others))})" if line.others else ""
-            lines.append(f"Scratch has caught up{where} (the gain's 95% interval below {CATCH_UP_POINTS:g} point) at "
-                         f"`{keys[0]}={value_label(line.at)}`." if line.at is not None
-                         else f"Scratch has not caught up{where} within this sweep (no value of `{keys[0]}` where the "
-                              f"gain's 95% interval lies below {CATCH_UP_POINTS:g} point).")
-        lines.append("")
+    for line in sweep.lines:
+        lines += verdict_lines(sweep, line)
+    if any(p.gain for p in pts) and sweep.key not in DATA_KEYS + TIME_KEYS:
+        lines += [f"`{keys[0]}` is not an amount of data or training time, so there is no verdict on whether scratch "
+                  f"has caught up along it.", ""]
     return "\n".join(lines)
+
+
+def verdict_lines(sweep: Sweep, line: SweepLine) -> list[str]:
+    where = f" (at {', '.join(setting_args(line.others))})" if line.others else ""
+    told = [f"`{value_label(v.value)}` {v.verdict}" + (
+        f" (the smallest margin this could show: {v.smallest_margin_points:.1f} points)"
+        if v.verdict in ("behind", "undetermined") and v.smallest_margin_points is not None else "")
+        for v in line.verdicts]
+    text = [f"**Has scratch caught up{where}?** From the most data or time down, each value's gain interval against "
+            f"a margin of {sweep.margin_points:g} point (fixed-sequence testing: one claim at the 95% level; the "
+            f"first undetermined value ends it): " + "; ".join(told) + "."]
+    if line.trend:
+        t = line.trend
+        text.append(f"Trend: the gain changes by {t.slope_points_per_decade:+.1f} points per tenfold {t.x.split(' ', 1)[1]} "
+                    f"(95% CI {t.ci95[0]:+.1f} to {t.ci95[1]:+.1f}; least squares over {t.observations} per-seed gains).")
+    return text + [""]
 
 
 def build(root: Path, meta: dict) -> Sweep:
     """The sweep part of summary.json; draws sweep.png."""
     pts = points(root, meta)
-    partial = Sweep(key=meta["axes"][0][0], values=meta["axes"][0][1], axes=meta["axes"], points=pts, catch_up=[])
-    catch_up = [CatchUp(others=others, at=catch_up_value(line)) for others, line in partial.lines()]
-    sweep = Sweep(key=partial.key, values=partial.values, axes=partial.axes, points=pts, catch_up=catch_up,
-                  scratch_within_1_point_at=catch_up[0].at if len(meta["axes"]) == 1 else None)
+    sweep = Sweep(key=meta["axes"][0][0], values=meta["axes"][0][1], axes=meta["axes"], points=pts,
+                  margin_points=CATCH_UP_POINTS)
+    if sweep.key in DATA_KEYS + TIME_KEYS:
+        sweep = dataclasses.replace(sweep, lines=[SweepLine(others, verdicts(line), trend(line, sweep.key))
+                                                  for others, line in sweep.curves()])
     plot_sweep(sweep, Path(root) / "sweep.png")
     return sweep

@@ -3,7 +3,7 @@
     output_dir/
       config.yaml            resolved settings; `--config output_dir/config.yaml` reruns it
       metrics.json           history per epoch, best/final accuracy, per-class accuracy, versions
-      val_predictions.csv    path, label, predicted, confidence of each validation image
+      val_predictions.csv    id, label, predicted, confidence, true_probability, squared_probabilities per image
       plots/                 accuracy.png loss.png lr.png samples.png confusion.png mistakes.png
       model/                 timm Hub layout: config.json (labels, mean/std, input size) + model.safetensors
       checkpoints/epoch_NNN  accelerate state of the newest epochs (train.resume)
@@ -20,15 +20,12 @@ import torch
 from ..config import Config, dump_yaml
 from ..data.loaders import class_display_names
 from ..files import write_atomic, write_json
-from ..records import CONFIG_FILE, EpochRecord, RunMetrics
+from ..records import CONFIG_FILE, UNSEEN_PREFIX, EpochRecord, RunMetrics
 from ..training.metrics import Evaluation, confusion_matrix
 from ..training.model import save_model
 from .card import model_card
 
 GRID_SIZE = 16  # images in samples.png and mistakes.png
-# Imagewoof's validation files named so come from ImageNet's own validation set; the others are
-# ImageNet *training* images, which ImageNet-pretrained weights have already seen.
-UNSEEN_PREFIX = "ILSVRC2012_val_"
 
 
 def subset_scores(paths: list[str], final: Evaluation) -> dict:
@@ -76,9 +73,10 @@ def predictions_csv(paths: list[str], final: Evaluation, classes: list[str]) -> 
     """One row per validation image; quoted as CSV, so any file or class name reads back."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["id", "label", "predicted", "confidence"])
-    writer.writerows([p, classes[t], classes[y], f"{c:.4f}"]
-                     for p, t, y, c in zip(paths, final.references, final.predictions, final.confidence))
+    writer.writerow(["id", "label", "predicted", "confidence", "true_probability", "squared_probabilities"])
+    writer.writerows([p, classes[t], classes[y], f"{c:.4f}", f"{q:.6g}", f"{s:.6g}"] for p, t, y, c, q, s in zip(
+        paths, final.references, final.predictions, final.confidence, final.true_probability,
+        final.squared_probabilities))
     return text.getvalue()
 
 

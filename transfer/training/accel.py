@@ -113,6 +113,13 @@ def fit_ddp(accelerator: Accelerator, model, frozen: bool):
     return rebuilt
 
 
+def prepared_models(accelerator: Accelerator) -> list:
+    """The models as accelerate holds them, which is what `load_state` loads into: the DDP wrapper
+    on GPUs (its keys start with "module."), the inner module on CPUs. A checkpoint written in the
+    background saves these (checkpoint.host_states); the other private detail of the list below."""
+    return list(accelerator._models)
+
+
 def replace_prepared_model(accelerator: Accelerator, old: tuple, new) -> None:
     """Put `new` where accelerate holds any of `old` among its prepared models, so that nothing
     keeps the old DDP wrapper (its reducer and gradient buckets, a model's size) alive and

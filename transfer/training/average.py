@@ -16,6 +16,8 @@ optimizer step. Two things differ from using it as it is:
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from timm.utils import ModelEmaV3
 
@@ -24,7 +26,7 @@ class WeightAverage(ModelEmaV3):
     def __init__(self, model: torch.nn.Module, decay: float, num_processes: int = 1):
         super().__init__(model, decay=decay, use_warmup=True)
         self.num_processes = num_processes
-        self._source = None  # the model the tensor lists below were made from
+        self._source = lambda: None  # (a weak reference:) the model the tensor lists below were made from
         self._lerped: tuple[list, list] = ([], [])  # (average's, model's) floating-point tensors
         self._copied: list[tuple] = []  # (average's, model's) other tensors (batch counts)
         self._statistics: list[torch.Tensor] = []  # the average's floating-point buffers
@@ -34,13 +36,13 @@ class WeightAverage(ModelEmaV3):
         self._lerped = ([a for a, _ in pairs if a.is_floating_point()], [m for a, m in pairs if a.is_floating_point()])
         self._copied = [(a, m) for a, m in pairs if not a.is_floating_point()]
         self._statistics = [b for b in self.module.buffers() if b.is_floating_point()]
-        self._source = model
+        self._source = weakref.ref(model)  # not the module itself: an nn.Module attribute would join the state dict
 
     @torch.no_grad()
     def apply_update_(self, model: torch.nn.Module, decay: float) -> None:
         """timm's update (its foreach lerp of every floating-point tensor, a copy of the rest), then
         the statistics averaged over processes."""
-        if model is not self._source:
+        if model is not self._source():
             self._list_tensors(model)
         self._foreach_lerp_(*self._lerped, weight=1.0 - decay)
         for a, m in self._copied:

@@ -11,9 +11,11 @@ in flight (`checkpoint_wait` in phase_seconds); a failed write is raised there, 
 (a full disk, say) stopping the run. A stop signal's checkpoint is written inline, by the same
 code. Every file and the folder are flushed to disk before the rename (files.seal_folder).
 
-What is saved is handed over (`Checkpointed`), not read from the accelerator's private lists;
-the file names are accelerate's public constants, and a test pins that the files equal what
-`accelerator.save_state` writes, so an accelerate upgrade that changes its layout fails there."""
+What is saved is handed over (`Checkpointed`: the optimizer, the schedule, the weight average),
+except the models, which must be the ones accelerate loads into (accel.prepared_models, its one
+private list, pinned by a test); the file names are accelerate's public constants, and a test pins
+that the files equal what `accelerator.save_state` writes, so an accelerate upgrade that changes
+its layout fails there."""
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +38,7 @@ from accelerate.utils.constants import OPTIMIZER_NAME, SAFE_WEIGHTS_NAME, SCALER
 from ..errors import ConfigError, DataError, RunError
 from ..files import guard_write, replace_folder, seal_folder, write_json
 from ..records import EpochRecord, LrFindRecord, RecordError, typed
+from .accel import prepared_models
 from .model import state_bytes
 
 if TYPE_CHECKING:
@@ -111,8 +114,8 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 @dataclass(frozen=True)
 class Checkpointed:
     """What a checkpoint saves besides each process's random states, in the order
-    `accelerator.load_state` restores it: the trainer's prepared model (as wrapped now: the DDP
-    wrapper is rebuilt when the backbone thaws) and optimizer, the gradient scaler (fp16), and the
+    `accelerator.load_state` restores it: the models as accelerate holds them (accel.prepared_models:
+    what load_state loads into), the trainer's optimizer, the gradient scaler (fp16), and the
     `custom` objects (the schedule, the weight average), registered with accelerate by `register`."""
     trainer: "Trainer"
     custom: tuple = ()
@@ -155,8 +158,10 @@ def save_checkpoint(saved: Checkpointed, output_dir: Path, name: str, state: Tra
 def host_states(saved: Checkpointed) -> dict[str, tuple[object, bool]]:
     """File name -> (host copy of the state, safetensors?), in accelerate's save_state names."""
     accelerator = saved.trainer.accelerator
-    files = {SAFE_WEIGHTS_NAME: (to_host(accelerator.get_state_dict(saved.trainer.model, unwrap=False)), True),
-             f"{OPTIMIZER_NAME}.bin": (to_host(saved.trainer.optimizer.state_dict()), False)}
+    files = {SAFE_WEIGHTS_NAME.replace(".", f"_{i}.") if i else SAFE_WEIGHTS_NAME:
+             (to_host(accelerator.get_state_dict(model, unwrap=False)), True)
+             for i, model in enumerate(prepared_models(accelerator))}
+    files[f"{OPTIMIZER_NAME}.bin"] = (to_host(saved.trainer.optimizer.state_dict()), False)
     if accelerator.scaler is not None:
         files[SCALER_NAME] = (to_host(accelerator.scaler.state_dict()), False)
     for i, obj in enumerate(saved.custom):

@@ -106,12 +106,16 @@ def evaluate(model, loader, accelerator, normalize: Normalize) -> Evaluation:
     for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
         logits = model(normalize(batch["pixel_values"])).float()
         loss = F.cross_entropy(logits, batch["labels"], reduction="none")  # plain, whatever training optimises
-        confidence, prediction = logits.softmax(dim=1).max(dim=1)
+        probabilities = logits.softmax(dim=1)
+        confidence, prediction = probabilities.max(dim=1)
+        true = probabilities.gather(1, batch["labels"].view(-1, 1)).view(-1)
         # gather_for_metrics drops the samples duplicated to even out the last batch across processes
-        gathered.append(accelerator.gather_for_metrics((prediction, batch["labels"], loss, confidence)))
-    preds, labels, losses, confidence = (torch.cat(ts).cpu().numpy() for ts in zip(*gathered))
+        gathered.append(accelerator.gather_for_metrics((prediction, batch["labels"], loss, confidence, true,
+                                                        probabilities.square().sum(dim=1))))
+    preds, labels, losses, confidence, true, squared = (torch.cat(ts).cpu().numpy() for ts in zip(*gathered))
     return Evaluation(val_loss=float(losses.mean()), val_acc=accuracy(preds, labels), val_samples=len(labels),
-                      predictions=preds, references=labels, confidence=confidence)
+                      predictions=preds, references=labels, confidence=confidence, true_probability=true,
+                      squared_probabilities=squared)
 
 
 def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,

@@ -53,7 +53,7 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
     must be the checkpoint's, and a checkpoint and the final model must fit on the disk."""
     set_seed(cfg.train.seed)  # before the model's random init
     with phases("data"), accelerator.main_process_first():  # one download / cache build, the others reuse it
-        train_ds, val_ds, source, skipped = build_datasets(cfg.data)
+        train_ds, val_ds, source, skipped = build_datasets(cfg.data, cfg.subset_seed)
     for note in source.notes:
         accelerator.print(note)
     accelerator.print(splits_line(len(train_ds), len(val_ds), len(source.classes), skipped))
