@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Pretrained vs scratch, side by side: train each arm (and seed, and swept value), then write the report.
 #
-#   scripts/compare.sh                                          # both arms on Imagewoof -> runs/compare/
+#   scripts/compare.sh                                          # both arms on Imagewoof, 3 seeds -> runs/compare/
 #   OUT=runs/cmp scripts/compare.sh train.epochs=5 data.root=/my/folder model.name=resnet18
-#   SEEDS="0 1 2" scripts/compare.sh                            # each arm once per seed
+#   SEEDS="0 1 2 3 4" scripts/compare.sh                        # each arm once per seed (5: for a claim)
 #   ARMS="pretrained scratch probe" scripts/compare.sh          # + linear probe (backbone frozen throughout)
 #   scripts/compare.sh train.time_budget_s=300                  # equal time instead of equal epochs
 #   SWEEP='data.train_per_class=5,20,100,null' SEEDS="0 1 2" JOBS=2 scripts/compare.sh   # a curve, 2 runs at a time
@@ -13,10 +13,11 @@
 # Every key=value goes to every run. Finished runs are reused, not retrained (OVERWRITE=1 retrains
 # them); interrupted ones resume. The report is rebuilt from the saved runs alone:
 #   python -m transfer.compare "$OUT"
-# Environment: OUT (runs/compare), ARMS ("pretrained scratch"), SEEDS (empty: the config's seed),
-# SWEEP (key=v1,v2,...[;key2=...]: a grid), SUITE (a suite file: datasets by name, each with its settings;
-# OUT/<dataset>/ each), TUNE (key=v1,v2,...[;key2=...]: a grid every arm runs on the first seed, chosen per arm
-# on the selection split, data.select_fraction; the reported runs use the choice), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
+# Environment: OUT (runs/compare), ARMS ("pretrained scratch"), SEEDS ("0 1 2": the fewest with an interval;
+# set but empty: each arm once, its config's seed, no interval), SWEEP (key=v1,v2,...[;key2=...]: a grid), SUITE
+# (a suite file: datasets by name, each with its settings; OUT/<dataset>/ each), TUNE (key=v1,v2,...[;key2=...]:
+# a grid every arm runs on TUNE_SEEDS ("1000": never one of SEEDS), chosen per arm on the selection split,
+# data.select_fraction; the reported runs use the choice), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
 # (1: print the runs as shell commands instead), OVERWRITE (0), PYTHON (the python that has this
 # project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch", i.e.
 # `accelerate launch`: your accelerate config picks GPUs and processes). See transfer/experiments/ (plan.py, runner.py).
