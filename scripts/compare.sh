@@ -12,7 +12,7 @@
 #
 # Every key=value goes to every run. Finished runs are reused, not retrained (OVERWRITE=1 retrains
 # them); interrupted ones resume. The report is rebuilt from the saved runs alone:
-#   python -m transfer.compare "$OUT"
+#   python -m transfer.report "$OUT"
 # Environment: OUT (runs/compare), ARMS ("pretrained scratch"), SEEDS ("0 1 2": the fewest with an interval;
 # set but empty: each arm once, its config's seed, no interval), SWEEP (key=v1,v2,...[;key2=...]: a grid), SUITE
 # (a suite file: datasets by name, each with its settings; OUT/<dataset>/ each), TUNE (key=v1,v2,...[;key2=...]:
@@ -20,7 +20,7 @@
 # data.select_fraction; the reported runs use the choice), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
 # (1: print the runs as shell commands instead), OVERWRITE (0), PYTHON (the python that has this
 # project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch", i.e.
-# `accelerate launch`: your accelerate config picks GPUs and processes). See transfer/experiments/ (plan.py, runner.py).
+# `accelerate launch`: your accelerate config picks GPUs and processes). See transfer/experiments/ (spec.py, plan.py, runner.py).
 set -euo pipefail
 if [ -n "${SUITE:-}" ] && [ -f "$SUITE" ]; then  # a suite file of yours, named from where you are
   SUITE="$(cd "$(dirname "$SUITE")" && pwd)/$(basename "$SUITE")"

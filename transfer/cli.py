@@ -1,12 +1,14 @@
 """Every entry point, and the one way an error reaches the terminal.
 
-    python run_transfer.py --config FILE [key=value ...]     train one arm (also `python -m transfer`,
-                                                             under accelerate launch or torchrun)
-    python scripts/lr_find.py --config FILE [key=value ...]  the LR range test alone
-    python scripts/predict.py MODEL_DIR IMAGE ...            classify images with a saved model
-    python -m transfer.compare OUT                           rebuild a comparison's report
-    scripts/compare.sh [key=value ...]                       plan, run and report a comparison
-    scripts/demo.sh                                          the offline demo
+    python run_transfer.py --config FILE [key=value ...]     train one arm (also `python -m transfer` or
+                                                             `transfer-train`, under accelerate launch or torchrun)
+    python scripts/lr_find.py --config FILE [key=value ...]  the LR range test alone (`transfer-lr-find`)
+    python scripts/predict.py MODEL_DIR IMAGE ...            classify images with a saved model (`transfer-predict`)
+    python -m transfer.report OUT                            rebuild a comparison's report (`transfer-report`)
+    scripts/compare.sh [key=value ...]                       plan, run and report a comparison (`transfer-compare`)
+    scripts/demo.sh                                          the offline demo (`transfer-demo`)
+
+The console commands (setup.cfg's entry points) are the same functions, installed on the PATH.
 
 `entry` runs each: a `UserError` becomes `error: <one line>` (or `stopped: ...`) and its exit
 code; a full disk or an unwritable folder met outside the guarded writes becomes the same.
@@ -114,10 +116,10 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    """python -m transfer.compare OUT: the report of a comparison or sweep, from its saved runs."""
+    """python -m transfer.report OUT: the report of a comparison, sweep or suite, from its saved runs."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m transfer.compare OUT_DIR", file=sys.stderr)
+        print("usage: python -m transfer.report OUT_DIR (or transfer-report OUT_DIR)", file=sys.stderr)
         return 2
     from .experiments import report  # matplotlib, for the figures
 
@@ -146,6 +148,13 @@ def demo_main(argv: list[str] | None = None) -> int:
 
 COMMANDS = {"train": main, "lr-find": lambda argv: main(argv, lr_find=True), "predict": predict_main,
             "report": report_main, "compare": compare_main, "demo": demo_main}
+
+
+def console() -> None:
+    """The console commands (setup.cfg): `transfer-train`, `transfer-compare`, ... each runs the
+    command its name ends in."""
+    exit_now(COMMANDS[Path(sys.argv[0]).name.removeprefix("transfer-")](sys.argv[1:]))
+
 
 if __name__ == "__main__":  # python -m transfer.cli COMMAND [...]: what the scripts call
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

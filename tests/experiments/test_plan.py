@@ -10,8 +10,7 @@ import pytest
 
 from conftest import run_command
 from transfer.errors import ConfigError
-from transfer.experiments.plan import CompareSpec
-
+from transfer.experiments.spec import CompareSpec
 WORDS = {"1": True, "true": True, "YES": True, "0": False, "false": False, "No": False, "": False}
 
 

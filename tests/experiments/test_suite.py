@@ -16,8 +16,10 @@ from scipy import stats
 from conftest import run_command, shapes_dataset, stand_in_launcher
 from transfer.errors import ConfigError
 from transfer.records import load_run
-from transfer.experiments.plan import CompareSpec, Grid, Suite, bases, check_overrides, plan
-
+from transfer.experiments.grid import Grid
+from transfer.experiments.plan import bases, check_overrides, plan
+from transfer.experiments.spec import CompareSpec
+from transfer.experiments.suites import Suite
 IMAGES = 200  # the stand-in's validation images
 # final accuracy per dataset (the basename of data.root) and arm; seed s adds s/100 to pretrained
 ACCURACY = {"alpha": {"pretrained": 0.80, "scratch": 0.40}, "beta": {"pretrained": 0.60, "scratch": 0.55},
@@ -108,7 +110,7 @@ def test_a_suite_gives_the_table_the_aggregate_suite_png_and_summary(tmp_path, l
     assert excludes in report
     assert (out / "suite.png").stat().st_size > 10_000
     assert excludes in result.stdout and str(out / "suite.png") in result.stdout
-    rebuilt = run_command([sys.executable, "-m", "transfer.compare", str(out)], capture_output=True, text=True)
+    rebuilt = run_command([sys.executable, "-m", "transfer.report", str(out)], capture_output=True, text=True)
     assert rebuilt.returncode == 0 and json.loads((out / "summary.json").read_text())["suite"] == suite
 
 

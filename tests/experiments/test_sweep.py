@@ -111,7 +111,7 @@ def test_printed_jobs_run_by_hand_give_the_same_report(swept, image_folder, weig
     assert len(lines) == 4 and not (out / "data.train_per_class=4").exists()  # printed, not run
     for line in lines:  # what a SLURM array does with line $SLURM_ARRAY_TASK_ID
         run_command(["bash", "-c", line], check=True, cwd="/", env={**os.environ, "PATH": os.environ["PATH"]})
-    assert run_command([sys.executable, "-m", "transfer.compare", str(out)], capture_output=True).returncode == 0
+    assert run_command([sys.executable, "-m", "transfer.report", str(out)], capture_output=True).returncode == 0
     ours, theirs = (json.loads((d / "summary.json").read_text())["sweep"]["points"] for d in (out, reference))
     for a, b in zip(ours, theirs):
         assert a["value"] == b["value"]

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import run_command, stand_in_launcher
 from transfer.errors import ConfigError
-from transfer.experiments.plan import CompareSpec, Grid
-
+from transfer.experiments.grid import Grid
+from transfer.experiments.spec import CompareSpec
 BEST_LR = {"pretrained": 1e-4, "scratch": 1e-3}  # where the stand-in's selection accuracy peaks
 
 

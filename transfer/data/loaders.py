@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import time
 
-import torch
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig

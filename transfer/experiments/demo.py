@@ -23,7 +23,9 @@ from ..data.synthetic import make_demo_tasks
 from ..errors import ConfigError
 from ..records import is_finished
 from ..run import run
-from .plan import DEFAULT_SEEDS, CompareSpec, Grid, arm_config
+from .arms import arm_config
+from .grid import Grid
+from .spec import DEFAULT_SEEDS, CompareSpec
 from .records import SUMMARY_FILE, Summary, read_summary
 from .runner import compare
 

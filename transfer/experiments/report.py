@@ -1,6 +1,6 @@
 """Side-by-side report of finished runs, from their saved files alone (no training, no GPU).
 
-    python -m transfer.compare runs/compare        # what scripts/compare.sh calls at the end
+    python -m transfer.report runs/compare        # what scripts/compare.sh calls at the end
 
 Reads OUT/<arm>/metrics.json (or OUT/<arm>/seed<N>/metrics.json for several seeds) and each
 run's config.yaml, and writes OUT/comparison.png, OUT/report.md and OUT/summary.json. For a sweep
@@ -18,7 +18,8 @@ from ..errors import RunError
 from ..files import write_atomic
 from . import suite_report, sweep_report
 from .figures import plot_comparison
-from .plan import read_suite, read_sweep, setting_args, value_text
+from .grid import setting_args, value_text
+from .layout import read_suite, read_sweep
 from .records import FRACTIONS, ArmSummary, Gain, Summary, SuiteSummary, write_summary
 from .summary import summarize
 from .tuning import grid_edges

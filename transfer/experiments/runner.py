@@ -29,8 +29,11 @@ from ..files import write_json
 from ..records import is_finished, load_run, read_metrics
 from ..training.rundir import NEUTRAL, setting_changes
 from . import report
-from .plan import (ARMS, SUITE_FILE, SWEEP_FILE, CompareSpec, Job, check_overrides, plan, setting_args,
-                   sweep_meta)
+from .arms import ARMS
+from .grid import setting_args
+from .layout import SUITE_FILE, SWEEP_FILE, sweep_meta
+from .plan import Job, check_overrides, plan
+from .spec import CompareSpec
 from .tuning import choices, grid_edges, plan_tuning, write_grids
 
 TRAIN = ("-m", "transfer")  # the training entry point, under any launcher (python, accelerate launch, torchrun)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .figures import plot_suite, value_label
 from .intervals import MIN_SEEDS, aggregate
-from .plan import Grid, setting_args, setting_text
+from .grid import Grid, setting_args, setting_text
 from .records import Aggregate, DatasetResult, Suite, SuitePoint, Summary
 from .sweep_report import arm_cell, gain_cell, missing_runs
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..records import EpochRecord, FinishedRun, load_run
 from .intervals import headline, paired_gain, seed_of
-from .plan import find_runs
+from .layout import find_runs
 from .records import FRACTIONS, ArmSummary, Gain, Summary
 from .tuning import choices
 

@@ -15,7 +15,8 @@ import numpy as np
 from scipy import stats
 
 from .figures import plot_sweep, value_label
-from .plan import Grid, point_folder, setting_args
+from .grid import Grid, setting_args
+from .layout import point_folder
 from .records import ArmSummary, Gain, Sweep, SweepLine, SweepPoint, Trend, Verdict
 from .summary import summarize
 

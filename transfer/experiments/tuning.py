@@ -30,7 +30,9 @@ import numpy as np
 from ..errors import ConfigError
 from ..files import write_json
 from ..records import is_finished, read_metrics
-from .plan import Base, Grid, Job, make_job, point_folder, run_args, run_folder, setting_args, value_text
+from .grid import Grid, setting_args, value_text
+from .layout import point_folder, run_folder
+from .plan import Base, Job, make_job, run_args
 from .records import ArmTuning, TuningPoint
 
 TUNE_DIR = "tune"

@@ -33,7 +33,7 @@ import torch
 import yaml
 from accelerate.checkpointing import save_accelerator_state
 from accelerate.utils import save as accelerate_save
-from accelerate.utils.constants import OPTIMIZER_NAME, SAFE_WEIGHTS_NAME, SCALER_NAME, SCHEDULER_NAME
+from accelerate.utils.constants import OPTIMIZER_NAME, SAFE_WEIGHTS_NAME, SCALER_NAME
 
 from ..errors import ConfigError, DataError, RunError
 from ..files import guard_write, replace_folder, seal_folder, write_json

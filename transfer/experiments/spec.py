@@ -1,0 +1,81 @@
+"""scripts/compare.sh's environment (OUT, ARMS, SEEDS, SWEEP, TUNE, TUNE_SEEDS, SUITE, JOBS, GPUS,
+PRINT_JOBS, OVERWRITE, PYTHON, LAUNCH), read as strictly as the YAML: an unreadable value is one
+line naming the variable (exit 2), never a silent default."""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from .arms import ARMS, arm_config
+from .grid import Grid
+from .plan import Base, bases
+from .suites import Suite
+
+# compare.sh without SEEDS: the fewest seeds whose gain has a valid interval (intervals.MIN_SEEDS); 5 for a claim
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_TUNE_SEEDS = (1000,)  # TUNE chooses on seeds that are not reported (tuning.py)
+BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
+
+
+def _boolean(env: dict, name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text not in BOOLEANS:
+        raise ConfigError(f"{name}={env[name]!r} is invalid; use 1, true or yes (on) or 0, false or no (off)")
+    return BOOLEANS[text]
+
+def _integers(env: dict, name: str) -> list[int]:
+    try:
+        return [int(s) for s in env.get(name, "").split()]
+    except ValueError:
+        raise ConfigError(f"{name}={env[name]!r} is invalid; expected whole numbers separated by spaces") from None
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """scripts/compare.sh's settings, read from its environment as strictly as the YAML: an
+    unreadable value is one line naming the variable (exit 2), never a silent default."""
+    out: Path
+    arms: tuple[str, ...] = ("pretrained", "scratch")
+    seeds: tuple[int, ...] = ()  # empty (SEEDS= set but empty): each arm's config seed, one run per arm, no
+    # interval; SEEDS unset: DEFAULT_SEEDS
+    sweep: Grid | None = None  # SWEEP: the grid every arm runs at each point of
+    tune: Grid | None = None  # TUNE: the grid every arm is tuned over, on the selection split
+    suite: Suite | None = None  # SUITE: the datasets, each its own comparison
+    jobs: int = 1  # runs at a time
+    gpus: tuple[str, ...] = ()  # one run per GPU (CUDA_VISIBLE_DEVICES); sets jobs to their number
+    print_jobs: bool = False  # print the runs as shell commands instead of running them
+    overwrite: bool = False  # retrain finished runs
+    launch: tuple[str, ...] = ()  # the launcher command; () = PYTHON -m accelerate.commands.launch
+    tune_seeds: tuple[int, ...] = DEFAULT_TUNE_SEEDS  # TUNE_SEEDS: the tuning runs' seeds, never among `seeds`
+
+    def bases(self) -> list[Base]:
+        return bases(self.out, self.sweep, self.suite)
+
+    @classmethod
+    def from_environ(cls, env: dict, python: str) -> "CompareSpec":
+        arms = tuple(env.get("ARMS", "pretrained scratch").split())
+        if not arms:
+            raise ConfigError("ARMS is empty; name one or more of: " + ", ".join(ARMS))
+        for arm in arms:
+            arm_config(arm)
+        seeds = _integers(env, "SEEDS") if "SEEDS" in env else list(DEFAULT_SEEDS)  # set but empty: the configs' seed
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"SEEDS={env['SEEDS']!r} repeats a seed")
+        jobs = _integers(env, "JOBS") or [1]
+        if len(jobs) != 1 or jobs[0] < 1:
+            raise ConfigError(f"JOBS={env.get('JOBS')!r} is invalid; expected one whole number >= 1")
+        launch = tuple(shlex.split(env.get("LAUNCH", ""))) or (env.get("PYTHON") or python, "-m",
+                                                                 "accelerate.commands.launch")
+        tune_seeds = _integers(env, "TUNE_SEEDS") if env.get("TUNE_SEEDS", "").strip() else list(DEFAULT_TUNE_SEEDS)
+        if set(tune_seeds) & set(seeds) or len(set(tune_seeds)) != len(tune_seeds):
+            raise ConfigError(f"TUNE_SEEDS={' '.join(map(str, tune_seeds))!r} repeats a seed or shares one with "
+                              f"SEEDS={' '.join(map(str, seeds))!r}; the tuning seeds must not be reported (a choice "
+                              f"made on a reported seed flatters it): pick others")
+        return cls(Path(env.get("OUT") or "runs/compare").absolute(), arms, tuple(seeds),
+                   Grid.parse(env["SWEEP"], "SWEEP", "data.train_per_class=5,20,null") if env.get("SWEEP", "").strip()
+                   else None,
+                   Grid.parse(env["TUNE"]) if env.get("TUNE", "").strip() else None,
+                   Suite.load(env["SUITE"]) if env.get("SUITE", "").strip() else None, jobs[0],
+                   tuple(env.get("GPUS", "").split()), _boolean(env, "PRINT_JOBS"), _boolean(env, "OVERWRITE"), launch,
+                   tune_seeds=tuple(tune_seeds))
