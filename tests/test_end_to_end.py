@@ -145,6 +145,7 @@ def test_images_unseen_by_imagenet_are_scored_separately(finished_run, image_fol
     assert subset["val_acc"] == sum(r[1] == r[2] for r in unseen) / 2
 
 
+@pytest.mark.slow  # whole runs (the fast tier stays under 2 minutes on a busy machine)
 def test_names_with_glob_url_and_csv_characters_lose_no_image(odd_folder, tmp_path, capsys):
     import csv
 

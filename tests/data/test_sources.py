@@ -24,6 +24,7 @@ def parquet_source(image_folder, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # whole runs (the fast tier stays under 2 minutes on a busy machine)
 def test_parquet_source_with_embedded_bytes(parquet_source, tmp_path):
     out = tmp_path / "run"
     metrics = run(tiny_config("unused", out, "train.epochs=1", f"data.dataset={parquet_source}"))
@@ -39,6 +40,7 @@ def test_parquet_source_with_embedded_bytes(parquet_source, tmp_path):
     assert evaluated.final_val_acc == metrics.final_val_acc  # decoded cache on bytes, same scores
 
 
+@pytest.mark.slow  # whole runs (the fast tier stays under 2 minutes on a busy machine)
 def test_save_to_disk_source_with_string_labels_and_a_held_out_split(image_folder, tmp_path, capsys):
     source = tmp_path / "saved"
     shapes_dataset(image_folder, ("train", "extra"), label_kind="string").save_to_disk(str(source))
@@ -157,6 +159,7 @@ def test_cache_auto_estimates_the_decoded_size_from_headers(kind, image_folder, 
     assert seen["needed"] == pytest.approx(decoded, abs=2)
 
 
+@pytest.mark.slow  # whole runs (the fast tier stays under 2 minutes on a busy machine)
 def test_the_best_epoch_is_chosen_on_a_selection_split_kept_out_of_training_and_scoring(image_folder, tmp_path):
     out = tmp_path / "run"
     metrics = run(tiny_config(image_folder, out, "train.epochs=3", "data.select_fraction=0.25"))

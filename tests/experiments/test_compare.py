@@ -93,6 +93,7 @@ def test_time_to_reach():
     assert time_to_reach(history, 0.5) == 4.0 and time_to_reach(history, 0.95) is None
 
 
+@pytest.mark.slow  # whole runs (the fast tier stays under 2 minutes on a busy machine)
 def test_time_budget_stops_anneals_and_writes_everything(image_folder, tmp_path, monkeypatch):
     import fake_clock
 

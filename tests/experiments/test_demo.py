@@ -27,8 +27,10 @@ def test_shortened_demo_runs_every_step_and_reuses_them(tmp_path):
     assert config["train_samples"] == 12  # 2 labelled images for each of the 6 target shapes
     log = (out / "compare" / "pretrained" / "seed0" / "train.log").read_text()
     assert "fresh classifier: the weights were trained on other labels" in log  # the source head is not reused
-    assert "gain of pretraining" in result.stdout and "(95% CI " in result.stdout  # the demo's headline has its interval
-    assert "2 seeds x 150 images; pretrained better on" in result.stdout and (out / "compare" / "report.md").is_file()
+    # 2 seeds (the demo runs 3 by default): each seed's interval over its images, and no bare 95% CI
+    assert "gain of pretraining" in result.stdout and "with 2 seeds: per seed" in result.stdout
+    assert "(95% CI " not in result.stdout
+    assert "(95% intervals over the 150 images alone" in result.stdout and (out / "compare" / "report.md").is_file()
     assert f"report: {out / 'compare' / 'report.md'}" in result.stdout
 
     again = run_command(["scripts/demo.sh"], capture_output=True, text=True, env=env, timeout=900)

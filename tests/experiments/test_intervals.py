@@ -13,6 +13,7 @@ from transfer.config import dump_yaml, load_config
 from transfer.experiments.intervals import MIN_SEEDS, aggregate, headline
 from transfer.experiments.records import Gain, SweepPoint
 from transfer.experiments.report import build
+from transfer.experiments.summary import summarize
 from transfer.training.metrics import calibration_error
 
 IMAGES = 400
@@ -42,13 +43,15 @@ def fake_run(folder, correct, seed: int, pretrained: bool = True, confidence: fl
     (folder / "config.yaml").write_text(dump_yaml(cfg))
 
 
-def comparison(tmp_path, accuracy_p: float, accuracy_s: float, seeds=(0, 1, 2), rng_seed=0, **kwargs) -> Gain:
+def comparison(tmp_path, accuracy_p: float, accuracy_s: float, seeds=(0, 1, 2), rng_seed=0, report=False,
+               **kwargs) -> Gain:
+    """The gain of fake runs; with `report`, report.md and the figures are written too (build)."""
     rng = np.random.default_rng(rng_seed)
     for seed in seeds:
         fake_run(tmp_path / "pretrained" / f"seed{seed}", rng.random(IMAGES) < accuracy_p, seed, **kwargs)
         fake_run(tmp_path / "scratch" / f"seed{seed}", rng.random(IMAGES) < accuracy_s, seed, pretrained=False,
                  **kwargs)
-    return build(tmp_path).gain
+    return build(tmp_path).gain if report else summarize(tmp_path)[1].gain
 
 
 def test_a_null_comparison_gives_an_interval_around_zero(tmp_path):
@@ -61,7 +64,7 @@ def test_a_null_comparison_gives_an_interval_around_zero(tmp_path):
 
 
 def test_a_large_difference_gives_an_interval_that_excludes_zero_and_mcnemar_stays_out_of_the_headline(tmp_path):
-    gain = comparison(tmp_path, 0.8, 0.4)
+    gain = comparison(tmp_path, 0.8, 0.4, report=True)
     low, high = gain.final_val_acc_ci95
     assert 0 < low < 40 < high and gain.seeds_better == 3
     assert max(gain.mcnemar_p) < 1e-6
@@ -75,7 +78,7 @@ def test_a_large_difference_gives_an_interval_that_excludes_zero_and_mcnemar_sta
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1)])
 def test_below_three_seeds_there_is_no_bare_interval_only_each_seeds_over_its_images(tmp_path, seeds):
-    gain = comparison(tmp_path, 0.8, 0.4, seeds=seeds)
+    gain = comparison(tmp_path, 0.8, 0.4, seeds=seeds, report=True)
     assert gain.final_val_acc_ci95 is None and gain.interval == "per seed, images only"
     assert len(gain.per_seed_image_ci95) == len(seeds)
     for value, (low, high) in zip(gain.per_seed_final_val_acc_points, gain.per_seed_image_ci95):

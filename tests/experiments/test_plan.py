@@ -95,14 +95,15 @@ def test_overwrite_retrains_a_finished_run(tmp_path, recording_launcher):
 
 
 def test_all_four_arms_plan_from_their_shipped_configs_with_three_seeds_by_default(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "SEEDS"}  # SEEDS unset: the default, three seeds
-    result = run_command(["scripts/compare.sh", "train.epochs=1"], capture_output=True, text=True, timeout=120,
-                         env={**env, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "PRINT_JOBS": "1",
-                              "ARMS": "pretrained pretrained_strong scratch scratch_strong"})
-    lines = result.stdout.strip().splitlines()
-    assert result.returncode == 0 and len(lines) == 12, result.stderr
-    for i, arm in enumerate(("pretrained", "pretrained_strong", "scratch", "scratch_strong")):
-        for seed, line in enumerate(lines[3 * i:3 * i + 3]):
-            assert f"configs/{arm}.yaml" in line and f"output_dir={tmp_path / 'out' / arm / f'seed{seed}'}" in line
-    once = compare_sh(tmp_path, "train.epochs=1", PRINT_JOBS="1", ARMS="scratch", SEEDS="")  # set, empty: the config's
-    assert once.stdout.strip().splitlines()[0].endswith(f"{tmp_path / 'out' / 'scratch' / 'train.log'} 2>&1")
+    from transfer.experiments.plan import plan
+
+    spec = CompareSpec.from_environ({"OUT": str(tmp_path / "out"),  # SEEDS unset: the default, three seeds
+                                     "ARMS": "pretrained pretrained_strong scratch scratch_strong"}, sys.executable)
+    jobs = plan(spec.bases(), list(spec.arms), list(spec.seeds), ["train.epochs=1"])
+    assert spec.seeds == (0, 1, 2) and len(jobs) == 12
+    for job in jobs:
+        assert job.args[1].endswith(f"configs/{job.arm}.yaml")
+        assert job.folder == tmp_path / "out" / job.arm / f"seed{job.seed}" and job.settings["train"]["seed"] == job.seed
+    once = CompareSpec.from_environ({"SEEDS": "", "ARMS": "scratch"}, sys.executable)  # set but empty: the config's
+    assert once.seeds == () and [j.seed for j in plan(once.bases(), ["scratch"], [], [])] == [None]
+

@@ -49,7 +49,7 @@ def test_each_arm_gets_its_own_choice_and_its_reported_runs_use_it(tmp_path, sco
     assert "tuned pretrained: optim.lr=1e-4 (selection accuracy optim.lr=1e-4: 0.9000, optim.lr=1e-3: 0.8000, " \
            "optim.lr=1e-2: failed)" in result.stdout
     ran = calls.read_text().splitlines()
-    assert ran[:6] == [str(out / "tune" / f"optim.lr={v}" / arm / "seed3")  # tuning first, on the first seed
+    assert ran[:6] == [str(out / "tune" / f"optim.lr={v}" / arm / "seed1000")  # tuning first, on an unreported seed
                        for v in ("1e-4", "1e-3", "1e-2") for arm in ("pretrained", "scratch")]
     assert sorted(ran[6:]) == sorted(str(out / arm / f"seed{s}") for arm in BEST_LR for s in (3, 4))
     for arm, lr in BEST_LR.items():
@@ -58,7 +58,7 @@ def test_each_arm_gets_its_own_choice_and_its_reported_runs_use_it(tmp_path, sco
             assert metrics["final_val_acc"] == pytest.approx(lr)  # trained with the arm's choice
     summary = json.loads((out / "summary.json").read_text())
     tuned = summary["arms"]["scratch"]["tuned"]
-    assert tuned["chosen"] == {"optim.lr": "1e-3"} and tuned["seed"] == 3 and tuned["keys"] == ["optim.lr"]
+    assert tuned["chosen"] == {"optim.lr": "1e-3"} and tuned["seeds"] == [1000] and tuned["keys"] == ["optim.lr"]
     assert [r["select_acc"] for r in tuned["points"]] == [pytest.approx(0.8), pytest.approx(0.9), None]
     report = (out / "report.md").read_text()
     assert "## Tuning, on the selection split" in report
@@ -71,6 +71,34 @@ def test_each_arm_gets_its_own_choice_and_its_reported_runs_use_it(tmp_path, sco
     again = compare_sh(tmp_path, "data.select_fraction=0.2", TUNE=GRID, SEEDS="3 4", LAUNCH=launch)
     assert len(calls.read_text().splitlines()) == len(ran) + 2  # only the two failed points, tried again
     assert again.stdout.count("reusing it") == 8
+
+
+def test_the_tuning_seeds_are_never_reported_ones():
+    with pytest.raises(ConfigError, match="TUNE_SEEDS='3' repeats a seed or shares one with SEEDS='3 4'"):
+        CompareSpec.from_environ({"SEEDS": "3 4", "TUNE_SEEDS": "3", "TUNE": GRID}, sys.executable)
+    spec = CompareSpec.from_environ({"SEEDS": "3 4", "TUNE_SEEDS": "7 8", "TUNE": GRID}, sys.executable)
+    assert spec.tune_seeds == (7, 8) and CompareSpec.from_environ({}, sys.executable).tune_seeds == (1000,)
+
+
+def test_points_within_a_standard_error_of_the_best_are_marked_indistinguishable(tmp_path):
+    from transfer.experiments.tuning import choices
+
+    base = tmp_path / "base"  # 100 selection images: the binomial standard error of 0.8 is 0.04
+    (base / "tune").mkdir(parents=True)
+    (base / "tune" / "grid.json").write_text(json.dumps({"axes": [["optim.lr", [1, 2, 3]]], "arms": ["scratch"],
+                                                          "seeds": [1000]}))
+    for lr, acc in ((1, 0.80), (2, 0.77), (3, 0.70)):
+        run = base / "tune" / f"optim.lr={lr}" / "scratch" / "seed1000"
+        run.mkdir(parents=True)
+        (run / "select_split.json").write_text(json.dumps({"select": [f"i{k}" for k in range(100)]}))
+        (run / "metrics.json").write_text(json.dumps({
+            "history": [{"epoch": 1, "lr": 0.1, "train_loss": 1, "val_loss": 1, "val_acc": 0.5, "epoch_seconds": 1,
+                         "train_images_per_s": 1, "select_acc": acc, "select_loss": 1 - acc}],
+            "best_val_acc": 0.5, "best_epoch": 1, "final_val_acc": 0.5, "final_val_loss": 1, "val_samples": 10,
+            "train_seconds": 1}))
+    points = choices(base)["scratch"].points
+    assert [p.indistinguishable for p in points] == [False, True, False]  # 0.77 is within 0.04 of 0.80; 0.70 is not
+    assert points[0].standard_error == pytest.approx(0.04)
 
 
 def test_tuning_needs_a_selection_split(tmp_path, scoring_launcher):

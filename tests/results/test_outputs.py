@@ -72,6 +72,7 @@ def safetensors_full_disk(calls: list, fail_at: int):
     return save
 
 
+@pytest.mark.slow  # whole runs (the fast tier stays under 2 minutes on a busy machine)
 def test_full_disk_mid_run_is_one_line_and_the_last_checkpoint_resumes(image_folder, tmp_path, capsys, monkeypatch):
     import accelerate.utils.other
 

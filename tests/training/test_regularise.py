@@ -245,6 +245,7 @@ def test_the_range_test_trains_what_the_schedule_peak_trains(image_folder, tmp_p
     assert seen["trainable"] == (seen["all"] if trainable == "all" else head) and head
 
 
+@pytest.mark.slow  # whole runs (the fast tier stays under 2 minutes on a busy machine)
 def test_mixup_prob_and_off_epoch_in_a_real_run(image_folder, tmp_path, monkeypatch):
     # 6 batches an epoch: with mixup_prob=0.5 some batches of epochs 1-2 are mixed and some are not;
     # from mixup_off_epoch=2 (the third epoch) none is

@@ -58,7 +58,7 @@ class Predictions:
     """One run's per-image results, in the order of `ids` (sorted)."""
     ids: list[str]
     correct: np.ndarray
-    confidence: np.ndarray
+    confidence: np.ndarray | None  # None (with the two below): a file without these columns
     true_probability: np.ndarray | None  # None: a run written before these were recorded
     squared_probabilities: np.ndarray | None
 
@@ -70,11 +70,10 @@ def read_predictions(folder: Path) -> Predictions | None:
         return None
     with open(path, newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: r["id"])
-    full = bool(rows) and "true_probability" in rows[0]
-    column = lambda key: np.array([float(r[key]) for r in rows], dtype=np.float64)  # noqa: E731
+    def column(key: str) -> np.ndarray | None:
+        return np.array([float(r[key]) for r in rows], dtype=np.float64) if rows and key in rows[0] else None
     return Predictions([r["id"] for r in rows], np.array([r["label"] == r["predicted"] for r in rows], dtype=bool),
-                       column("confidence"), column("true_probability") if full else None,
-                       column("squared_probabilities") if full else None)
+                       column("confidence"), column("true_probability"), column("squared_probabilities"))
 
 
 def seed_of(run: FinishedRun):
@@ -170,7 +169,8 @@ def _paired(pairs: list[tuple[Predictions, Predictions]], seeds: list, unpaired_
 def _calibration(pairs: list[tuple[Predictions, Predictions]], valid: bool) -> Calibration | None:
     """Pretrained minus scratch: log loss and Brier score per image (the crossed interval), and the
     equal-mass calibration error (a pigeonhole bootstrap: seeds and images resampled apart)."""
-    if any(a.true_probability is None or b.true_probability is None for a, b in pairs):
+    if any(r.true_probability is None or r.squared_probabilities is None or r.confidence is None
+           for pair in pairs for r in pair):
         return None
 
     def table(value):
@@ -180,15 +180,16 @@ def _calibration(pairs: list[tuple[Predictions, Predictions]], valid: bool) -> C
     ece = [expected_calibration_error(a.confidence, a.correct) - expected_calibration_error(b.confidence, b.correct)
            for a, b in pairs]
     ece_ci = None
-    if valid:
+    if valid:  # seeds and images resampled apart, 100 resamples at a time (the errors of each computed together)
         rng = np.random.default_rng(BOOTSTRAP_SEED)
         n, N = len(pairs), len(pairs[0][0].ids)
+        arms = [(np.array([a.confidence for a in side]), np.array([a.correct for a in side])) for side in zip(*pairs)]
         draws = []
-        for _ in range(RESAMPLES):
-            rows, cols = rng.integers(0, n, n), rng.integers(0, N, N)
-            draws.append(np.mean([expected_calibration_error(pairs[r][0].confidence[cols], pairs[r][0].correct[cols])
-                                  - expected_calibration_error(pairs[r][1].confidence[cols], pairs[r][1].correct[cols])
-                                  for r in rows]))
+        for _ in range(RESAMPLES // 100):
+            rows, cols = rng.integers(0, n, (100, n)), rng.integers(0, N, (100, 1, N))
+            errors = [expected_calibration_error(conf[rows[..., None], cols], right[rows[..., None], cols])
+                      for conf, right in arms]  # 100 x n each
+            draws += list((errors[0] - errors[1]).mean(axis=1))
         ece_ci = [float(v) for v in np.percentile(draws, [2.5, 97.5])]
     return Calibration(nll_difference=nll.mean, nll_ci95=nll.interval() if valid else None,
                        brier_difference=brier.mean, brier_ci95=brier.interval() if valid else None,

@@ -28,7 +28,6 @@ from ..errors import ConfigError, RunError
 from ..files import write_json
 from ..records import is_finished, load_run, read_metrics
 from ..training.rundir import NEUTRAL, setting_changes
-from . import report
 from .arms import ARMS
 from .grid import setting_args
 from .layout import SUITE_FILE, SWEEP_FILE, sweep_meta
@@ -210,6 +209,8 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
         print(f"error: {line}", file=sys.stderr)
     total = len(tuning) + len(planned)
     try:
+        from . import report  # scipy, statsmodels and matplotlib (1 s): only once there is a report to build
+
         summary = report.build(spec.out)
     except RunError:
         if not failed:

@@ -78,18 +78,27 @@ def calibration_error(confidence, predictions, references, bins: int = ECE_BINS)
     return expected_calibration_error(confidence, np.asarray(predictions) == np.asarray(references), bins)
 
 
-def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(confidence, correct, bins: int = ECE_BINS):
     """Expected calibration error over equal-mass bins: the images sorted by confidence and cut into
     `bins` groups of (nearly) equal size, and the sum over groups of its share times |accuracy - mean
     confidence| there (the adaptive ECE of Nixon et al. 2019). Equal-width bins (Guo et al. 2017)
     leave most bins with a handful of images at a few hundred, where their noise dominates; even so,
     the error of a well-calibrated model is not 0 on a finite set, so compare arms with the interval
-    of their difference (the report's), not the values alone."""
+    of their difference (the report's), not the values alone.
+    Arrays of several rows (`...` x images) give one error per row, computed together (a bootstrap's)."""
     confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
-    if len(confidence) == 0:
+    n = confidence.shape[-1]
+    if n == 0:
         return 0.0
-    groups = np.array_split(np.argsort(confidence, kind="stable"), min(bins, len(confidence)))
-    return float(sum(len(g) * abs(correct[g].mean() - confidence[g].mean()) for g in groups) / len(confidence))
+    order = np.argsort(confidence, axis=-1, kind="stable")
+    # the groups np.array_split makes: sums at their ends from cumulative sums, both sorted by confidence
+    ends = np.cumsum([len(g) for g in np.array_split(np.arange(n), min(bins, n))])
+    starts = np.concatenate([[0], ends[:-1]])
+    cum = [np.concatenate([np.zeros(confidence.shape[:-1] + (1,)), np.cumsum(np.take_along_axis(v, order, -1), -1)],
+                          axis=-1) for v in (confidence, correct)]
+    gap = np.abs((cum[1][..., ends] - cum[1][..., starts]) - (cum[0][..., ends] - cum[0][..., starts]))
+    error = gap.sum(axis=-1) / n  # sum over groups of size x |mean correct - mean confidence|, over n
+    return float(error) if np.ndim(error) == 0 else error
 
 
 def log_loss(true_probability) -> float:
