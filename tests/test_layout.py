@@ -23,7 +23,7 @@ def stage(module: str) -> int:
     for i, names in enumerate(STAGES):
         if top in names:
             return i
-    raise AssertionError(f"transfer.{module} belongs to no stage: add it to STAGES (and the README's Layout)")
+    raise AssertionError(f"transfer.{module} belongs to no stage: add it to STAGES (and docs/development.md's Layout)")
 
 
 def modules() -> list[str]:
@@ -137,3 +137,26 @@ def test_every_console_command_runs_its_command():
                         "'configs/smoke.yaml', '--print-config']; from transfer.cli import console; console()"],
                        capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "output_dir:" in done.stdout
+
+
+def test_every_link_of_the_readme_and_the_docs_leads_somewhere():
+    import re
+
+    def slug(heading: str) -> str:  # GitHub's anchors: lower case, punctuation dropped, spaces to hyphens
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    root = PACKAGE.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and file.suffix == ".md" and anchor not in {
+                    slug(h) for h in re.findall(r"^#+ (.+)$", file.read_text(), re.M)}:
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)

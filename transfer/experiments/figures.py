@@ -99,7 +99,9 @@ def plot_sweep(sweep: Sweep, path: Path) -> None:
             marks = {repr(v.value): v.verdict for line_ in sweep.lines if line_.others == others for v in line_.verdicts}
             for xi, p in ((at[repr(p.value)], p) for p in pts if p.gain):
                 if marks.get(repr(p.value), "not tested") != "not tested":
-                    gain_ax.annotate(marks[repr(p.value)], (xi, p.gain.final_val_acc_points), fontsize=7,
+                    words = {"behind": "scratch behind", "caught up": "scratch caught up"}.get(marks[repr(p.value)],
+                                                                                             marks[repr(p.value)])
+                    gain_ax.annotate(words, (xi, p.gain.final_val_acc_points), fontsize=7,
                                      textcoords="offset points", xytext=(0, 6), ha="center", color=line.get_color())
             banded = [(xi, g.final_val_acc_ci95) for xi, g in gains if g.final_val_acc_ci95]
             if banded:
@@ -128,12 +130,18 @@ def plot_suite(rows: list[dict], path: Path, xlabel: str | None = None) -> None:
     one row per dataset, sorted by gain; with one: the gain against the swept value, a line a dataset."""
     fig = Figure(figsize=(9, max(3.0, 0.5 * len(rows) + 1.5)) if xlabel is None else (9, 4.5))
     ax = fig.subplots()
-    if xlabel is None:
-        rows = sorted(rows, key=lambda r: r["points"][0]["gain"] if r["points"] else float("-inf"))
+    if xlabel is None:  # the means at the bottom, in black; the datasets above them, sorted by gain
+        means = [r for r in rows if r["dataset"].startswith("mean:")]
+        rows = means + sorted((r for r in rows if r not in means),
+                              key=lambda r: r["points"][0]["gain"] if r["points"] else float("-inf"))
         for y, row in enumerate(rows):
             for p in row["points"]:
                 err = None if p["low"] is None else [[p["gain"] - p["low"]], [p["high"] - p["gain"]]]
-                ax.errorbar([p["gain"]], [y], xerr=err, fmt="o", color="tab:green", capsize=4)
+                mean = row in means
+                ax.errorbar([p["gain"]], [y], xerr=err, fmt="s" if mean else "o", color="black" if mean else "tab:green",
+                            capsize=4)
+        if means:
+            ax.axhline(len(means) - 0.5, color="grey", lw=0.8, ls=":")
         ax.set_yticks(range(len(rows)), [r["dataset"] for r in rows])
         ax.axvline(0, color="grey", lw=0.8)
         ax.set(xlabel="gain of pretraining (points of final validation accuracy; bars: 95% interval)")

@@ -175,7 +175,7 @@ def markdown(summary: Summary | SuiteSummary) -> str:
              lambda a: _pct(a.best_val_acc, a.best_val_acc_std) + (
                  " (chosen on the selection split)" if a.best_chosen_on == ["select"]
                  else " (chosen on the val images: optimistic)")),
-            ("calibration error (ECE, 15 bins)",
+            ("calibration error (ECE, 15 equal-mass bins)",
              lambda a: "—" if a.final_val_ece is None else f"{a.final_val_ece:.3f}"
              + (f" ± {a.final_val_ece_std:.3f}" if a.final_val_ece_std else "")),
             ("val accuracy on images unseen by ImageNet",
