@@ -162,3 +162,16 @@ def test_weights_are_never_unpickled_as_code(image_folder, tmp_path, capsys, mon
                  "model.pretrained=true", f"model.weights_file={weights}"])
     assert code == 2 and "cannot be read" in capsys.readouterr().err
     assert not os.path.exists(Evil.marker)
+
+
+def test_a_gpu_out_of_memory_is_one_line_that_says_what_to_lower(image_folder, tmp_path, capsys, monkeypatch):
+    import transfer.run
+
+    def out_of_memory(cfg, phases):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+    monkeypatch.setattr(transfer.run, "run", out_of_memory)
+    code = main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "lower train.batch_size" in err

@@ -43,6 +43,13 @@ def entry(command: Callable[[], int]) -> int:
             raise
         print(f"error: {mapped}", file=sys.stderr)
         return mapped.exit_code
+    except RuntimeError as e:
+        if type(e).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError (torch imports only where a run starts)
+            raise
+        print(f"error: the GPU ran out of memory ({first_line(e)}); lower train.batch_size (train.grad_accum_steps "
+              f"keeps the batch the optimizer sees), data.image_size or the model, or free the GPU of other "
+              f"processes", file=sys.stderr)
+        return 1
 
 
 def exit_now(code: int) -> None:

@@ -72,10 +72,12 @@ def recording_launcher(tmp_path):
 @pytest.mark.slow
 def test_gpus_gives_each_concurrent_run_its_own_gpu(tmp_path, recording_launcher):
     launch, calls = recording_launcher
-    result = compare_sh(tmp_path, "train.epochs=1", GPUS="0 1", SEEDS="0 1 2 3", LAUNCH=launch)
+    # inside an allocation of devices 3 and 7 (SLURM sets CUDA_VISIBLE_DEVICES so): GPUS counts within it
+    result = compare_sh(tmp_path, "train.epochs=1", GPUS="0 1", SEEDS="0 1 2 3", LAUNCH=launch,
+                        CUDA_VISIBLE_DEVICES="3,7")
     assert result.returncode == 1 and "8 of 8 runs failed" in result.stderr, result.stderr  # 2 arms x 4 seeds
     runs = [json.loads(line) for line in calls.read_text().splitlines()]
-    assert len(runs) == 8 and {r["gpu"] for r in runs} == {"0", "1"}
+    assert len(runs) == 8 and {r["gpu"] for r in runs} == {"3", "7"}
     for a in runs:
         overlapping = [b for b in runs if b is not a and b["start"] < a["end"] and a["start"] < b["end"]]
         assert overlapping and all(b["gpu"] != a["gpu"] for b in overlapping)  # two at a time, never on one GPU
@@ -107,3 +109,17 @@ def test_all_four_arms_plan_from_their_shipped_configs_with_three_seeds_by_defau
     once = CompareSpec.from_environ({"SEEDS": "", "ARMS": "scratch"}, sys.executable)  # set but empty: the config's
     assert once.seeds == () and [j.seed for j in plan(once.bases(), ["scratch"], [], [])] == [None]
 
+
+
+def test_gpus_count_within_the_visible_devices_and_each_run_gets_one_process():
+    from transfer.experiments.spec import one_process_a_gpu, visible_gpus
+
+    assert visible_gpus({"GPUS": "0 1"}) == ("0", "1")  # nothing inherited: the host's numbering
+    assert visible_gpus({"GPUS": "1 0", "CUDA_VISIBLE_DEVICES": "4,5"}) == ("5", "4")
+    with pytest.raises(ConfigError, match="names device 2, but CUDA_VISIBLE_DEVICES='4,5' makes 2 visible"):
+        visible_gpus({"GPUS": "0 2", "CUDA_VISIBLE_DEVICES": "4,5"})
+    with pytest.raises(ConfigError, match="expected distinct device numbers"):
+        visible_gpus({"GPUS": "0 0"})
+    spec = CompareSpec.from_environ({"GPUS": "0", "PYTHON": "py"}, sys.executable)
+    assert spec.launch == ("py", "-m", "accelerate.commands.launch", "--num_processes", "1")  # never N ranks on one GPU
+    assert one_process_a_gpu(("torchrun",)) == ("torchrun",)  # another launcher is the user's to set

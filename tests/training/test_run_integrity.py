@@ -272,6 +272,21 @@ def test_a_second_ctrl_c_quits_at_once():
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1", "SIGUSR2"])
+def test_a_cluster_s_warning_signals_ask_for_a_checkpoint_like_sigterm(name):
+    # SLURM's --signal and submitit send SIGUSR1/SIGUSR2 ahead of a time limit or a preemption
+    from types import SimpleNamespace
+
+    from transfer.training.watch import Watch
+
+    printed, before = [], signal.getsignal(getattr(signal, name))
+    watch = Watch(SimpleNamespace(device="cpu", print=printed.append))
+    with watch.signals():
+        os.kill(os.getpid(), getattr(signal, name))
+        assert watch.signal_name == name and "saving a checkpoint" in printed[0]
+    assert signal.getsignal(getattr(signal, name)) == before  # put back as it was
+
+
 # ---------------------------------------------------------------------------- resumes that the data or the clock could break
 
 @pytest.mark.parametrize("setting, record", [("data.val_fraction=0.25", "val_split.json"),

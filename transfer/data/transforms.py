@@ -88,13 +88,13 @@ class TrainTransform:
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """In a loader worker (its `worker_init_fn`): SIGTERM and Ctrl-C are the run's to handle. A
+    """In a loader worker (its `worker_init_fn`): the stop signals are the run's to handle. A
     stop sent to the whole process group (SLURM, a terminal's Ctrl-C, a launcher) reaches the
     workers too; dying there would kill the run ("DataLoader worker exited unexpectedly") before it
     writes the checkpoint the signal asks for. Workers end with the run: torch's watchdog ends a
     worker whose parent is gone."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):  # training.watch.STOP_SIGNALS
+        signal.signal(stop, signal.SIG_IGN)
 
 
 SKIPPED = torch.empty(0, dtype=torch.uint8)  # the pixels of a sample in a batch that is only replayed

@@ -39,11 +39,12 @@ TRAIN = ("-m", "transfer")  # the training entry point, under any launcher (pyth
 
 
 def command_line(job: Job, launch: list[str], gpu: str | None = None) -> str:
-    """One shell line that runs `job` from anywhere, logging into its folder."""
+    """One shell line that runs `job` from anywhere, logging into its folder (appended to: a retry,
+    or a requeued cluster job, adds to the log of the attempt before)."""
     env = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
     run = " ".join(shlex.quote(a) for a in [*launch, *TRAIN, *job.args])
     log = shlex.quote(str(job.folder / "train.log"))
-    return f"mkdir -p {shlex.quote(str(job.folder))} && cd {shlex.quote(str(Path.cwd()))} && {env}{run} > {log} 2>&1"
+    return f"mkdir -p {shlex.quote(str(job.folder))} && cd {shlex.quote(str(Path.cwd()))} && {env}{run} >> {log} 2>&1"
 
 
 def _result(job: Job) -> str:
@@ -78,7 +79,7 @@ class Runner:
             self.say(f"started  {job.label()} -> {job.folder}" + (f" (GPU {gpu})" if gpu is not None else ""))
             start = time.monotonic()
             env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
-            with open(job.folder / "train.log", "wb") as log:
+            with open(job.folder / "train.log", "ab") as log:  # a retry adds to the attempt before
                 process = subprocess.Popen([*self.launch, *TRAIN, *job.args], env=env, stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT)
                 for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):

@@ -19,6 +19,30 @@ DEFAULT_TUNE_SEEDS = (1000,)  # TUNE chooses on seeds that are not reported (tun
 BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 
 
+def visible_gpus(env: dict) -> tuple[str, ...]:
+    """GPUS="0 1": the devices the runs get, one each (CUDA_VISIBLE_DEVICES values). Counted from 0
+    within an inherited CUDA_VISIBLE_DEVICES (a SLURM allocation's, say), as CUDA counts them: with
+    CUDA_VISIBLE_DEVICES=4,5, GPUS="0 1" means devices 4 and 5, and GPUS="2" is refused."""
+    ids = env.get("GPUS", "").split()
+    if not all(i.isdigit() for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"GPUS={env.get('GPUS')!r} is invalid; expected distinct device numbers, e.g. GPUS=\"0 1\"")
+    inherited = env.get("CUDA_VISIBLE_DEVICES")
+    if inherited is None:
+        return tuple(ids)
+    visible = [d.strip() for d in inherited.split(",") if d.strip()]
+    missing = [i for i in ids if int(i) >= len(visible)]
+    if missing:
+        raise ConfigError(f"GPUS={env['GPUS']!r} names device {missing[0]}, but CUDA_VISIBLE_DEVICES={inherited!r} "
+                          f"makes {len(visible)} visible; GPUS counts from 0 within them")
+    return tuple(visible[int(i)] for i in ids)
+
+
+def one_process_a_gpu(launch: tuple[str, ...]) -> tuple[str, ...]:
+    """accelerate launch with one process: each run sees one GPU (GPUS), and an accelerate config
+    for several processes would start them all on it."""
+    return (*launch, "--num_processes", "1") if launch[-1:] == ("accelerate.commands.launch",) else launch
+
+
 def _boolean(env: dict, name: str) -> bool:
     text = env.get(name, "").strip().lower()
     if text not in BOOLEANS:
@@ -43,7 +67,7 @@ class CompareSpec:
     tune: Grid | None = None  # TUNE: the grid every arm is tuned over, on the selection split
     suite: Suite | None = None  # SUITE: the datasets, each its own comparison
     jobs: int = 1  # runs at a time
-    gpus: tuple[str, ...] = ()  # one run per GPU (CUDA_VISIBLE_DEVICES); sets jobs to their number
+    gpus: tuple[str, ...] = ()  # one run per GPU (its CUDA_VISIBLE_DEVICES value); sets jobs to their number
     print_jobs: bool = False  # print the runs as shell commands instead of running them
     overwrite: bool = False  # retrain finished runs
     launch: tuple[str, ...] = ()  # the launcher command; () = PYTHON -m accelerate.commands.launch
@@ -77,5 +101,6 @@ class CompareSpec:
                    else None,
                    Grid.parse(env["TUNE"]) if env.get("TUNE", "").strip() else None,
                    Suite.load(env["SUITE"]) if env.get("SUITE", "").strip() else None, jobs[0],
-                   tuple(env.get("GPUS", "").split()), _boolean(env, "PRINT_JOBS"), _boolean(env, "OVERWRITE"), launch,
+                   visible_gpus(env), _boolean(env, "PRINT_JOBS"), _boolean(env, "OVERWRITE"),
+                   one_process_a_gpu(launch) if env.get("GPUS", "").strip() and not env.get("LAUNCH") else launch,
                    tune_seeds=tuple(tune_seeds))

@@ -43,7 +43,7 @@ def die_with_parent(parent_pid: int) -> None:
 def _serve(connection, parent_end, parent_pid: int, context: dict) -> None:
     die_with_parent(parent_pid)
     parent_end.close()  # else this process holds the run's end open and never sees end-of-file
-    for stop in (signal.SIGINT, signal.SIGTERM):  # the run's to handle (sent to the whole group, say)
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):  # the run's (sent to the group, say)
         signal.signal(stop, signal.SIG_IGN)
     os.nice(10)  # background work: on a busy machine the training process comes first
     try:

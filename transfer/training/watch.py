@@ -1,5 +1,6 @@
-"""Stopping a run cleanly: a stop signal (SIGTERM, Ctrl-C), a non-finite loss; and the synced
-clock that a time budget is measured by.
+"""Stopping a run cleanly: a stop signal (SIGTERM, Ctrl-C, and SIGUSR1/SIGUSR2, which SLURM and
+submitit send before a time limit or a preemption), a non-finite loss; and the synced clock that a
+time budget is measured by.
 
 Checks cost one small all-reduce every few optimizer steps (no per-step device sync), and every
 process sees the same verdict at the same step, so they all stop together.
@@ -14,6 +15,10 @@ import time
 import torch
 
 from ..errors import NonFiniteLoss, Preempted
+
+# each asks for a checkpoint and a clean stop (exit 143): a kill, Ctrl-C, and the signals a cluster
+# sends ahead of a time limit or a preemption (SLURM's --signal, submitit's USR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def _max_over_processes(values: torch.Tensor, processes: int) -> torch.Tensor:
@@ -68,7 +73,8 @@ class Watch:
     # ---- signals
     @contextlib.contextmanager
     def signals(self):
-        """SIGTERM / SIGINT ask for a checkpoint at the next check; a second Ctrl-C quits at once."""
+        """SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 ask for a checkpoint at the next check; a second Ctrl-C
+        quits at once."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -79,7 +85,7 @@ class Watch:
             self.signal_name = signal.Signals(signum).name
             self.accelerator.print(f"{self.signal_name} received: saving a checkpoint at the next step")
 
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         try:
             yield
         finally:
