@@ -112,7 +112,7 @@ def test_all_four_arms_plan_from_their_shipped_configs_with_three_seeds_by_defau
 
 
 def test_gpus_count_within_the_visible_devices_and_each_run_gets_one_process():
-    from transfer.experiments.spec import one_process_a_gpu, visible_gpus
+    from transfer.experiments.spec import accelerate_processes, visible_gpus
 
     assert visible_gpus({"GPUS": "0 1"}) == ("0", "1")  # nothing inherited: the host's numbering
     assert visible_gpus({"GPUS": "1 0", "CUDA_VISIBLE_DEVICES": "4,5"}) == ("5", "4")
@@ -122,4 +122,4 @@ def test_gpus_count_within_the_visible_devices_and_each_run_gets_one_process():
         visible_gpus({"GPUS": "0 0"})
     spec = CompareSpec.from_environ({"GPUS": "0", "PYTHON": "py"}, sys.executable)
     assert spec.launch == ("py", "-m", "accelerate.commands.launch", "--num_processes", "1")  # never N ranks on one GPU
-    assert one_process_a_gpu(("torchrun",)) == ("torchrun",)  # another launcher is the user's to set
+    assert accelerate_processes(("torchrun",), 1) == ("torchrun",)  # another launcher is the user's to set

@@ -197,7 +197,13 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
         for job in planned:
             print(command_line(job, list(spec.launch)))
         return 0
-    runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), echo=spec.jobs == 1 and not spec.gpus)
+    if spec.cluster is not None:  # EXECUTOR=slurm
+        from .cluster import ClusterRunner, SubmititBackend
+
+        runner = ClusterRunner(SubmititBackend(spec.out, spec.cluster), spec.cluster,
+                               lambda job: command_line(job, list(spec.launch)))
+    else:
+        runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), echo=spec.jobs == 1 and not spec.gpus)
     failed, unchosen = 0, []
     if tuning:
         print(f"== tuning {len(spec.arms)} arm(s) over {len(spec.tune.points())} point(s) of "

@@ -1,6 +1,6 @@
 """scripts/compare.sh's environment (OUT, ARMS, SEEDS, SWEEP, TUNE, TUNE_SEEDS, SUITE, JOBS, GPUS,
-PRINT_JOBS, OVERWRITE, PYTHON, LAUNCH), read as strictly as the YAML: an unreadable value is one
-line naming the variable (exit 2), never a silent default."""
+EXECUTOR, CLUSTER, PRINT_JOBS, OVERWRITE, PYTHON, LAUNCH), read as strictly as the YAML: an
+unreadable value is one line naming the variable (exit 2), never a silent default."""
 from __future__ import annotations
 
 import shlex
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .arms import ARMS, arm_config
+from .cluster import ClusterSpec
 from .grid import Grid
 from .plan import Base, bases
 from .suites import Suite
@@ -37,10 +38,14 @@ def visible_gpus(env: dict) -> tuple[str, ...]:
     return tuple(visible[int(i)] for i in ids)
 
 
-def one_process_a_gpu(launch: tuple[str, ...]) -> tuple[str, ...]:
-    """accelerate launch with one process: each run sees one GPU (GPUS), and an accelerate config
-    for several processes would start them all on it."""
-    return (*launch, "--num_processes", "1") if launch[-1:] == ("accelerate.commands.launch",) else launch
+def accelerate_processes(launch: tuple[str, ...], gpus: int) -> tuple[str, ...]:
+    """accelerate launch with one process a GPU the run has: GPUS gives a run one GPU, and an
+    accelerate config for several processes would start them all on it; on SLURM a run gets
+    CLUSTER's gpus_per_run of a node (several: one process each, DDP). Another launcher is the
+    user's to set."""
+    if launch[-1:] != ("accelerate.commands.launch",):
+        return launch
+    return (*launch, "--num_processes", str(max(gpus, 1)), *(["--multi_gpu"] if gpus > 1 else []))
 
 
 def _boolean(env: dict, name: str) -> bool:
@@ -72,6 +77,7 @@ class CompareSpec:
     overwrite: bool = False  # retrain finished runs
     launch: tuple[str, ...] = ()  # the launcher command; () = PYTHON -m accelerate.commands.launch
     tune_seeds: tuple[int, ...] = DEFAULT_TUNE_SEEDS  # TUNE_SEEDS: the tuning runs' seeds, never among `seeds`
+    cluster: ClusterSpec | None = None  # EXECUTOR=slurm: CLUSTER's settings (cluster.py); None: this machine
 
     def bases(self) -> list[Base]:
         return bases(self.out, self.sweep, self.suite)
@@ -91,6 +97,16 @@ class CompareSpec:
             raise ConfigError(f"JOBS={env.get('JOBS')!r} is invalid; expected one whole number >= 1")
         launch = tuple(shlex.split(env.get("LAUNCH", ""))) or (env.get("PYTHON") or python, "-m",
                                                                  "accelerate.commands.launch")
+        executor = env.get("EXECUTOR", "local").strip() or "local"
+        if executor not in ("local", "slurm"):
+            raise ConfigError(f"EXECUTOR={executor!r} is invalid; use local (this machine: JOBS, GPUS) or slurm "
+                              f"(SLURM array jobs through submitit, set with CLUSTER)")
+        if executor == "local" and env.get("CLUSTER", "").strip():
+            raise ConfigError("CLUSTER is set but EXECUTOR is not slurm; add EXECUTOR=slurm, or unset CLUSTER")
+        cluster = ClusterSpec.parse(env.get("CLUSTER", "")) if executor == "slurm" else None
+        if cluster and (env.get("GPUS", "").strip() or env.get("JOBS", "").strip()):
+            raise ConfigError("GPUS and JOBS place runs on this machine; with EXECUTOR=slurm, CLUSTER says what each "
+                              "run gets (gpus_per_run) and how many run at a time (array_parallelism)")
         tune_seeds = _integers(env, "TUNE_SEEDS") if env.get("TUNE_SEEDS", "").strip() else list(DEFAULT_TUNE_SEEDS)
         if set(tune_seeds) & set(seeds) or len(set(tune_seeds)) != len(tune_seeds):
             raise ConfigError(f"TUNE_SEEDS={' '.join(map(str, tune_seeds))!r} repeats a seed or shares one with "
@@ -102,5 +118,6 @@ class CompareSpec:
                    Grid.parse(env["TUNE"]) if env.get("TUNE", "").strip() else None,
                    Suite.load(env["SUITE"]) if env.get("SUITE", "").strip() else None, jobs[0],
                    visible_gpus(env), _boolean(env, "PRINT_JOBS"), _boolean(env, "OVERWRITE"),
-                   one_process_a_gpu(launch) if env.get("GPUS", "").strip() and not env.get("LAUNCH") else launch,
-                   tune_seeds=tuple(tune_seeds))
+                   launch if env.get("LAUNCH") else accelerate_processes(
+                       launch, cluster.gpus_per_run if cluster else 1) if cluster or env.get("GPUS", "").strip()
+                   else launch, tune_seeds=tuple(tune_seeds), cluster=cluster)
