@@ -19,7 +19,7 @@
 # a grid every arm runs on TUNE_SEEDS ("1000": never one of SEEDS), chosen per arm on the selection split,
 # data.select_fraction; the reported runs use the choice), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
 # (1: print the runs as shell commands instead), OVERWRITE (0), PYTHON (the python that has this
-# project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch", i.e.
+# project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch --quiet", i.e.
 # `accelerate launch`: your accelerate config picks GPUs and processes). See transfer/experiments/ (spec.py, plan.py, runner.py).
 set -euo pipefail
 if [ -n "${SUITE:-}" ] && [ -f "$SUITE" ]; then  # a suite file of yours, named from where you are

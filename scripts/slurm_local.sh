@@ -35,6 +35,11 @@ start() {
     command -v "$program" > /dev/null || die "$program is not installed; apt-get install munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
   done
   stop quietly
+  for daemon in slurmctld slurmd slurmdbd; do  # another cluster's, or one whose STATE is gone: its ports are taken
+    if pid=$(pgrep -x "$daemon"); then
+      die "$daemon is already running (pid $(echo $pid)), not from STATE=$STATE; stop it (or run with its STATE) first"
+    fi
+  done
   rm -rf "$STATE"  # a fresh cluster each time: no jobs, accounts or data of an earlier one
   mkdir -p "$STATE"/{spool,state,log,run,munge,mysql,mysqlrun}
   chmod 755 "$STATE"
@@ -47,10 +52,10 @@ start() {
     wait_for 20 munge munge -n
   fi
 
-  # MariaDB for slurmdbd
-  chown mysql:mysql "$STATE/mysql" "$STATE/mysqlrun"
-  mysql_install_db --user=mysql --datadir="$STATE/mysql" --auth-root-authentication-method=socket > "$STATE/log/mysql_install.log" 2>&1
-  (setsid mariadbd --user=mysql --datadir="$STATE/mysql" --socket="$STATE/mysqlrun/mysql.sock" --pid-file="$STATE/mysqlrun/mysql.pid" \
+  # MariaDB for slurmdbd, as root: STATE may be below a folder only root can enter (a test's temp folder)
+  mysql_install_db --user=root --datadir="$STATE/mysql" --auth-root-authentication-method=socket \
+      > "$STATE/log/mysql_install.log" 2>&1 || die "mysql_install_db failed; see $STATE/log/mysql_install.log"
+  (setsid mariadbd --user=root --datadir="$STATE/mysql" --socket="$STATE/mysqlrun/mysql.sock" --pid-file="$STATE/mysqlrun/mysql.pid" \
       --skip-networking=0 --bind-address=127.0.0.1 --port=3307 > "$STATE/log/mariadb.log" 2>&1 &)
   wait_for 60 MariaDB mysql --socket="$STATE/mysqlrun/mysql.sock" -e "select 1"
   mysql --socket="$STATE/mysqlrun/mysql.sock" -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
@@ -105,7 +110,7 @@ KillWait=30
 MinJobAge=300
 MaxArraySize=1001
 NodeName=$NODE CPUs=$CPUS RealMemory=$MEMORY_MB State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=$(( MEMORY_MB / CPUS ))
 EOF
 
   slurmdbd
@@ -118,16 +123,30 @@ EOF
 }
 
 stop() {
+  if [ -f "$STATE/run/slurmctld.pid" ] && scancel --user "$(id -un)" 2> /dev/null; then  # jobs first: their steps outlive slurmd
+    for _ in $(seq 100); do
+      [ -z "$(squeue -h -o %i 2> /dev/null)" ] && break
+      sleep 0.2
+    done
+  fi
+  local pids=()
   for pid_file in run/slurmd run/slurmctld run/slurmdbd mysqlrun/mysql munge/munged; do
     if [ -f "$STATE/$pid_file.pid" ]; then
-      kill "$(cat "$STATE/$pid_file.pid")" 2> /dev/null || true
+      pids+=("$(cat "$STATE/$pid_file.pid")")
     fi
   done
-  for _ in $(seq 50); do  # until the daemons are gone (their ports free for the next start)
-    pgrep -f "$STATE" > /dev/null || break
-    sleep 0.2
-  done
-  pkill -9 -f "$STATE" 2> /dev/null || true
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill "${pids[@]}" 2> /dev/null || true
+    for _ in $(seq 100); do  # until the daemons are gone (their ports free for the next start)
+      alive=0
+      for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2> /dev/null; then alive=1; fi
+      done
+      [ $alive = 1 ] || break
+      sleep 0.2
+    done
+    kill -9 "${pids[@]}" 2> /dev/null || true
+  fi
   rm -f "$STATE"/run/*.pid "$STATE"/mysqlrun/*.pid "$STATE"/munge/*.pid
   [ "${1:-}" = quietly ] || echo "SLURM stopped"
 }

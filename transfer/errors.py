@@ -56,6 +56,12 @@ class TrainingStopped(UserError):
 
 class Preempted(TrainingStopped):
     exit_code = 143  # 128 + SIGTERM, what schedulers expect of a preempted job
+    lead = "stopped by "  # how every message starts: a log's last line tells a preemption from a fault
+
+    @classmethod
+    def in_line(cls, line: str) -> bool:
+        """Whether a run's `stopped: ...` line (records.last_error) is a preemption's."""
+        return line.startswith(f"{cls.label}: {cls.lead}")
 
 
 class NonFiniteLoss(TrainingStopped):

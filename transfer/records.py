@@ -173,6 +173,15 @@ def is_finished(folder: Path) -> bool:
     return (Path(folder) / METRICS_FILE).is_file()
 
 
+def last_error(folder: Path) -> str:
+    """Why a run in `folder` did not finish: the last `error:` or `stopped:` line of its train.log
+    (or its last line)."""
+    log = Path(folder) / "train.log"
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    found = [line for line in lines if line.startswith(("error: ", "stopped: "))]
+    return found[-1] if found else (lines[-1] if lines else "no output")
+
+
 def read_metrics(folder: Path) -> RunMetrics:
     return read_record(RunMetrics, Path(folder) / METRICS_FILE, "a metrics file")
 

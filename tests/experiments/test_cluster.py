@@ -58,6 +58,9 @@ class StandIn:
                 (folder / "metrics.json").write_text("{}")
             if state == "FAILED":
                 (folder / "train.log").write_text("error: data.root /nowhere does not exist\n")
+            if state == "FAILED:stopped":  # the job failed while its run stopped for a preemption
+                (folder / "train.log").write_text("stopped: stopped by SIGUSR2; checkpoint saved in x. Resume ...\n")
+                state = "FAILED"
             result[job_id] = state
         return result
 
@@ -69,17 +72,19 @@ def runner(backend, **cluster):
 
 
 def test_jobs_are_submitted_waited_for_retried_and_failures_named(tmp_path):
-    runs = [Run(n, tmp_path / n) for n in ("ok", "preempted", "node", "bad", "lost")]
+    runs = [Run(n, tmp_path / n) for n in ("ok", "preempted", "node", "bad", "lost", "stopping")]
     backend = StandIn({
         str(tmp_path / "ok"): [["PENDING", "RUNNING", "COMPLETED"]],
         str(tmp_path / "preempted"): [["RUNNING", "PENDING", "RUNNING", "COMPLETED"]],  # requeued, resumed
         str(tmp_path / "node"): [["RUNNING", "NODE_FAIL"], ["PENDING", "COMPLETED"]],  # no result: again
         str(tmp_path / "bad"): [["RUNNING", "FAILED"]],  # its own error: not again
         str(tmp_path / "lost"): [["CANCELLED"], ["CANCELLED"], ["CANCELLED"]],  # max_retries=2: 3 attempts
+        str(tmp_path / "stopping"): [["RUNNING", "FAILED:stopped"], ["COMPLETED"]],  # not its own error: again
     })
     driver, said = runner(backend, max_retries=2)
     assert driver.run_all(runs) == 2  # bad and lost
     assert backend.submitted.count(str(tmp_path / "node")) == 2 and backend.submitted.count(str(tmp_path / "lost")) == 3
+    assert backend.submitted.count(str(tmp_path / "stopping")) == 2
     assert backend.submitted.count(str(tmp_path / "preempted")) == 1  # its requeue is SLURM's, not a resubmission
     assert "error: run bad failed (error: data.root /nowhere does not exist)" in "\n".join(said)
     assert any(line.startswith("error: run lost failed: its job left the queue without a result 3 time(s)")

@@ -121,5 +121,5 @@ def test_gpus_count_within_the_visible_devices_and_each_run_gets_one_process():
     with pytest.raises(ConfigError, match="expected distinct device numbers"):
         visible_gpus({"GPUS": "0 0"})
     spec = CompareSpec.from_environ({"GPUS": "0", "PYTHON": "py"}, sys.executable)
-    assert spec.launch == ("py", "-m", "accelerate.commands.launch", "--num_processes", "1")  # never N ranks on one GPU
+    assert spec.launch == ("py", "-m", "accelerate.commands.launch", "--quiet", "--num_processes", "1")  # never N ranks on one GPU
     assert accelerate_processes(("torchrun",), 1) == ("torchrun",)  # another launcher is the user's to set

@@ -16,8 +16,18 @@ from conftest import run_command
 SETTINGS = ["--config", "configs/smoke.yaml", "train.epochs=8", "train.keep_checkpoints=20"]
 
 
+def children(pid: int) -> list[int]:
+    return [int(c) for t in os.listdir(f"/proc/{pid}/task") for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+
+
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    return found + [d for c in found for d in descendants(c)]
+
+
 def command(root, out) -> list[str]:
-    return [sys.executable, "-m", "transfer", *SETTINGS, f"data.root={root}", f"output_dir={out}", "train.resume=auto"]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "-m", "transfer", *SETTINGS,
+            f"data.root={root}", f"output_dir={out}", "train.resume=auto"]
 
 
 @pytest.mark.slow
@@ -42,14 +52,17 @@ def test_a_run_preempted_through_submitit_is_requeued_and_ends_as_an_uninterrupt
     while not (out / "checkpoints" / "epoch_002").is_dir():  # well into the run: then the preemption warning
         assert time.monotonic() < deadline and job.state == "RUNNING", job.state
         time.sleep(0.1)
-    # what SLURM's --signal sends the job's task ahead of a preemption (submitit's local _interrupt
-    # signals its controller, which would not pass SIGUSR2 on)
-    tasks = {int(c) for t in os.listdir(f"/proc/{job._process.pid}/task")
-             for c in open(f"/proc/{job._process.pid}/task/{t}/children").read().split()}
-    assert len(tasks) == 1
-    os.kill(tasks.pop(), signal.SIGUSR2)
+    # what SLURM's --signal does ahead of a preemption: SIGUSR2 to every process of the job's step,
+    # here the task (submitit's local controller, its parent, would not pass it on), the run's shell,
+    # accelerate's launcher, the run
+    task = children(job._process.pid)
+    assert len(task) == 1
+    step = descendants(task[0])
+    assert len(step) >= 3, step  # bash, accelerate's launcher, the run
+    for pid in [*task, *step]:
+        os.kill(pid, signal.SIGUSR2)
     job.result()  # waits for the requeued job; raises if it failed
     log = (out / "train.log").read_text()
-    assert "stopped by SIGTERM" in log and "resumed from" in log, log[-3000:]
+    assert "stopped by SIGUSR2" in log and "resumed from" in log, log[-3000:]
     wa, wb = (load_file(f / "model" / "model.safetensors") for f in (reference, out))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -11,8 +11,9 @@ the report).
   of submitting them again, and skips the finished runs. `metrics.json` stays the only record of a
   result: a job that ended without one failed.
 - Preemption and time limits: SLURM warns the job `signal_delay_s` seconds ahead with SIGUSR2;
-  submitit hands that to `RunCommand.checkpoint`, which stops the run (SIGTERM to its process
-  group: it writes a checkpoint and exits) and has the job requeued; the requeued job runs the same
+  the run writes a checkpoint at its next step and exits, and submitit hands the signal to
+  `RunCommand.checkpoint`, which waits for that (at most `signal_delay_s` - 10 s) and has the job
+  requeued; the requeued job runs the same
   command, which resumes (`train.resume=auto`) and appends to `train.log`. Not counted as a failure.
 - A job that left the queue without a result and without the run's own error (cancelled, a node
   failure, out of memory, its time limit) is submitted again, up to `max_retries` times; a run that
@@ -33,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Preempted
 from ..files import write_json
-from ..records import is_finished
+from ..records import is_finished, last_error
 
 RECORD = "slurm_job.json"
 LOGS = ".slurm"  # OUT/.slurm/<job id>: submitit's pickles and logs of each job
@@ -67,13 +68,14 @@ class ClusterSpec:
         for part in shlex.split(text or ""):
             key, sep, value = part.partition("=")
             if not sep or key not in fields:
-                raise ConfigError(f"CLUSTER: {'unknown key ' + repr(key) if sep else repr(part) + ' is not key=value'}; "
-                                  f"valid keys: {', '.join(fields)}")
+                what = f"unknown key {key!r}" if sep else f"{part!r} is not key=value"
+                raise ConfigError(f"CLUSTER: {what}; valid keys: {', '.join(fields)}")
             kind = fields[key].type.split(" |")[0]
             try:
                 values[key] = {"int": int, "float": float}.get(kind, str)(value)
             except ValueError:
-                raise ConfigError(f"CLUSTER: {key}={value!r} is not a{'n integer' if kind == 'int' else ' number'}") from None
+                kind_name = "an integer" if kind == "int" else "a number"
+                raise ConfigError(f"CLUSTER: {key}={value!r} is not {kind_name}") from None
             if kind in ("int", "float") and values[key] < (0 if key in ("max_retries", "gpus_per_run") else 1):
                 raise ConfigError(f"CLUSTER: {key}={value} is too small")
         return cls(**values)
@@ -94,9 +96,13 @@ class RunCommand:
         return {"command": self.command, "grace_s": self.grace_s, "_pid": None}
 
     def __call__(self) -> None:
-        process = subprocess.Popen(["bash", "-c", self.command], start_new_session=True)
+        # SLURM's warning signal reaches every process of the job, and only the run knows what to do
+        # with it: the shell and accelerate's launcher ignore it (a launcher killed by it would take
+        # the run's stderr with it), the run installs its own handler over the inherited SIG_IGN
+        process = subprocess.Popen(["bash", "-c", "trap '' USR1 USR2; " + self.command], start_new_session=True)
         self._pid = process.pid
         code = process.wait()
+        _wait_for_group(process.pid, self.grace_s)  # a process of the run that outlived the shell
         self._pid = None
         if code != 0:
             raise RuntimeError(f"the run exited with code {code}; see its train.log")
@@ -104,23 +110,46 @@ class RunCommand:
     def checkpoint(self, *args, **kwargs):
         from submitit.helpers import DelayedSubmission
 
-        pid = self._pid
-        if pid is not None:
-            os.killpg(pid, signal.SIGTERM)  # the run writes a checkpoint at its next check, then exits
-            deadline = time.monotonic() + self.grace_s
-            while _running(pid) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            if _running(pid):
-                os.killpg(pid, signal.SIGKILL)  # the last complete checkpoint is intact: resume from it
+        group = self._pid
+        if group is not None:
+            # the run has had SLURM's signal too, or not (a signal to the job's shell only): SIGUSR2 again
+            # is harmless, and SIGTERM would make accelerate's launcher kill the run 5 s later
+            _signal_group(group, signal.SIGUSR2)  # the run writes a checkpoint at its next step, then exits
+            if not _wait_for_group(group, self.grace_s):
+                _signal_group(group, signal.SIGKILL)  # the last complete checkpoint is intact: resume from it
         return DelayedSubmission(RunCommand(self.command, self.grace_s), *args, **kwargs)
 
 
-def _running(pid: int) -> bool:
+def _signal_group(group: int, signum: int) -> None:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for_group(group: int, seconds: float) -> bool:
+    """Wait until no live process (zombies aside) is left in process group `group`; False if some
+    still are after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while _group_members(group):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def _group_members(group: int) -> list[int]:
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    state, _, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(pgrp) == group and state != "Z":
+                members.append(int(entry.name))
+    return members
 
 
 class Backend(Protocol):
@@ -167,10 +196,32 @@ class SubmititBackend:
         return ids
 
     def states(self, job_ids: list[str]) -> dict[str, str]:
-        for job_id in job_ids:
-            self.watcher.register_job(job_id)
-        self.watcher.update()  # one sacct call for all
-        return {j: self.watcher.get_state(j, mode="cache").split()[0].upper() for j in job_ids}
+        """Each job's state: the controller's (squeue) while it is queued or running, then the
+        accounting's (sacct, through submitit's watcher) for how it ended. sacct alone lags: a
+        requeued job can read FAILED there for a few seconds before it is PENDING again."""
+        live = self._queue()
+        states = {j: live[j] for j in job_ids if live is not None and j in live}
+        ended = [j for j in job_ids if j not in states]
+        if ended:
+            for job_id in ended:
+                self.watcher.register_job(job_id)
+            self.watcher.update()  # one sacct call for all
+            for job_id in ended:
+                state = self.watcher.get_state(job_id, mode="cache").split()[0].upper()
+                # gone from the queue but not yet ended in the accounting: ask again at the next look
+                states[job_id] = "COMPLETING" if live is not None and state in ACTIVE else state
+        return states
+
+    def _queue(self) -> dict[str, str] | None:
+        """This user's queued and running jobs, array tasks one a line; None if squeue failed."""
+        try:
+            result = subprocess.run(["squeue", "--noheader", "--array", "--user", str(os.getuid()),
+                                     "--format", "%i %T"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if result.returncode != 0:
+            return None
+        return dict(line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) >= 2)
 
 
 def read_record(folder: Path) -> dict | None:
@@ -179,13 +230,6 @@ def read_record(folder: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _error(folder: Path) -> str:
-    log = Path(folder) / "train.log"
-    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-    found = [line for line in lines if line.startswith(("error: ", "stopped: "))]
-    return found[-1] if found else (lines[-1] if lines else "no output")
 
 
 class ClusterRunner:
@@ -248,9 +292,10 @@ class ClusterRunner:
                 if is_finished(job.folder):
                     done.add(key)
                     self.say(f"finished {job.label()} (job {job_id})")
-                elif state == "FAILED":  # the run's own error: retrying would repeat it
+                elif state == "FAILED" and not Preempted.in_line(last_error(job.folder)):
+                    # the run's own error: retrying would repeat it
                     failed.add(key)
-                    self.say(f"error: run {job.label()} failed ({_error(job.folder)}); its log is "
+                    self.say(f"error: run {job.label()} failed ({last_error(job.folder)}); its log is "
                              f"{job.folder / 'train.log'}", sys.stderr)
                 elif attempts[key] <= self.cluster.max_retries:
                     self.say(f"job {job_id} of {job.label()} left the queue without a result ({state.lower()}); "
@@ -265,7 +310,7 @@ class ClusterRunner:
             counts = {s: sum(1 for k in current if last.get(k) == s) for s in ("PENDING", "RUNNING")}
             bar.n = len(done) + len(failed)
             bar.set_postfix_str(f"queued {counts['PENDING']}, running {counts['RUNNING']}, done {len(done)}, "
-                                f"failed {len(failed)}, requeued {requeued}")
+                                f"failed {len(failed)}, requeued {requeued}", refresh=False)
             bar.refresh()
             if len(done) + len(failed) < len(jobs):
                 time.sleep(self.cluster.poll_s)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, RunError
 from ..files import write_json
-from ..records import is_finished, load_run, read_metrics
+from ..records import is_finished, last_error, load_run, read_metrics
 from ..training.rundir import NEUTRAL, setting_changes
 from .arms import ARMS
 from .grid import setting_args
@@ -50,13 +50,6 @@ def command_line(job: Job, launch: list[str], gpu: str | None = None) -> str:
 def _result(job: Job) -> str:
     metrics = read_metrics(job.folder)
     return f"val_acc {metrics.final_val_acc:.4f} (best {metrics.best_val_acc:.4f})"
-
-
-def _error(job: Job) -> str:
-    log = job.folder / "train.log"
-    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-    found = [line for line in lines if line.startswith(("error: ", "stopped: "))]
-    return found[-1] if found else (lines[-1] if lines else "no output")
 
 
 class Runner:
@@ -92,7 +85,7 @@ class Runner:
             if code == 0 and is_finished(job.folder):
                 self.say(f"finished {job.label()}: {_result(job)} in {seconds:.0f} s")
                 return True
-            self.say(f"error: run {job.label()} failed ({_error(job)}); its log is {job.folder / 'train.log'}",
+            self.say(f"error: run {job.label()} failed ({last_error(job.folder)}); its log is {job.folder / 'train.log'}",
                      sys.stderr)
             return False
         finally:

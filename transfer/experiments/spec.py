@@ -43,7 +43,7 @@ def accelerate_processes(launch: tuple[str, ...], gpus: int) -> tuple[str, ...]:
     accelerate config for several processes would start them all on it; on SLURM a run gets
     CLUSTER's gpus_per_run of a node (several: one process each, DDP). Another launcher is the
     user's to set."""
-    if launch[-1:] != ("accelerate.commands.launch",):
+    if "accelerate.commands.launch" not in launch:
         return launch
     return (*launch, "--num_processes", str(max(gpus, 1)), *(["--multi_gpu"] if gpus > 1 else []))
 
@@ -75,7 +75,7 @@ class CompareSpec:
     gpus: tuple[str, ...] = ()  # one run per GPU (its CUDA_VISIBLE_DEVICES value); sets jobs to their number
     print_jobs: bool = False  # print the runs as shell commands instead of running them
     overwrite: bool = False  # retrain finished runs
-    launch: tuple[str, ...] = ()  # the launcher command; () = PYTHON -m accelerate.commands.launch
+    launch: tuple[str, ...] = ()  # the launcher command; () = PYTHON -m accelerate.commands.launch --quiet
     tune_seeds: tuple[int, ...] = DEFAULT_TUNE_SEEDS  # TUNE_SEEDS: the tuning runs' seeds, never among `seeds`
     cluster: ClusterSpec | None = None  # EXECUTOR=slurm: CLUSTER's settings (cluster.py); None: this machine
 
@@ -95,8 +95,9 @@ class CompareSpec:
         jobs = _integers(env, "JOBS") or [1]
         if len(jobs) != 1 or jobs[0] < 1:
             raise ConfigError(f"JOBS={env.get('JOBS')!r} is invalid; expected one whole number >= 1")
+        # --quiet: a run that stops (an error, a preemption) says why in one line, without the launcher's traceback
         launch = tuple(shlex.split(env.get("LAUNCH", ""))) or (env.get("PYTHON") or python, "-m",
-                                                                 "accelerate.commands.launch")
+                                                                 "accelerate.commands.launch", "--quiet")
         executor = env.get("EXECUTOR", "local").strip() or "local"
         if executor not in ("local", "slurm"):
             raise ConfigError(f"EXECUTOR={executor!r} is invalid; use local (this machine: JOBS, GPUS) or slurm "

@@ -93,5 +93,5 @@ class Watch:
                 signal.signal(s, h)
 
     def raise_stopped(self, checkpoint_path) -> None:
-        raise Preempted(f"stopped by {self.signal_name}; checkpoint saved in {checkpoint_path}. "
+        raise Preempted(f"{Preempted.lead}{self.signal_name}; checkpoint saved in {checkpoint_path}. "
                         f"Resume with the same command plus train.resume=auto")

@@ -1,0 +1,162 @@
+"""EXECUTOR=slurm on a real SLURM cluster of one node (scripts/slurm_local.sh: slurmctld, slurmd and
+slurmdbd with MariaDB, started for this module and stopped after it): a tiny suite submitted as an
+array job, one run preempted (SIGUSR2 to its job, as SLURM sends ahead of a preemption or a time
+limit) and requeued, one cancelled and submitted again, the driver killed and run again (it attaches
+to the jobs instead of submitting them twice); the preempted run ends with the weights of an
+uninterrupted one.
+
+Needs root and Debian's packages (.ci/run installs them):
+    apt-get install munge slurmctld slurmd slurm-client slurmdbd mariadb-server
+Deselect with -m "not slurm" on a machine without them."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import free_port, kill_group, run_command, start_command
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SETTINGS = ["data.url=null", "model.name=resnet10t", "data.image_size=32", "train.epochs=16", "train.batch_size=8",
+            "data.num_workers=0"]
+CLUSTER = "gpus_per_run=0 cpus_per_run=1 timeout_min=30 poll_s=1 signal_delay_s=60 array_parallelism=2"
+PACKAGES = "munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """The environment of a one-node SLURM cluster that this module starts and stops."""
+    missing = [p for p in ("munged", "mariadbd", "slurmctld", "slurmd", "slurmdbd", "sbatch") if not shutil.which(p)]
+    if missing:
+        pytest.fail(f"SLURM is not installed ({', '.join(missing)} missing): apt-get install {PACKAGES} "
+                    f"(what .ci/run does), or deselect these tests with -m 'not slurm'")
+    if os.geteuid() != 0:
+        pytest.fail("starting a SLURM cluster needs root (scripts/slurm_local.sh); deselect with -m 'not slurm'")
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "STATE": str(state), "SLURM_CONF": str(state / "slurm.conf")}
+    started = run_command(["scripts/slurm_local.sh", "start"], env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield env
+    finally:
+        run_command(["scripts/slurm_local.sh", "stop"], env=env, capture_output=True, timeout=120)
+
+
+def job_of(run: Path) -> dict:
+    return json.loads((run / "slurm_job.json").read_text())
+
+
+def warn(job_id: str, env: dict) -> None:
+    """SIGUSR2 to every process of the job's step, once. (scancel retries for ~20 s when the
+    controller answers "can not be altered now", which it did here after delivering the signal, and
+    a retry would reach the requeued job as it starts again.)"""
+    try:
+        subprocess.run(["scancel", "--signal=USR2", job_id], env=env, capture_output=True, timeout=3)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def wait_until(condition, seconds: float, what: str, driver, log: Path):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert driver.poll() is None, f"the driver exited while waiting for {what}: {log.read_text(errors='replace')[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {log.read_text(errors='replace')[-3000:]}"
+        time.sleep(0.2)
+
+
+def test_a_suite_on_slurm_survives_preemption_cancellation_and_its_driver(slurm, image_folder, weights, tmp_path):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(f"datasets:\n  a: {{data.root: '{image_folder}'}}\n"
+                     f"  b: {{data.root: '{image_folder}', data.image_size: 40}}\n")
+    out = tmp_path / "out"
+    env = {**slurm, "OUT": str(out), "SUITE": str(suite), "ARMS": "pretrained scratch", "SEEDS": "1",
+           "PYTHON": sys.executable, "EXECUTOR": "slurm", "CLUSTER": CLUSTER, "OMP_NUM_THREADS": "1"}
+    overrides = [f"model.weights_file={weights}", *SETTINGS]
+    preempted_run, cancelled_run = out / "a" / "scratch" / "seed1", out / "b" / "pretrained" / "seed1"
+
+    # the reference: the preempted run as PRINT_JOBS prints it, run here without interruption
+    printed = run_command(["scripts/compare.sh", *overrides], capture_output=True, text=True, timeout=120,
+                          env={**env, "EXECUTOR": "local", "CLUSTER": "", "PRINT_JOBS": "1",
+                               "OUT": str(tmp_path / "reference")})
+    assert printed.returncode == 0, printed.stderr
+    [line] = [line for line in printed.stdout.splitlines() if "/a/scratch/seed1" in line]
+    assert run_command(["bash", "-c", line], env=env, timeout=300).returncode == 0
+    reference = tmp_path / "reference" / "a" / "scratch" / "seed1"
+
+    log = tmp_path / "driver1.log"
+    with open(log, "w") as f:
+        driver = start_command(["scripts/compare.sh", *overrides], env=env, stdout=f, stderr=subprocess.STDOUT)
+    under_way = lambda: any((preempted_run / "checkpoints").glob("epoch_*"))  # noqa: E731  (an epoch done)
+    wait_until(lambda: under_way() and (cancelled_run / "slurm_job.json").is_file(), 300,
+               "the run to preempt to be under way", driver, log)
+    assert not (preempted_run / "metrics.json").exists(), "the run finished before it could be preempted"
+    preempted, cancelled = job_of(preempted_run)["job_id"], job_of(cancelled_run)["job_id"]
+    assert preempted.split("_")[0] == cancelled.split("_")[0]  # one array job for the suite's runs
+    warn(preempted, slurm)  # SLURM's warning before a preemption or a time limit
+    subprocess.run(["scancel", cancelled], env=slurm, check=True)  # as if its node died
+    wait_until(lambda: job_of(cancelled_run)["attempt"] == 2, 120, "the cancelled run to be submitted again",
+               driver, log)
+    kill_group(driver)  # the driver dies; the jobs go on
+    driver.wait()
+
+    again = run_command(["scripts/compare.sh", *overrides], env=env, capture_output=True, text=True, timeout=600)
+    first = log.read_text(errors="replace")
+    assert again.returncode == 0, first[-3000:] + again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"submitted a, scratch, seed 1 as job {preempted}" in first, first[-3000:]
+    assert f"job {cancelled} of" in first and "left the queue without a result (cancelled)" in first
+    assert "submitted" not in again.stdout, again.stdout  # attached to the jobs (or found them finished)
+    assert job_of(preempted_run)["attempt"] == 1  # requeued by SLURM under its id, not submitted again
+
+    train_log = (preempted_run / "train.log").read_text()
+    assert "stopped by SIGUSR2" in train_log and "resumed from" in train_log, train_log[-3000:]
+    assert (cancelled_run / "train.log").read_text().count("train: 48 images") in (1, 2)  # appended, if it had begun
+    assert "over 2 datasets" in again.stdout
+    for dataset in ("a", "b"):
+        assert list(json.loads((out / dataset / "summary.json").read_text())["arms"]) == ["pretrained", "scratch"]
+    wa, wb = (load_file(f / "model" / "model.safetensors") for f in (reference, preempted_run))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # as if never preempted
+    ha, hb = (json.loads((f / "metrics.json").read_text())["history"] for f in (reference, preempted_run))
+    assert [(h["train_loss"], h["val_loss"], h["val_acc"]) for h in ha] == \
+        [(h["train_loss"], h["val_loss"], h["val_acc"]) for h in hb]
+    accounting = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State"], env=slurm, capture_output=True,
+                                text=True, check=True).stdout
+    assert f"{cancelled}|CANCELLED" in accounting, accounting
+
+
+def test_the_multinode_recipe_requeues_and_resumes_a_run_of_two_processes(slurm, image_folder, tmp_path):
+    """scripts/slurm_multinode.sbatch on one node with two processes (the CPU's gloo): the warning
+    to the batch script reaches the run, which checkpoints; the script requeues the job; the run
+    resumes and ends with the weights of an uninterrupted two-process run."""
+    args = ["--config", "configs/smoke.yaml", f"data.root={image_folder}", "train.epochs=16"]
+    env = {**slurm, "PYTHON": sys.executable, "GPUS_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    assert run_command([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(free_port()), "-m", "transfer", *args, f"output_dir={reference}"], env=env,
+                       capture_output=True, timeout=300).returncode == 0
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    job = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--cpus-per-task=2", f"--output={log}",
+                          "scripts/slurm_multinode.sbatch", *args, f"output_dir={out}"], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    deadline = time.monotonic() + 300
+    while not any((out / "checkpoints").glob("epoch_*")):
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:] if log.exists() else "no output"
+        time.sleep(0.2)
+    assert not (out / "metrics.json").exists(), "the run finished before it could be warned"
+    try:  # what --signal=B:USR2@120 sends ahead of the time limit (see warn())
+        subprocess.run(["scancel", "--batch", "--signal=USR2", job], env=env, capture_output=True, timeout=3)
+    except subprocess.TimeoutExpired:
+        pass
+    while subprocess.run(["squeue", "--noheader", "--jobs", job], env=env, capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline + 300, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    text = log.read_text(errors="replace")
+    assert "stopped by SIGUSR2" in text and "requeueing job" in text and "resumed from" in text, text[-3000:]
+    wa, wb = (load_file(f / "model" / "model.safetensors") for f in (reference, out))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # as if never stopped
