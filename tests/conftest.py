@@ -24,6 +24,10 @@ os.environ.update({"HF_HOME": _CACHE, "HF_DATASETS_CACHE": os.path.join(_CACHE, 
                    # compare.sh runs each arm once (its config's seed) unless a test names SEEDS; the default of
                    # three seeds has its own test (test_plan.py)
                    "SEEDS": ""})
+# One thread a process unless the caller says otherwise: with two threads on two cores, anything else
+# running beside the suite (or a second run of a test) makes both threads wait on each other; the fast
+# tier took 220 s beside one single-threaded training run with two threads, 69 s with one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -157,7 +157,7 @@ def test_weights_are_never_unpickled_as_code(image_folder, tmp_path, capsys, mon
     monkeypatch.setattr(Evil, "marker", str(tmp_path / "pwned"))
     weights = tmp_path / "evil.pth"
     with open(weights, "wb") as f:
-        pickle.dump({"conv1.0.weight": Evil()}, f)
+        pickle.dump({"conv1.0.weight": Evil()}, f, protocol=2)  # torch.save's protocol: no warning
     code = main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={tmp_path / 'o'}",
                  "model.pretrained=true", f"model.weights_file={weights}"])
     assert code == 2 and "cannot be read" in capsys.readouterr().err

@@ -62,6 +62,7 @@ def recording_launcher(tmp_path):
         time.sleep(0.5)
         with open({str(tmp_path / "calls.jsonl")!r}, "a") as f:
             f.write(json.dumps({{"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "out": out,
+                                 "threads": os.environ.get("OMP_NUM_THREADS"),
                                  "start": start, "end": time.time()}}) + "\\n")
         print("error: stand-in launcher")
         sys.exit(1)
@@ -74,10 +75,12 @@ def test_gpus_gives_each_concurrent_run_its_own_gpu(tmp_path, recording_launcher
     launch, calls = recording_launcher
     # inside an allocation of devices 3 and 7 (SLURM sets CUDA_VISIBLE_DEVICES so): GPUS counts within it
     result = compare_sh(tmp_path, "train.epochs=1", GPUS="0 1", SEEDS="0 1 2 3", LAUNCH=launch,
-                        CUDA_VISIBLE_DEVICES="3,7")
+                        CUDA_VISIBLE_DEVICES="3,7", OMP_NUM_THREADS="")
     assert result.returncode == 1 and "8 of 8 runs failed" in result.stderr, result.stderr  # 2 arms x 4 seeds
     runs = [json.loads(line) for line in calls.read_text().splitlines()]
     assert len(runs) == 8 and {r["gpu"] for r in runs} == {"3", "7"}
+    cores = len(os.sched_getaffinity(0))
+    assert {r["threads"] for r in runs} == {str(max(1, cores // 2))}  # the cores shared out between two runs
     for a in runs:
         overlapping = [b for b in runs if b is not a and b["start"] < a["end"] and a["start"] < b["end"]]
         assert overlapping and all(b["gpu"] != a["gpu"] for b in overlapping)  # two at a time, never on one GPU
@@ -123,3 +126,13 @@ def test_gpus_count_within_the_visible_devices_and_each_run_gets_one_process():
     spec = CompareSpec.from_environ({"GPUS": "0", "PYTHON": "py"}, sys.executable)
     assert spec.launch == ("py", "-m", "accelerate.commands.launch", "--quiet", "--num_processes", "1")  # never N ranks on one GPU
     assert accelerate_processes(("torchrun",), 1) == ("torchrun",)  # another launcher is the user's to set
+
+
+def test_concurrent_runs_share_the_cores_unless_the_user_set_the_threads(monkeypatch):
+    from transfer.experiments.runner import threads_per_run
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert threads_per_run(2, {}) == 4 and threads_per_run(3, {"OMP_NUM_THREADS": ""}) == 2
+    assert threads_per_run(16, {}) == 1  # at least one
+    assert threads_per_run(1, {}) is None  # one run at a time: torch's own choice
+    assert threads_per_run(4, {"OMP_NUM_THREADS": "3"}) is None  # the user's
