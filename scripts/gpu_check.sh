@@ -27,7 +27,8 @@ if [ "$REHEARSAL" = 1 ]; then
   export CUDA_VISIBLE_DEVICES=""
 else
   MODEL=resnet50 BATCH=${BATCH:-64} EPOCHS=10 TRAIN=9025 VAL=3929 SIZE=160 DEVICE=cuda RESUME_IMAGES=1024
-  WORKERS=${WORKERS:-$(( $(nproc) < 16 ? $(nproc) : 16 ))}
+  CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc alone honours OMP_NUM_THREADS
+  WORKERS=${WORKERS:-$(( CORES < 16 ? CORES : 16 ))}
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HOME=${HF_HOME:-$OUT/hf} PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout, not installed there

@@ -14,7 +14,7 @@
 set -euo pipefail
 STATE=${STATE:-/tmp/transfer-slurm}
 NODE=$(hostname)
-CPUS=$(nproc)
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc honours OMP_NUM_THREADS, which the test suite sets
 MEMORY_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
 export SLURM_CONF="$STATE/slurm.conf"
 

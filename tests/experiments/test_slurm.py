@@ -63,6 +63,12 @@ def warn(job_id: str, env: dict) -> None:
         pass
 
 
+def cluster_state(env: dict) -> str:
+    """What the queue and the node say, for a failure message (why a job did not start)."""
+    commands = (["squeue", "-o", "%i %T %r %C %N"], ["sinfo", "-N", "-o", "%N %T %C %E"])
+    return "\n".join(subprocess.run(c, env=env, capture_output=True, text=True, timeout=30).stdout for c in commands)
+
+
 def wait_until(condition, seconds: float, what: str, driver, log: Path):
     deadline = time.monotonic() + seconds
     while not condition():
@@ -146,7 +152,8 @@ def test_the_multinode_recipe_requeues_and_resumes_a_run_of_two_processes(slurm,
                          capture_output=True, text=True, check=True).stdout.strip()
     deadline = time.monotonic() + 300
     while not any((out / "checkpoints").glob("epoch_*")):
-        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:] if log.exists() else "no output"
+        assert time.monotonic() < deadline, ((log.read_text(errors="replace")[-3000:] if log.exists() else "no output")
+                                             + "\n" + cluster_state(env))
         time.sleep(0.2)
     assert not (out / "metrics.json").exists(), "the run finished before it could be warned"
     try:  # what --signal=B:USR2@120 sends ahead of the time limit (see warn())
