@@ -69,11 +69,14 @@ def cluster_state(env: dict) -> str:
     return "\n".join(subprocess.run(c, env=env, capture_output=True, text=True, timeout=30).stdout for c in commands)
 
 
-def wait_until(condition, seconds: float, what: str, driver, log: Path):
+def wait_until(condition, seconds: float, what: str, log: Path, env: dict, driver=None):
+    """Until condition() holds; fails with the log's tail (and, on a timeout, the queue's and the
+    node's state) if `seconds` pass or the driver exits first."""
+    tail = lambda: log.read_text(errors="replace")[-3000:] if log.exists() else "no output"  # noqa: E731
     deadline = time.monotonic() + seconds
     while not condition():
-        assert driver.poll() is None, f"the driver exited while waiting for {what}: {log.read_text(errors='replace')[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {log.read_text(errors='replace')[-3000:]}"
+        assert driver is None or driver.poll() is None, f"the driver exited while waiting for {what}: {tail()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {tail()}\n{cluster_state(env)}"
         time.sleep(0.2)
 
 
@@ -101,14 +104,14 @@ def test_a_suite_on_slurm_survives_preemption_cancellation_and_its_driver(slurm,
         driver = start_command(["scripts/compare.sh", *overrides], env=env, stdout=f, stderr=subprocess.STDOUT)
     under_way = lambda: any((preempted_run / "checkpoints").glob("epoch_*"))  # noqa: E731  (an epoch done)
     wait_until(lambda: under_way() and (cancelled_run / "slurm_job.json").is_file(), 300,
-               "the run to preempt to be under way", driver, log)
+               "the run to preempt to be under way", log, slurm, driver)
     assert not (preempted_run / "metrics.json").exists(), "the run finished before it could be preempted"
     preempted, cancelled = job_of(preempted_run)["job_id"], job_of(cancelled_run)["job_id"]
     assert preempted.split("_")[0] == cancelled.split("_")[0]  # one array job for the suite's runs
     warn(preempted, slurm)  # SLURM's warning before a preemption or a time limit
     subprocess.run(["scancel", cancelled], env=slurm, check=True)  # as if its node died
     wait_until(lambda: job_of(cancelled_run)["attempt"] == 2, 120, "the cancelled run to be submitted again",
-               driver, log)
+               log, slurm, driver)
     kill_group(driver)  # the driver dies; the jobs go on
     driver.wait()
 
@@ -150,19 +153,14 @@ def test_the_multinode_recipe_requeues_and_resumes_a_run_of_two_processes(slurm,
     job = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--cpus-per-task=2", f"--output={log}",
                           "scripts/slurm_multinode.sbatch", *args, f"output_dir={out}"], env=env,
                          capture_output=True, text=True, check=True).stdout.strip()
-    deadline = time.monotonic() + 300
-    while not any((out / "checkpoints").glob("epoch_*")):
-        assert time.monotonic() < deadline, ((log.read_text(errors="replace")[-3000:] if log.exists() else "no output")
-                                             + "\n" + cluster_state(env))
-        time.sleep(0.2)
+    wait_until(lambda: any((out / "checkpoints").glob("epoch_*")), 300, "the job's first epoch", log, env)
     assert not (out / "metrics.json").exists(), "the run finished before it could be warned"
     try:  # what --signal=B:USR2@120 sends ahead of the time limit (see warn())
         subprocess.run(["scancel", "--batch", "--signal=USR2", job], env=env, capture_output=True, timeout=3)
     except subprocess.TimeoutExpired:
         pass
-    while subprocess.run(["squeue", "--noheader", "--jobs", job], env=env, capture_output=True, text=True).stdout.strip():
-        assert time.monotonic() < deadline + 300, log.read_text(errors="replace")[-3000:]
-        time.sleep(0.5)
+    wait_until(lambda: not subprocess.run(["squeue", "--noheader", "--jobs", job], env=env, capture_output=True,
+                                          text=True).stdout.strip(), 300, "the requeued job to end", log, env)
     text = log.read_text(errors="replace")
     assert "stopped by SIGUSR2" in text and "requeueing job" in text and "resumed from" in text, text[-3000:]
     wa, wb = (load_file(f / "model" / "model.safetensors") for f in (reference, out))
