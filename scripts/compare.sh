@@ -20,7 +20,8 @@
 # data.select_fraction; the reported runs use the choice), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
 # (1: print the runs as shell commands instead), OVERWRITE (0), PYTHON (the python that has this
 # project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch --quiet", i.e.
-# `accelerate launch`: your accelerate config picks GPUs and processes). See transfer/experiments/ (spec.py, plan.py, runner.py).
+# `accelerate launch`: your accelerate config picks GPUs and processes), TARGET_HALF_WIDTH (2: the report says how
+# many seeds would bring the gain's interval to +- this many points). See transfer/experiments/ (spec.py, plan.py, runner.py).
 set -euo pipefail
 if [ -n "${SUITE:-}" ] && [ -f "$SUITE" ]; then  # a suite file of yours, named from where you are
   SUITE="$(cd "$(dirname "$SUITE")" && pwd)/$(basename "$SUITE")"

@@ -130,8 +130,10 @@ def report_main(argv: list[str] | None = None) -> int:
         return 2
     from .experiments import report  # matplotlib, for the figures
 
+    from .experiments.spec import target_half_width
+
     def command() -> int:
-        print(report.markdown(report.build(Path(argv[0]))))
+        print(report.markdown(report.build(Path(argv[0]), target_half_width(os.environ))))
         return 0
 
     return entry(command)

@@ -106,8 +106,10 @@ def staged_folder(final: Path, needed: int | None = None):
         raise
 
 
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+def write_json(path: Path, obj, allow_nan: bool = True) -> None:
+    """`obj` as JSON; allow_nan=False: a NaN or infinity is a ValueError (JSON has none) instead of a
+    file other readers refuse."""
+    write_atomic(path, json.dumps(obj, indent=2, allow_nan=allow_nan) + "\n")
 
 
 def free_bytes(path: Path) -> int:

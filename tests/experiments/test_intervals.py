@@ -1,13 +1,15 @@
 """The gain's statistics on hand-made runs: an interval only from 3 paired seeds (contains 0 for a
 null comparison, excludes it for a real difference), each seed's over its images below that, said
 to be conditional; unpaired arms; the unseen-by-ImageNet gain, log loss, Brier score and calibration
-error with intervals; the sweep's verdicts and trend; the suite's two intervals and Holm counts.
+error; the sweep's verdicts and trend; the suite's three intervals and Holm counts; how many seeds a
+target half-width needs.
 (The coverage of the interval: test_coverage.py.)"""
 import csv
 import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from transfer.config import dump_yaml, load_config
 from transfer.experiments.intervals import MIN_SEEDS, aggregate, headline
@@ -116,9 +118,58 @@ def test_the_unseen_gain_and_calibration_have_their_own_intervals(tmp_path):
     assert low < gain.unseen_by_imagenet_val_acc_points < high and 0 < low
     c = gain.calibration
     assert c.nll_ci95[1] < 0 and c.brier_ci95[1] < 0  # pretrained's log loss and Brier score are lower
-    assert c.nll_ci95[0] < c.nll_difference < c.nll_ci95[1] and c.ece_ci95[0] <= c.ece_difference <= c.ece_ci95[1]
+    assert c.nll_ci95[0] < c.nll_difference < c.nll_ci95[1] and np.isfinite(c.ece_difference)
     report = (tmp_path / "report.md").read_text()
     assert "on the validation images ImageNet's training set does not contain" in report and "log loss" in report
+    assert "expected calibration error (15 equal-mass bins) " in report and "(no interval: not a mean over images" in report
+
+
+def test_identical_arms_give_no_zero_width_interval(tmp_path):
+    correct = np.random.default_rng(0).random(IMAGES) < 0.6
+    for seed in (0, 1, 2):  # both arms right on the same images, every seed: every paired difference is 0
+        fake_run(tmp_path / "pretrained" / f"seed{seed}", correct, seed)
+        fake_run(tmp_path / "scratch" / f"seed{seed}", correct, seed, pretrained=False)
+    gain = build(tmp_path).gain
+    assert gain.final_val_acc_points == 0 and gain.final_val_acc_ci95 is None
+    assert "no variation to estimate one from" in gain.ci_method and "95% CI" not in gain.headline
+    assert "no interval" in gain.headline and "below 3 seeds" not in gain.headline
+
+
+def test_the_report_says_how_many_seeds_a_target_half_width_needs(tmp_path):
+    from transfer.experiments.intervals import crossed_of, seeds_for
+
+    gain = comparison(tmp_path, 0.7, 0.5, report=True)
+    plan = gain.seeds_for_target
+    assert plan.half_width_points == 2.0 and plan.current_seeds == 3
+    assert plan.current_half_width_points == pytest.approx(gain.final_val_acc_ci95[1] - gain.final_val_acc_points)
+    report = (tmp_path / "report.md").read_text()
+    assert "Seeds for a ±2-point interval" in report
+    # by hand: the fewest seeds m whose t x sqrt(seed variance / m + image variance) is at most the target
+    c = crossed_of(gain)
+    wide = seeds_for(c, (plan.image_floor_points + plan.current_half_width_points) / 2)  # between: reachable
+    m = wide.seeds
+    from scipy import stats
+    from transfer.experiments.intervals import _satterthwaite
+
+    def half(k):  # the image part's degrees of freedom from its mean squares' expectations at k seeds
+        s_img, s_res = c.image_variance * IMAGES, c.residual_variance * IMAGES
+        df_image = (k * s_img) ** 2 / ((s_res + k * s_img) ** 2 / (IMAGES - 1) + s_res ** 2 / ((k - 1) * (IMAGES - 1)))
+        df = _satterthwaite(c.seed_variance / k, k - 1, c.image_variance, df_image)
+        return stats.t.ppf(0.975, df) * np.sqrt(c.seed_variance / k + c.image_variance)
+    assert half(3) == pytest.approx(plan.current_half_width_points)  # at the seeds it has: the interval it gave
+    assert m > 3 and half(m) <= wide.half_width_points < half(m - 1)
+    assert seeds_for(c, 0.9 * wide.image_floor_points).seeds is None  # the images alone leave more than that
+    assert seeds_for(c, 100.0).seeds == 3
+
+
+@pytest.mark.parametrize("text", ["x", "0", "-1", "nan", "150"])
+def test_a_bad_target_half_width_is_one_line_naming_it(text):
+    from transfer.errors import ConfigError
+    from transfer.experiments.spec import target_half_width
+
+    with pytest.raises(ConfigError, match="TARGET_HALF_WIDTH="):
+        target_half_width({"TARGET_HALF_WIDTH": text})
+    assert target_half_width({}) == 2.0 and target_half_width({"TARGET_HALF_WIDTH": "0.5"}) == 0.5
 
 
 def test_calibration_error_over_equal_mass_bins_by_hand():
@@ -138,65 +189,118 @@ def test_headline_without_predictions_says_why():
 
 # ---------------------------------------------------------------------------- sweeps
 
-def point(value, mean, ci, per_seed=None, images=None):
+def point(value, mean, se=None, images=None, df=10.0):
     from transfer.experiments.records import ArmSummary
 
     arms = {} if images is None else {"pretrained": ArmSummary(
         [], 3, [0, 1, 2], *[0.5] * 8, 1.0, 0.0, 1.0, [], [], None, None, [], False, None, None, None, None,
         train_samples=images)}
+    ci = None if se is None else [mean - stats.t.ppf(0.975, df) * se, mean + stats.t.ppf(0.975, df) * se]
     return SweepPoint({"data.train_per_class": value}, value, "", arms,
-                      Gain(mean, "", final_val_acc_ci95=ci, per_seed_final_val_acc_points=per_seed), [])
+                      Gain(mean, "", final_val_acc_ci95=ci, standard_error_points=se, degrees_of_freedom=df), [])
 
 
-def test_the_sweep_verdicts_go_from_the_most_data_down_and_stop_at_the_first_undetermined():
+def test_the_sweep_verdicts_stop_caught_up_at_the_first_value_not_shown_and_test_behind_at_every_value():
     from transfer.experiments.sweep_report import verdicts
 
-    points = [point(5, 8.0, [-3.0, 19.0]), point(20, 4.0, [-0.5, 8.5]), point(100, 3.0, [1.0, 5.0]),
-              point(None, 0.1, [-0.4, 0.6])]
-    found = {v.value: (v.verdict, v.smallest_margin_points) for v in verdicts(points)}
-    assert found == {None: ("caught up", 0.6), 100: ("behind", 5.0), 20: ("undetermined", 8.5),
-                     5: ("not tested", 19.0)}
+    # from the most data down: all of it caught up (0.1 +- 0.2); 100 behind (clearly above 0), which
+    # ends the caught-up sequence; 20 and 5 are still tested for "behind" (Holm): 5 is, 20 is not
+    points = [point(5, 8.0, 1.0), point(20, 4.0, 3.0), point(100, 3.0, 0.5), point(None, 0.1, 0.2)]
+    found = {v.value: v.verdict for v in verdicts(points)}
+    assert found == {None: "caught up", 100: "behind", 20: "not tested", 5: "behind"}
     assert [v.value for v in verdicts(points)] == [None, 100, 20, 5]  # the order tested
+    margins = {v.value: v.smallest_margin_points for v in verdicts(points)}
+    assert margins[None] == pytest.approx(0.1 + stats.t.ppf(1 - 0.025, 10) * 0.2)  # at the family's level
+    # a line of a grid of two: each family at half the level, so a borderline "behind" is no longer shown
+    edge = [point(None, 2.3 * 1.0, 1.0)]  # t = 2.3: p = 0.022 one-sided, below 0.025 and above 0.0125
+    assert verdicts(edge)[0].verdict == "behind" and verdicts(edge, lines=2)[0].verdict == "undetermined"
+    # a value without an interval (fewer than 3 seeds) ends the sequence and is not tested
+    assert [v.verdict for v in verdicts([point(5, 0.0, 0.1), point(None, 0.0)])] == ["not tested", "not tested"]
 
 
-def test_the_trend_is_the_slope_of_per_seed_gains_on_log_images():
+def test_the_trend_is_the_slope_through_the_points_gains_with_their_errors():
     from transfer.experiments.sweep_report import trend
 
-    # the gain falls 6 points per tenfold images, plus noise per seed
-    points = [point(v, 0, None, per_seed=[30 - 6 * np.log10(n) + e for e in (-1.0, 0.0, 1.0)], images=n)
-              for v, n in ((5, 50), (50, 500), (None, 5000))]
+    # the gain falls 6 points per tenfold images
+    points = [point(v, 30 - 6 * np.log10(n), 1.0, images=n) for v, n in ((5, 50), (50, 500), (None, 5000))]
     t = trend(points, "data.train_per_class")
-    assert t.slope_points_per_decade == pytest.approx(-6.0) and t.ci95[0] < -6.0 < t.ci95[1] < 0
-    assert t.x == "log10 training images" and t.observations == 9
+    assert t.slope_points_per_decade == pytest.approx(-6.0) and t.x == "log10 training images" and t.observations == 3
+    # by hand: x = -1, 0, 1 around the mean; the slope's variance sum c_i^2 SE_i^2 = 2 x (1/2)^2 = 1/2, 10 df each
+    # part, Satterthwaite: (1/2)^2 / (2 x (1/4)^2 / 10) = 20 degrees of freedom
+    half = stats.t.ppf(0.975, 20) * np.sqrt(0.5)
+    assert t.ci95 == pytest.approx([-6.0 - half, -6.0 + half])
+    assert trend([*points[:2], point(None, 0.0, images=5000)], "data.train_per_class").ci95 is None  # < 3 seeds
 
 
 # ---------------------------------------------------------------------------- suites
 
-def test_the_suite_has_an_interval_on_these_datasets_and_one_for_a_new_dataset(tmp_path):
+def test_the_suite_has_an_interval_on_these_datasets_one_over_datasets_like_these_and_a_prediction(tmp_path):
     gains = {name: comparison(tmp_path / name, p, s, rng_seed=i)
              for i, (name, p, s) in enumerate([("a", 0.8, 0.4), ("b", 0.6, 0.55), ("c", 0.5, 0.5)])}
     one = aggregate({"a": gains["a"]})
     assert one.mean_gain_points == pytest.approx(gains["a"].final_val_acc_points)
     assert one.fixed_effects_ci95 == pytest.approx(gains["a"].final_val_acc_ci95)  # one dataset: its own interval
-    assert one.random_effects_ci95 is None  # nothing to say about other datasets from one
+    assert one.random_effects_ci95 is None and one.prediction_interval95 is None  # nothing to say from one
     every = aggregate(gains)
-    assert every.mean_gain_points == pytest.approx(np.mean([g.final_val_acc_points for g in gains.values()]))
+    values = [g.final_val_acc_points for g in gains.values()]
+    assert every.mean_gain_points == pytest.approx(np.mean(values))
     fixed, random = every.fixed_effects_ci95, every.random_effects_ci95
     assert fixed[0] < every.mean_gain_points < fixed[1] and random[0] < fixed[0] and fixed[1] < random[1]
+    half = stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / np.sqrt(3)  # over datasets like these: t over the gains
+    assert random == pytest.approx([np.mean(values) - half, np.mean(values) + half])
     assert every.between_datasets_sd_points > 5  # +40, about +5, about 0: the datasets differ
+    half = stats.t.ppf(0.975, 2) * np.std(values, ddof=1) * np.sqrt(1 + 1 / 3)
+    assert every.prediction_interval95 == pytest.approx([np.mean(values) - half, np.mean(values) + half])
     assert every.datasets_above_0_holm == 1 and every.datasets_below_0_holm == 0  # only a's is clear after Holm
-    assert every.iqm_gain_ci95 is None and "not given below 5 seeds" in every.ci_method
+    assert "interquartile mean and the median: no interval" in every.ci_method
     assert aggregate({"a": gains["a"], "x": None}).datasets_without_gain == ["x"]
+    two = aggregate({"a": gains["a"], "b": gains["b"]})
+    assert two.random_effects_ci95 and two.prediction_interval95 is None and "needs 3 datasets" in two.ci_method
+
+
+def hand_gain(mean: float, se: float, df: float = 30.0) -> Gain:
+    """A paired 3-seed gain with standard error `se`, all of it from the seeds."""
+    half = stats.t.ppf(0.975, df) * se
+    return Gain(mean, "", final_val_acc_ci95=[mean - half, mean + half], standard_error_points=se,
+                degrees_of_freedom=df, seed_variance_points2=3 * se ** 2, residual_variance_points2=0.0,
+                image_variance_points2=0.0, image_degrees_of_freedom=1.0, per_seed_final_val_acc_points=[mean] * 3,
+                paired_seeds=[0, 1, 2], paired=True)
+
+
+@pytest.mark.parametrize("values", [(5.0, 5.2), (5.0, 5.2, 4.4)])
+def test_datasets_that_agree_give_finite_numbers_each_inside_its_interval(values, tmp_path):
+    # statsmodels' DerSimonian-Laird gave tau^2 = -2.08 here, and the report "+nan to +nan" (2 datasets) or an
+    # interval beside a mean outside it (3)
+    from dataclasses import asdict
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    from transfer.files import write_json
+
+    ses = (1.5, 1.4, 1.2)[:len(values)]
+    agg = aggregate({str(i): hand_gain(v, se) for i, (v, se) in enumerate(zip(values, ses))})
+    assert agg.between_datasets_sd_points == 0.0
+    with np.errstate(invalid="ignore"):  # its own NaN standard errors
+        assert combine_effects(np.array(values), np.array(ses) ** 2, method_re="dl").tau2 < 0  # what NaN came from
+    for interval in (agg.random_effects_ci95, agg.fixed_effects_ci95, agg.prediction_interval95 or [-99, 99]):
+        assert np.isfinite(interval).all() and interval[0] <= agg.mean_gain_points <= interval[1]
+    write_json(tmp_path / "agg.json", asdict(agg), allow_nan=False)  # nothing JSON cannot hold
+    from transfer.experiments.suite_report import aggregate_line
+    assert "nan" not in aggregate_line(agg)
+
+
+def test_holm_agrees_with_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    from transfer.experiments.intervals import holm
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.random(rng.integers(1, 8)) ** 3
+        assert list(holm(p)) == list(multipletests(p, alpha=0.05, method="holm")[0])
 
 
 def test_a_suite_with_fewer_than_three_seeds_a_dataset_gives_no_interval_and_says_why(tmp_path):
     gains = {name: comparison(tmp_path / name, 0.7, 0.5, seeds=(0,), rng_seed=i) for i, name in enumerate("ab")}
     agg = aggregate(gains)
     assert agg.fixed_effects_ci95 is None and agg.random_effects_ci95 is None and agg.datasets_above_0_holm is None
-    assert "a dataset has 1 paired seed(s)" in agg.ci_method and agg.seeds_per_dataset == 1
-
-
-def test_the_iqm_interval_is_given_from_five_seeds(tmp_path):
-    gains = {name: comparison(tmp_path / name, 0.7, 0.5, seeds=range(5), rng_seed=i) for i, name in enumerate("ab")}
-    agg = aggregate(gains)
-    assert agg.iqm_gain_ci95[0] <= agg.iqm_gain_points <= agg.iqm_gain_ci95[1]
+    assert "1 paired seed(s) at the fewest" in agg.ci_method and agg.seeds_per_dataset == 1

@@ -100,8 +100,12 @@ def test_a_suite_gives_the_table_the_aggregate_suite_png_and_summary(tmp_path, l
     assert agg["datasets_below_0_holm"] <= sum(high < 0 for _, high in intervals)
     report = (out / "report.md").read_text()
     assert report.startswith("# Pretrained vs scratch over 4 datasets")
+    new = agg["prediction_interval95"]
+    assert new[0] < random[0] and random[1] < new[1]
     assert f"mean gain of pretraining {agg['mean_gain_points']:+.1f} points (95% CI {fixed[0]:+.1f} to " \
-           f"{fixed[1]:+.1f} on these datasets; {random[0]:+.1f} to {random[1]:+.1f} for a new dataset like these)" in report
+           f"{fixed[1]:+.1f} of these datasets, {random[0]:+.1f} to {random[1]:+.1f} over datasets like these); spread " \
+           f"between datasets {agg['between_datasets_sd_points']:.1f}; a new dataset's gain: " \
+           f"{new[0]:+.1f} to {new[1]:+.1f} (95% prediction interval)" in report
     assert "| [alpha](alpha/report.md) | 81.0% ± 1.0 | 40.0% ± 0.0 | +41.0 points (" in report
     assert suite["datasets"]["broken"]["gain"] is None and agg["datasets_without_gain"] == ["broken"]
     assert suite["datasets"]["broken"]["missing"] == [f"{a} seed {s}" for a in ("pretrained", "scratch") for s in (0, 1, 2)]
@@ -148,8 +152,8 @@ def test_a_grid_sweep_runs_every_combination_in_its_own_folder(tmp_path, launche
     assert [p["setting"] for p in sweep["points"]] == [
         {"data.train_per_class": n, "model.name": m} for n in (10, 100) for m in ("resnet18", "resnet50")]
     assert len(sweep["lines"]) == 2 and sweep["lines"][0]["others"] == {"model.name": "resnet18"}
-    # one seed: no interval, so the sequence stops at the most data, and the smaller value is not tested
-    assert [v["verdict"] for v in sweep["lines"][0]["verdicts"]] == ["undetermined", "not tested"]
+    # one seed: no interval, so nothing is tested
+    assert [v["verdict"] for v in sweep["lines"][0]["verdicts"]] == ["not tested", "not tested"]
     report = (out / "report.md").read_text()
     assert "## Sweep over `data.train_per_class` x `model.name`" in report
     assert "| 100 | resnet50 | 80.0% | 40.0% | +40.0 points" in report

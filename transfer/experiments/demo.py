@@ -53,8 +53,22 @@ def _count(env: dict, name: str, default: str) -> int:
     return int(text)
 
 
+DEMO_THREADS = "1"  # each run's CPU threads unless OMP_NUM_THREADS is set: the numbers then do not depend on the cores
+
+
 def main(env: dict = os.environ) -> int:
-    """The demo's steps, each reused when it is done; its exit code is compare.sh's."""
+    """The demo's steps, each reused when it is done; its exit code is compare.sh's.
+
+    Every run (the source model here, the target runs in their processes) uses DEMO_THREADS CPU
+    threads unless OMP_NUM_THREADS says otherwise: a convolution summed over 1 or 2 threads rounds
+    differently, so a source model trained with each host's core count gave another model and the
+    gain moved by 4 points between a 1- and a 2-thread run (docs/performance.md). One thread costs
+    nothing here (the runs are small). What still differs between hosts is the CPU's kernels."""
+    if not env.get("OMP_NUM_THREADS"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = DEMO_THREADS  # the target runs' processes inherit it
+        torch.set_num_threads(int(DEMO_THREADS))
     out = Path(env.get("OUT", "runs/demo")).absolute()
     seeds_text = env.get("SEEDS", " ".join(map(str, DEFAULT_SEEDS)))
     base = CompareSpec.from_environ({"SEEDS": seeds_text, "JOBS": env.get("JOBS", "1")}, sys.executable)

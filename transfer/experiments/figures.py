@@ -124,14 +124,15 @@ def plot_sweep(sweep: Sweep, path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_suite(rows: list[dict], path: Path, xlabel: str | None = None) -> None:
+def plot_suite(rows: list[dict], path: Path, xlabel: str | None = None, summary_rows: tuple = ()) -> None:
     """The gain of pretraining per dataset with its 95% interval. `rows`: {"dataset", "points":
     [{"x" (a swept value, or None), "gain", "low", "high"}]}. Without a sweep (one point a dataset):
-    one row per dataset, sorted by gain; with one: the gain against the swept value, a line a dataset."""
+    one row per dataset, sorted by gain; with one: the gain against the swept value, a line a dataset.
+    Rows named in `summary_rows` (the aggregates over datasets) go at the bottom, in black."""
     fig = Figure(figsize=(9, max(3.0, 0.5 * len(rows) + 1.5)) if xlabel is None else (9, 4.5))
     ax = fig.subplots()
     if xlabel is None:  # the means at the bottom, in black; the datasets above them, sorted by gain
-        means = [r for r in rows if r["dataset"].startswith("mean:")]
+        means = [r for r in rows if r["dataset"].startswith(tuple(summary_rows))]
         rows = means + sorted((r for r in rows if r not in means),
                               key=lambda r: r["points"][0]["gain"] if r["points"] else float("-inf"))
         for y, row in enumerate(rows):

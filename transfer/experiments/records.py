@@ -16,7 +16,7 @@ from ..files import write_json
 from ..records import read_record
 
 SUMMARY_FILE = "summary.json"
-SUMMARY_VERSION = 2  # 1: before the types (no "version" key), read as 2 (the same keys)
+SUMMARY_VERSION = 3  # 2: before the suite's prediction interval and the gain's variance parts (rebuild it)
 FRACTIONS = (0.5, 0.8, 0.9)  # "time to reach X of the best accuracy"
 
 
@@ -82,15 +82,26 @@ class ArmSummary:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Pretrained minus scratch (negative: pretrained better calibrated), with 95% intervals from
-    MIN_SEEDS paired seeds: mean log loss of the true class (nats), mean Brier score, and the
-    equal-mass expected calibration error."""
+    """Pretrained minus scratch (negative: pretrained better calibrated): mean log loss of the true
+    class (nats) and mean Brier score, with 95% intervals from MIN_SEEDS paired seeds, and the
+    equal-mass expected calibration error (no interval: intervals._calibration says why)."""
     nll_difference: float
     brier_difference: float
     ece_difference: float
     nll_ci95: list[float] | None = None
     brier_ci95: list[float] | None = None
-    ece_ci95: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class SeedsForTarget:
+    """How many seeds (at these validation images) would bring the gain's 95% interval to a half-width
+    of `half_width_points` (TARGET_HALF_WIDTH): `seeds`, or None when no number would (the images
+    alone leave `image_floor_points` with endless seeds). intervals.seeds_for says how."""
+    half_width_points: float
+    seeds: int | None
+    image_floor_points: float
+    current_half_width_points: float
+    current_seeds: int
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,11 @@ class Gain:
     final_val_acc_ci95: list[float] | None = None  # None below MIN_SEEDS paired seeds
     standard_error_points: float | None = None
     degrees_of_freedom: float | None = None
+    # SE^2 = seed_variance_points2 / seeds + image_variance_points2 (paired, from 2 seeds): what more seeds would buy
+    seed_variance_points2: float | None = None
+    residual_variance_points2: float | None = None  # MS_res / images: the least a seed's gain varies by
+    image_variance_points2: float | None = None
+    image_degrees_of_freedom: float | None = None
     per_seed_final_val_acc_points: list[float] | None = None
     per_seed_image_ci95: list[list[float]] | None = None  # each seed's, over its images alone (conditional)
     paired_seeds: list[int] | None = None
@@ -116,6 +132,7 @@ class Gain:
     unseen_by_imagenet_val_acc_points: float | None = None
     unseen_by_imagenet_ci95: list[float] | None = None
     calibration: Calibration | None = None
+    seeds_for_target: SeedsForTarget | None = None  # set by the report (report.build's target_half_width)
 
 
 @dataclass(frozen=True)
@@ -132,9 +149,10 @@ class SweepPoint:
 
 @dataclass(frozen=True)
 class Verdict:
-    """At one value of a data or time axis: has scratch caught up? `verdict`: "caught up" (the gain's
-    interval lies below the margin), "behind" (above 0), "undetermined" (neither), or "not tested"
-    (below a value that was undetermined: the fixed sequence stopped there)."""
+    """At one value of a data or time axis: has scratch caught up? `verdict`: "caught up" (the gain
+    is below the margin), "behind" (above 0), "undetermined" (tested for both, neither shown), or
+    "not tested" (the caught-up sequence stopped above it, and it was not shown behind; or it has
+    no interval). sweep_report.verdicts says how the error rate is held."""
     value: object
     verdict: str
     smallest_margin_points: float | None  # the smallest margin "caught up" could have been shown within
@@ -142,11 +160,12 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Trend:
-    """The per-seed gains against log10 of the resource: the slope (points a decade) with its 95% CI."""
+    """The points' gains against log10 of the resource: the least-squares slope (points a decade)
+    with its 95% CI (None unless every point has an interval)."""
     x: str  # what the slope is against
     slope_points_per_decade: float
-    ci95: list[float]
-    observations: int
+    ci95: list[float] | None
+    observations: int  # the points it is fitted through
 
 
 @dataclass(frozen=True)
@@ -192,19 +211,20 @@ class Summary:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """The gain over a suite's datasets (intervals.aggregate says how)."""
+    """The gain over a suite's datasets (intervals.aggregate says how). Every number is finite or
+    None (JSON has no NaN): None where it cannot be computed, `ci_method` says why."""
     datasets: int
     datasets_with_gain: int
     datasets_without_gain: list[str]
-    mean_gain_points: float | None
+    mean_gain_points: float | None  # the plain mean of the datasets' gains
     iqm_gain_points: float | None
     median_gain_points: float | None
     ci_method: str
     seeds_per_dataset: int = 0  # the fewest a dataset has
-    fixed_effects_ci95: list[float] | None = None  # the mean, on these datasets
-    random_effects_ci95: list[float] | None = None  # the mean, for a new dataset like these
-    between_datasets_sd_points: float | None = None  # the random-effects model's spread of datasets' gains
-    iqm_gain_ci95: list[float] | None = None  # from MIN_IQM_SEEDS seeds a dataset
+    fixed_effects_ci95: list[float] | None = None  # mean_gain_points's, of these datasets (their seeds and images)
+    random_effects_ci95: list[float] | None = None  # mean_gain_points's, over datasets like these (from 2)
+    between_datasets_sd_points: float | None = None  # tau: the spread of datasets' true gains (>= 0)
+    prediction_interval95: list[float] | None = None  # a new dataset's gain, from 3 datasets
     datasets_above_0_holm: int | None = None  # gains above 0 after Holm's correction over datasets
     datasets_below_0_holm: int | None = None
 
@@ -247,7 +267,7 @@ class SuiteSummary:
 
 
 def write_summary(out: Path, summary: Summary | SuiteSummary) -> None:
-    write_json(Path(out) / SUMMARY_FILE, asdict(summary))
+    write_json(Path(out) / SUMMARY_FILE, asdict(summary), allow_nan=False)  # a number it cannot give is None
 
 
 def read_summary(out: Path) -> Summary | SuiteSummary:

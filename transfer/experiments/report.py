@@ -19,25 +19,28 @@ from ..files import write_atomic
 from . import suite_report, sweep_report
 from .figures import plot_comparison
 from .grid import setting_args, value_text
+from .intervals import MIN_SEEDS, crossed_of, seeds_for, span
+from .spec import DEFAULT_TARGET_HALF_WIDTH
 from .layout import read_suite, read_sweep
-from .records import FRACTIONS, ArmSummary, Gain, Summary, SuiteSummary, write_summary
+from .records import FRACTIONS, ArmSummary, Gain, SeedsForTarget, Summary, SuiteSummary, write_summary
 from .summary import summarize
 from .tuning import grid_edges
 
 
-def build(out: Path) -> Summary | SuiteSummary:
+def build(out: Path, target_half_width: float = DEFAULT_TARGET_HALF_WIDTH) -> Summary | SuiteSummary:
     """The report files in `out` (a comparison, a sweep or a suite); the summary. RunError (exit 2)
-    when `out` holds no finished run."""
+    when `out` holds no finished run. `target_half_width`: the gain's interval half-width (points)
+    for which the report says how many seeds it would take (TARGET_HALF_WIDTH)."""
     out = Path(out)
     if not out.is_dir():
         raise RunError(f"{out} does not exist; give the OUT folder of a comparison (scripts/compare.sh)")
     meta = read_suite(out)
     if meta is None:
-        return build_one(out)
+        return build_one(out, target_half_width)
     parts = {}
     for name in meta["datasets"]:
         try:
-            parts[name] = build_one(out / name)
+            parts[name] = build_one(out / name, target_half_width)
         except RunError:  # none of its runs finished: the table names it
             parts[name] = None
     if not any(parts.values()):
@@ -48,7 +51,7 @@ def build(out: Path) -> Summary | SuiteSummary:
     return summary
 
 
-def build_one(out: Path) -> Summary:
+def build_one(out: Path, target_half_width: float = DEFAULT_TARGET_HALF_WIDTH) -> Summary:
     """summary.json, report.md and comparison.png (and sweep.png) of one comparison or sweep."""
     out = Path(out)
     meta = read_sweep(out) if out.is_dir() else None
@@ -61,6 +64,8 @@ def build_one(out: Path) -> Summary:
         summary = summary and dataclasses.replace(summary, sweep=sweep)
     if not runs:
         raise RunError(f"no finished runs (metrics.json) under {out}; run scripts/compare.sh with OUT={out} first")
+    gains = [dataclasses.replace(g, seeds_for_target=seeds_for(crossed_of(g), target_half_width)) for g in summary.gains]
+    summary = dataclasses.replace(summary, gains=gains, gain=gains[0] if gains else None)
     write_summary(out, summary)
     write_atomic(out / "report.md", markdown(summary))
     plot_comparison({arm: [r.metrics.history for r in found] for arm, found in runs.items()}, out / "comparison.png")
@@ -110,7 +115,7 @@ def gain_lines(g: Gain) -> list[str]:
              + f"; {g.best_val_acc_points:+.1f} points at each run's best epoch (not the headline: unless the "
                f"runs chose it on a selection split, data.select_fraction, it was picked on the images it is scored on)."]
     if g.paired:
-        seeds = ", ".join(f"seed {s}: {v:+.1f} ({low:+.1f} to {high:+.1f})" for s, v, (low, high) in
+        seeds = ", ".join(f"seed {s}: {v:+.1f} ({span(ci)})" for s, v, ci in
                           zip(g.paired_seeds, g.per_seed_final_val_acc_points, g.per_seed_image_ci95))
         lines.append(f"Per seed (same images for both arms; each seed's 95% interval over its images alone, "
                      f"conditional on its trained networks): {seeds}.")
@@ -119,14 +124,33 @@ def gain_lines(g: Gain) -> list[str]:
         lines.append(f"Calibration, pretrained minus scratch (negative: pretrained better): log loss "
                      f"{c.nll_difference:+.3f} nats{_interval(c.nll_ci95)}, Brier score "
                      f"{c.brier_difference:+.4f}{_interval(c.brier_ci95)}, expected calibration error (15 equal-mass "
-                     f"bins) {c.ece_difference:+.3f}{_interval(c.ece_ci95)}.")
+                     f"bins) {c.ece_difference:+.3f} (no interval: not a mean over images; a bootstrap over 3 seeds "
+                     f"covers 75-83%).")
     if g.paired:
         tests = ", ".join(f"{p:.2g}" for p in g.mcnemar_p)
         lines.append(f"Do these two trained networks differ on these images (McNemar's exact test per seed, on the "
                      f"images exactly one arm gets right)? p = {tests}. This is about the networks at hand, not about "
                      f"pretraining in general: the interval above is.")
+    if g.seeds_for_target:
+        lines.append(seeds_line(g.seeds_for_target))
     lines += [f"Interval: {g.ci_method}. Tuning (TUNE) is outside it: the choice of settings is taken as given.", ""]
     return lines
+
+
+def seeds_line(plan: SeedsForTarget) -> str:
+    """How many seeds would bring the interval to the target half-width, in one line."""
+    now = (f"now ±{plan.current_half_width_points:.1f} with {plan.current_seeds} seeds" if plan.current_seeds >= MIN_SEEDS
+           else f"{plan.current_seeds} seeds now")
+    if plan.seeds is None:
+        return (f"Seeds for a ±{plan.half_width_points:g}-point interval ({now}): no number of seeds would do at these "
+                f"images: the validation images alone leave ±{plan.image_floor_points:.1f}; more validation images "
+                f"would (TARGET_HALF_WIDTH sets the target).")
+    if plan.seeds <= plan.current_seeds:
+        return f"Seeds for a ±{plan.half_width_points:g}-point interval: these {plan.current_seeds} suffice ({now})."
+    seeds = ' '.join(map(str, range(plan.seeds))) if plan.seeds <= 12 else f"$(seq -s ' ' 0 {plan.seeds - 1})"
+    return (f"Seeds for a ±{plan.half_width_points:g}-point interval ({now}): about {plan.seeds} at these images, "
+            f"from the spread measured here (rough with few seeds): SEEDS=\"{seeds}\" reuses the finished ones "
+            f"(TARGET_HALF_WIDTH sets the target).")
 
 
 def tuning_lines(arms: dict[str, ArmSummary]) -> list[str]:

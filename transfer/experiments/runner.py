@@ -223,7 +223,7 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
     try:
         from . import report  # scipy, statsmodels and matplotlib (1 s): only once there is a report to build
 
-        summary = report.build(spec.out)
+        summary = report.build(spec.out, spec.target_half_width)
     except RunError:
         if not failed:
             raise

@@ -1,5 +1,5 @@
 """scripts/compare.sh's environment (OUT, ARMS, SEEDS, SWEEP, TUNE, TUNE_SEEDS, SUITE, JOBS, GPUS,
-EXECUTOR, CLUSTER, PRINT_JOBS, OVERWRITE, PYTHON, LAUNCH), read as strictly as the YAML: an
+EXECUTOR, CLUSTER, PRINT_JOBS, OVERWRITE, PYTHON, LAUNCH, TARGET_HALF_WIDTH), read as strictly as the YAML: an
 unreadable value is one line naming the variable (exit 2), never a silent default."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .suites import Suite
 # compare.sh without SEEDS: the fewest seeds whose gain has a valid interval (intervals.MIN_SEEDS); 5 for a claim
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_TUNE_SEEDS = (1000,)  # TUNE chooses on seeds that are not reported (tuning.py)
+DEFAULT_TARGET_HALF_WIDTH = 2.0  # points: the report says how many seeds would bring the gain's interval to +-this
 BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 
 
@@ -54,6 +55,21 @@ def _boolean(env: dict, name: str) -> bool:
         raise ConfigError(f"{name}={env[name]!r} is invalid; use 1, true or yes (on) or 0, false or no (off)")
     return BOOLEANS[text]
 
+def target_half_width(env: dict) -> float:
+    """TARGET_HALF_WIDTH: the gain's interval half-width, in points, that the report plans seeds for."""
+    text = env.get("TARGET_HALF_WIDTH", "").strip()
+    if not text:
+        return DEFAULT_TARGET_HALF_WIDTH
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 100:
+        raise ConfigError(f"TARGET_HALF_WIDTH={env['TARGET_HALF_WIDTH']!r} is invalid; expected points of accuracy "
+                          f"between 0 and 100, e.g. TARGET_HALF_WIDTH=2")
+    return value
+
+
 def _integers(env: dict, name: str) -> list[int]:
     try:
         return [int(s) for s in env.get(name, "").split()]
@@ -78,6 +94,7 @@ class CompareSpec:
     launch: tuple[str, ...] = ()  # the launcher command; () = PYTHON -m accelerate.commands.launch --quiet
     tune_seeds: tuple[int, ...] = DEFAULT_TUNE_SEEDS  # TUNE_SEEDS: the tuning runs' seeds, never among `seeds`
     cluster: ClusterSpec | None = None  # EXECUTOR=slurm: CLUSTER's settings (cluster.py); None: this machine
+    target_half_width: float = DEFAULT_TARGET_HALF_WIDTH  # TARGET_HALF_WIDTH: the report plans seeds for it
 
     def bases(self) -> list[Base]:
         return bases(self.out, self.sweep, self.suite)
@@ -121,4 +138,5 @@ class CompareSpec:
                    visible_gpus(env), _boolean(env, "PRINT_JOBS"), _boolean(env, "OVERWRITE"),
                    launch if env.get("LAUNCH") else accelerate_processes(
                        launch, cluster.gpus_per_run if cluster else 1) if cluster or env.get("GPUS", "").strip()
-                   else launch, tune_seeds=tuple(tune_seeds), cluster=cluster)
+                   else launch, tune_seeds=tuple(tune_seeds), cluster=cluster,
+                   target_half_width=target_half_width(env))

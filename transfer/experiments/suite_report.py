@@ -42,7 +42,8 @@ def build(out: Path, meta: dict, parts: dict[str, Summary | None]) -> Suite:
     suite = Suite(file=meta["file"], arms=meta["arms"], seeds=meta["seeds"], axes=meta["sweep"],
                   datasets=shown.datasets, aggregate=shown.aggregate, at=shown.setting,
                   points=points if meta["sweep"] else None)
-    plot_suite(_plot_rows(suite, points), Path(out) / SUITE_PLOT, meta["sweep"][0][0] if meta["sweep"] else None)
+    plot_suite(_plot_rows(suite, points), Path(out) / SUITE_PLOT, meta["sweep"][0][0] if meta["sweep"] else None,
+               SUMMARY_ROWS)
     return suite
 
 
@@ -63,12 +64,17 @@ def _plot_rows(suite: Suite, points: list[SuitePoint]) -> list[dict]:
                 d.gain and d.gain.final_val_acc_ci95)
         agg = point.aggregate
         add(MEAN_THESE + where, point.setting.get(first), agg.mean_gain_points, agg.fixed_effects_ci95)
-        add(MEAN_NEW + where, point.setting.get(first), agg.random_effects_ci95 and agg.mean_gain_points,
+        add(MEAN_LIKE + where, point.setting.get(first), agg.random_effects_ci95 and agg.mean_gain_points,
             agg.random_effects_ci95)
+        if agg.prediction_interval95:  # drawn at its own centre
+            add(NEW_DATASET + where, point.setting.get(first), sum(agg.prediction_interval95) / 2,
+                agg.prediction_interval95)
     return list(rows.values())
 
 
-MEAN_THESE, MEAN_NEW = "mean: on these datasets", "mean: for a new dataset like these"
+MEAN_THESE, MEAN_LIKE = "mean of these datasets", "mean over datasets like these"
+NEW_DATASET = "a new dataset (95% prediction)"
+SUMMARY_ROWS = (MEAN_THESE, MEAN_LIKE, NEW_DATASET)  # suite.png draws them apart, in black
 
 
 def _ci(interval) -> str:
@@ -76,23 +82,30 @@ def _ci(interval) -> str:
 
 
 def aggregate_line(agg: Aggregate) -> str:
-    """The gain over datasets in one line: the mean with its two intervals, labelled."""
+    """The gain over datasets in one line: each interval beside the number it is centred on, labelled
+    with what it is an interval of."""
     n = agg.datasets_with_gain
     if not n:
         return f"over {agg.datasets} datasets: no gain to sum up (no dataset has finished runs of both arms)"
     text = f"over {n} dataset{'s' * (n != 1)}: mean gain of pretraining {agg.mean_gain_points:+.1f} points"
     if agg.fixed_effects_ci95:
         low, high = agg.fixed_effects_ci95
-        text += f" (95% CI {low:+.1f} to {high:+.1f} on these datasets"
-        text += (f"; {agg.random_effects_ci95[0]:+.1f} to {agg.random_effects_ci95[1]:+.1f} for a new dataset like "
-                 f"these)" if agg.random_effects_ci95 else "; none for a new dataset from one)")
-        text += (f", interquartile mean {agg.iqm_gain_points:+.1f}{_ci(agg.iqm_gain_ci95)}, median "
-                 f"{agg.median_gain_points:+.1f}; above 0 on {agg.datasets_above_0_holm} of {n} datasets and below on "
-                 f"{agg.datasets_below_0_holm} (each dataset's test, Holm-corrected)")
+        text += f" (95% CI {low:+.1f} to {high:+.1f} of these datasets"
+        if agg.random_effects_ci95:
+            low, high = agg.random_effects_ci95
+            text += f", {low:+.1f} to {high:+.1f} over datasets like these"
+        text += ")"
+        if agg.random_effects_ci95:
+            text += f"; spread between datasets {agg.between_datasets_sd_points:.1f}"
+        if agg.prediction_interval95:
+            low, high = agg.prediction_interval95
+            text += f"; a new dataset's gain: {low:+.1f} to {high:+.1f} (95% prediction interval)"
+        text += (f"; interquartile mean {agg.iqm_gain_points:+.1f}, median {agg.median_gain_points:+.1f}; above 0 on "
+                 f"{agg.datasets_above_0_holm} of {n} datasets and below on {agg.datasets_below_0_holm} (each "
+                 f"dataset's test, Holm-corrected)")
     else:
-        text += (f" (no interval: {agg.seeds_per_dataset} seed(s) on a dataset, and {MIN_SEEDS} are needed to bound "
-                 f"training randomness), interquartile mean {agg.iqm_gain_points:+.1f}, median "
-                 f"{agg.median_gain_points:+.1f}")
+        text += (f" (no interval: a dataset's gain has none; {MIN_SEEDS} seeds a dataset are needed to bound training "
+                 f"randomness), interquartile mean {agg.iqm_gain_points:+.1f}, median {agg.median_gain_points:+.1f}")
     if agg.datasets_without_gain:
         text += f"; no gain on {', '.join(agg.datasets_without_gain)} (runs missing)"
     return text
@@ -122,9 +135,11 @@ def markdown(suite: Suite) -> str:
     lines += ["Final validation accuracy, mean ± std over seeds. Each dataset's gain is the difference of the two arms' "
               "final accuracies with its own 95% interval over its training runs and validation images (paired by "
               "seed on the same images; below 3 seeds each seed's, over images alone). Over datasets: the mean of "
-              "the datasets' gains, with an interval on these datasets and one for a new dataset like these, the "
-              "interquartile mean of every seed's gain pooled over datasets and the median dataset (rliable's "
-              f"aggregates, Agarwal et al. 2021). How: {suite.aggregate.ci_method.removeprefix('none: ')}.", "",
+              "these datasets' gains with its interval (it takes the datasets as given); the mean over datasets like "
+              "these with its own interval (it also covers which datasets were drawn: wide with few); from 3 "
+              "datasets, where a new dataset's gain would fall (a prediction interval); the interquartile mean of "
+              "every seed's gain pooled over datasets and the median dataset (rliable's aggregates, Agarwal et al. "
+              f"2021). How: {suite.aggregate.ci_method.removeprefix('none: ')}.", "",
               "Each dataset's own report (every arm's numbers, curves, settings): "
               + ", ".join(f"[{n}]({d.report})" if d.report else f"{n} (no finished run)"
                           for n, d in suite.datasets.items()) + ".", "",
