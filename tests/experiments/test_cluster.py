@@ -3,13 +3,14 @@ attach after the driver died, wait, resubmit a job that left the queue without a
 run that failed with its own error, count requeues as no failure; and CLUSTER read strictly. The
 real cluster: test_slurm.py."""
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from transfer.errors import ConfigError
+from transfer.errors import ConfigError, RunError
 from transfer.experiments.cluster import RECORD, ClusterRunner, ClusterSpec
 from transfer.experiments.spec import CompareSpec
 
@@ -32,10 +33,15 @@ class StandIn:
     submitted: list = field(default_factory=list)
     looks: dict = field(default_factory=dict)
     commands: dict = field(default_factory=dict)
+    reasons: dict = field(default_factory=dict)
+    cancelled: list = field(default_factory=list)
 
-    def submit(self, commands):
+    def cancel(self, job_ids):
+        self.cancelled += job_ids
+
+    def submit(self, runs):
         ids = []
-        for command in commands:
+        for command, _ in runs:
             job_id = f"100_{len(self.submitted)}"
             self.submitted.append(command)
             self.commands[job_id] = command
@@ -58,17 +64,34 @@ class StandIn:
                 (folder / "metrics.json").write_text("{}")
             if state == "FAILED":
                 (folder / "train.log").write_text("error: data.root /nowhere does not exist\n")
-            if state == "FAILED:stopped":  # the job failed while its run stopped for a preemption
+            if state.endswith(":stopped"):  # the job ended while its run stopped for a preemption
                 (folder / "train.log").write_text("stopped: stopped by SIGUSR2; checkpoint saved in x. Resume ...\n")
-                state = "FAILED"
+                state = state.split(":")[0]
+            if state.startswith("PENDING:"):  # waiting, for this reason
+                state, self.reasons[job_id] = state.split(":", 1)
             result[job_id] = state
+        return result
         return result
 
 
-def runner(backend, **cluster):
+def runner(backend, clock=None, sleep=None, **cluster):
     said = []
-    return ClusterRunner(backend, ClusterSpec(poll_s=0, **cluster), lambda run: str(run.folder),
-                         say=lambda text, stream=None: said.append(text), progress=False), said
+    return ClusterRunner(backend, ClusterSpec(**{"poll_s": 1, **cluster}), lambda run: str(run.folder),
+                         say=lambda text, stream=None: said.append(text), progress=False,
+                         clock=clock or FakeClock(), sleep=sleep or (lambda s: None)), said
+
+
+class FakeClock:
+    """time.monotonic for the driver: `sleep` moves it on."""
+    def __init__(self):
+        self.now, self.slept = 0.0, []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def test_jobs_are_submitted_waited_for_retried_and_failures_named(tmp_path):
@@ -98,7 +121,7 @@ def test_a_driver_run_again_attaches_to_its_queued_jobs_instead_of_submitting_th
     runs = [Run(n, tmp_path / n) for n in ("queued", "gone")]
     for run, job_id in zip(runs, ("77_0", "77_1")):
         run.folder.mkdir()
-        (run.folder / RECORD).write_text(json.dumps({"job_id": job_id, "attempt": 1}))
+        (run.folder / RECORD).write_text(json.dumps({"job_id": job_id, "attempt": 1, "command": str(run.folder)}))
 
     class Earlier(StandIn):
         def states(self, job_ids):
@@ -119,6 +142,106 @@ def test_a_driver_run_again_attaches_to_its_queued_jobs_instead_of_submitting_th
     assert backend.submitted == [str(tmp_path / "gone")]  # ended without a result: submitted; the other attached
     assert "attached queued to job 77_0 (running)" in said
     assert json.loads((tmp_path / "gone" / RECORD).read_text())["attempt"] == 2
+
+
+def test_a_rerun_with_other_settings_never_attaches_to_the_old_jobs(tmp_path):
+    run = Run("pretrained seed 0", tmp_path / "p")
+    run.folder.mkdir()
+    (run.folder / RECORD).write_text(json.dumps({"job_id": "77_0", "attempt": 1,
+                                                 "command": f"launch {run.folder} optim.lr=0.001"}))
+    backend = StandIn({})  # 77_0: a job of an earlier driver, still running
+    driver = ClusterRunner(backend, ClusterSpec(poll_s=1), lambda r: f"launch {r.folder} optim.lr=0.003",
+                           say=lambda *a: None, progress=False)
+    with pytest.raises(RunError, match=r"run pretrained seed 0 has job 77_0 \(running\) from an earlier compare.sh "
+                                       r"that runs other settings \(was optim.lr=0.001, now optim.lr=0.003\): cancel "
+                                       r"them \(scancel 77_0\) .* nothing was submitted"):
+        driver.run_all([run])
+    assert backend.submitted == []
+
+
+def test_without_accounting_or_when_preempted_the_driver_judges_by_the_run_folder_and_ends(tmp_path):
+    runs = [Run(n, tmp_path / n) for n in ("done", "lost", "preempted", "stopped")]
+    backend = StandIn({
+        str(tmp_path / "done"): [["RUNNING", "LEFT:done"]],  # left the queue, no accounting: metrics.json says done
+        str(tmp_path / "lost"): [["RUNNING", "LEFT"], ["COMPLETED"]],  # left without a result: a counted retry
+        str(tmp_path / "preempted"): [["RUNNING", "PREEMPTED"], ["COMPLETED"]],  # PreemptMode=CANCEL: not counted
+        str(tmp_path / "stopped"): [["RUNNING", "CANCELLED:stopped"], ["COMPLETED"]],  # its run checkpointed: not counted
+    })
+    original = backend.states
+
+    def states(job_ids):
+        found = original(job_ids)
+        for job_id, state in found.items():
+            if state == "LEFT:done":
+                (Path(backend.commands[job_id]) / "metrics.json").write_text("{}")
+                found[job_id] = "LEFT"
+        return found
+    backend.states = states
+    driver, said = runner(backend, max_retries=0)
+    assert driver.run_all(runs) == 1  # lost: max_retries=0, so its one retry is not allowed
+    assert backend.submitted.count(str(tmp_path / "preempted")) == 2 and backend.submitted.count(str(tmp_path / "stopped")) == 2
+    assert any("left the queue without a result 1 time(s) (left)" in line for line in said)
+    assert "job 100_2 of preempted left the queue without a result (preempted); submitting it again" in said
+
+
+def test_a_job_that_cannot_start_is_cancelled_and_a_long_wait_is_explained(tmp_path):
+    runs = [Run(n, tmp_path / n) for n in ("big", "slow")]
+    backend = StandIn({str(tmp_path / "big"): [["PENDING:PartitionConfig"]],
+                       str(tmp_path / "slow"): [["PENDING:Priority"] * 30 + ["COMPLETED"]]})
+    clock = FakeClock()
+    driver, said = runner(backend, clock=clock, sleep=clock.sleep, poll_s=60, pending_note_min=10)
+    assert driver.run_all(runs) == 1
+    assert backend.cancelled == ["100_0"]
+    assert any(line.startswith("error: run big cannot start: job 100_0 waits for PartitionConfig") and
+               "change CLUSTER's cpus_per_run, mem_gb or gpus_per_run" in line for line in said)
+    notes = [line for line in said if "has waited 10 min in the queue: Priority" in line]
+    assert len(notes) == 1  # said once
+    # nothing changed while it waited: the looks backed off from poll_s to MAX_POLL_S
+    assert clock.slept[0] == 60 and max(clock.slept) == 300 and clock.slept == sorted(clock.slept)
+
+
+def test_a_deadline_ends_the_wait_and_leaves_the_jobs_to_attach_to(tmp_path):
+    runs = [Run("stuck", tmp_path / "stuck")]
+    backend = StandIn({str(tmp_path / "stuck"): [["PENDING:JobHeldAdmin"]]})
+    clock = FakeClock()
+    driver, said = runner(backend, clock=clock, sleep=clock.sleep, poll_s=60, deadline_min=30)
+    assert driver.run_all(runs) == 1
+    assert backend.cancelled == [] and 30 * 60 <= clock.now < 40 * 60
+    assert any(line.startswith("error: deadline_min=30 reached with 1 run(s) not finished: stuck (job 100_0, pending)")
+               and "run compare.sh again to attach" in line for line in said)
+
+
+def test_an_sbatch_refusal_is_one_line_and_what_went_in_before_it_is_recorded(tmp_path):
+    from transfer.experiments.slurm import SubmitRefused, refusal
+
+    text = ("Command '['sbatch', '/x/submission_file.sh']' returned non-zero exit status 1.\n"
+            "sbatch: error: Invalid generic resource (gres) specification\n")
+    assert refusal(text) == ("sbatch refused the jobs: Invalid generic resource (gres) specification; change "
+                             "CLUSTER's gpus_per_run=0 on a cluster without GPUs, or the number its nodes have")
+
+    class Refusing(StandIn):
+        def submit(self, runs):  # the first array went in, the second was refused
+            ids = super().submit(runs[:1])
+            raise SubmitRefused(refusal("sbatch: error: QOSMaxSubmitJobPerUserLimit"), ids)
+    runs = [Run(n, tmp_path / n) for n in ("a", "b")]
+    driver, said = runner(Refusing({}))
+    with pytest.raises(SubmitRefused, match=r"^sbatch refused the jobs: QOSMaxSubmitJobPerUserLimit; change CLUSTER's "
+                                            r"array_parallelism, or wait.* \(1 run\(s\) submitted before it are "
+                                            r"recorded: a rerun attaches to them\)$") as e:
+        driver.run_all(runs)
+    assert e.value.exit_code == 2
+    assert json.loads((tmp_path / "a" / RECORD).read_text())["job_id"] == "100_0" and not (tmp_path / "b" / RECORD).exists()
+
+
+def test_one_driver_an_out(tmp_path):
+    from transfer.experiments.cluster import driver_lock
+
+    with driver_lock(tmp_path):
+        with pytest.raises(RunError, match=f"another compare.sh is driving {tmp_path} \\(pid {os.getpid()} on "):
+            with driver_lock(tmp_path):
+                pass
+    with driver_lock(tmp_path):  # released when the first ended
+        pass
 
 
 @pytest.mark.parametrize("text, says", [

@@ -1,5 +1,5 @@
 """A run preempted through submitit ends as an uninterrupted one: submitit's local executor runs the
-job's function (cluster.RunCommand) as SLURM would, and its `_interrupt` sends the signal SLURM
+job's function (slurm.RunCommand) as SLURM would, and its `_interrupt` sends the signal SLURM
 sends before a preemption; the function stops the run (it writes a checkpoint), the job is requeued,
 the run resumes. The real scheduler: test_slurm.py."""
 import os
@@ -36,7 +36,7 @@ def test_a_run_preempted_through_submitit_is_requeued_and_ends_as_an_uninterrupt
 
     import submitit
 
-    from transfer.experiments.cluster import RunCommand
+    from transfer.experiments.slurm import RunCommand
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same sums in both runs
     reference = tmp_path / "reference"

@@ -1,48 +1,63 @@
 """EXECUTOR=slurm: a comparison's runs as SLURM array jobs, through submitit; compare.sh stays the
 driver (it submits a stage, waits, chooses the tuned settings, submits the reported runs, writes
-the report).
+the report). What talks to SLURM is slurm.py; this is the driver: its settings, its records, its
+loop.
 
     EXECUTOR=slurm CLUSTER='partition=gpu timeout_min=120 gpus_per_run=1' scripts/compare.sh
 
-- Each run is one array task running exactly the command PRINT_JOBS prints (`RunCommand`); arrays
-  are cut below the cluster's MaxArraySize, and `array_parallelism` of a stage run at a time.
-- Each submitted run records its job in its own folder (`slurm_job.json`: the id, the attempt):
-  compare.sh run again after its driver died attaches to the jobs still queued or running instead
-  of submitting them again, and skips the finished runs. `metrics.json` stays the only record of a
-  result: a job that ended without one failed.
-- Preemption and time limits: SLURM warns the job `signal_delay_s` seconds ahead with SIGUSR2;
-  the run writes a checkpoint at its next step and exits, and submitit hands the signal to
-  `RunCommand.checkpoint`, which waits for that (at most `signal_delay_s` - 10 s) and has the job
-  requeued; the requeued job runs the same
-  command, which resumes (`train.resume=auto`) and appends to `train.log`. Not counted as a failure.
+- Each run is one array task running exactly the command PRINT_JOBS prints (slurm.RunCommand).
+- Each submitted run records its job in its own folder (`slurm_job.json`: the id, the attempt and
+  the command it runs), written as soon as sbatch gives the id, so that compare.sh run again after
+  its driver died attaches to the jobs still queued or running instead of submitting them again;
+  a job that runs another command than the one planned now (other settings) is refused in one line
+  naming it (cancel it, or rerun with its settings), never attached. `metrics.json` stays the only
+  record of a result: a job that ended without one failed.
+- Preemption and time limits: the run checkpoints at SLURM's warning and its job is requeued when
+  the run made progress (slurm.RunCommand). A job preempted and not requeued (PreemptMode=CANCEL,
+  or its run stopped by the signal and the job read FAILED) is submitted again without counting
+  against `max_retries`.
 - A job that left the queue without a result and without the run's own error (cancelled, a node
-  failure, out of memory, its time limit) is submitted again, up to `max_retries` times; a run that
-  failed with its own error (a setting, bad data) is named, as on one machine, and the others go on.
+  failure, out of memory) is submitted again, up to `max_retries` times; a run that failed with its
+  own error (a setting, bad data) is named, as on one machine, and the others go on. A job that
+  waits for a reason that cannot pass (more CPUs than a node has, a partition's time limit) is
+  cancelled and named with the CLUSTER key to change; one that waits long says why once.
+- The driver ends: without accounting a job that left the queue is judged by its run folder, and
+  `deadline_min` bounds the whole wait (the jobs stay queued: run compare.sh again to attach).
+  It looks at its own jobs only, every `poll_s`, backing off to 10 poll_s (at most MAX_POLL_S)
+  while nothing changes.
+  One driver an OUT: a second is refused in one line.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
-import re
 import shlex
-import signal
-import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import ConfigError, Preempted
+from ..errors import ConfigError, Preempted, RunError
 from ..files import write_json
 from ..records import is_finished, last_error
+from .slurm import ACTIVE, LEFT, LOGS, SubmitRefused
 
 RECORD = "slurm_job.json"
-LOGS = ".slurm"  # OUT/.slurm/<job id>: submitit's pickles and logs of each job
-# states of a job that is still on its way (sacct's names); any other is the end of it
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "CONFIGURING",
-          "COMPLETING", "SIGNALING", "STAGE_OUT", "UNKNOWN", "READY", "PREEMPTED"}
+MAX_POLL_S = 300.0  # the longest wait between looks (at most 10 poll_s), backing off while nothing changes
+# why a job waits, when waiting cannot end it: the CLUSTER key to change
+HOPELESS = {"PartitionConfig": "cpus_per_run, mem_gb or gpus_per_run: more than the partition's nodes have",
+            "PartitionTimeLimit": "timeout_min: more than the partition allows (sinfo -o '%P %l')",
+            "PartitionNodeLimit": "the partition's node limit",
+            "BadConstraints": "constraint: no node has it",
+            "InvalidAccount": "account", "InvalidQOS": "qos",
+            "QOSMaxWallDurationPerJobLimit": "timeout_min: more than the qos allows",
+            "QOSMaxCpuPerJobLimit": "cpus_per_run: more than the qos allows",
+            "QOSMaxGRESPerJob": "gpus_per_run: more than the qos allows",
+            "QOSMaxMemoryPerJob": "mem_gb: more than the qos allows"}
 
 
 @dataclass(frozen=True)
@@ -58,8 +73,11 @@ class ClusterSpec:
     mem_gb: int | None = None  # the cluster's default when unset
     array_parallelism: int = 16  # runs of a stage at a time
     max_retries: int = 2  # times a job that left the queue without a result is submitted again
+    max_requeues: int = 50  # time limits and preemptions a job is requeued at (each only after progress)
     signal_delay_s: int = 120  # SIGUSR2 this long before the time limit: room to checkpoint
-    poll_s: float = 15.0  # seconds between looks at the queue
+    poll_s: float = 30.0  # seconds between looks at the queue, at first
+    pending_note_min: float = 10.0  # a job queued this long says why it waits (squeue's reason), once
+    deadline_min: float = 0.0  # stop waiting after this long (0: never); the jobs stay queued
 
     @classmethod
     def parse(cls, text: str) -> "ClusterSpec":
@@ -76,152 +94,20 @@ class ClusterSpec:
             except ValueError:
                 kind_name = "an integer" if kind == "int" else "a number"
                 raise ConfigError(f"CLUSTER: {key}={value!r} is not {kind_name}") from None
-            if kind in ("int", "float") and values[key] < (0 if key in ("max_retries", "gpus_per_run") else 1):
+            smallest = 0 if key in ("max_retries", "max_requeues", "gpus_per_run", "deadline_min",
+                                    "pending_note_min") else 1
+            if kind in ("int", "float") and values[key] < smallest:
                 raise ConfigError(f"CLUSTER: {key}={value} is too small")
         return cls(**values)
 
 
-class RunCommand:
-    """One run as a job's function: the shell command of the run (as PRINT_JOBS prints it), in its
-    own process group. submitit calls `checkpoint` at the warning signal of a preemption or a time
-    limit: the run is asked to stop (it writes a checkpoint and exits), and the job is requeued
-    with the same function, which runs the command again: it resumes. (submitit's Checkpointable,
-    whose `checkpoint` this overrides.)"""
-
-    def __init__(self, command: str, grace_s: float = 110.0):
-        self.command, self.grace_s = command, grace_s
-        self._pid: int | None = None
-
-    def __getstate__(self) -> dict:
-        return {"command": self.command, "grace_s": self.grace_s, "_pid": None}
-
-    def __call__(self) -> None:
-        # SLURM's warning signal reaches every process of the job, and only the run knows what to do
-        # with it: the shell and accelerate's launcher ignore it (a launcher killed by it would take
-        # the run's stderr with it), the run installs its own handler over the inherited SIG_IGN
-        process = subprocess.Popen(["bash", "-c", "trap '' USR1 USR2; " + self.command], start_new_session=True)
-        self._pid = process.pid
-        code = process.wait()
-        _wait_for_group(process.pid, self.grace_s)  # a process of the run that outlived the shell
-        self._pid = None
-        if code != 0:
-            raise RuntimeError(f"the run exited with code {code}; see its train.log")
-
-    def checkpoint(self, *args, **kwargs):
-        from submitit.helpers import DelayedSubmission
-
-        group = self._pid
-        if group is not None:
-            # the run has had SLURM's signal too, or not (a signal to the job's shell only): SIGUSR2 again
-            # is harmless, and SIGTERM would make accelerate's launcher kill the run 5 s later
-            _signal_group(group, signal.SIGUSR2)  # the run writes a checkpoint at its next step, then exits
-            if not _wait_for_group(group, self.grace_s):
-                _signal_group(group, signal.SIGKILL)  # the last complete checkpoint is intact: resume from it
-        return DelayedSubmission(RunCommand(self.command, self.grace_s), *args, **kwargs)
-
-
-def _signal_group(group: int, signum: int) -> None:
-    try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_for_group(group: int, seconds: float) -> bool:
-    """Wait until no live process (zombies aside) is left in process group `group`; False if some
-    still are after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while _group_members(group):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
-
-
-def _group_members(group: int) -> list[int]:
-    members = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    state, _, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if int(pgrp) == group and state != "Z":
-                members.append(int(entry.name))
-    return members
-
-
 class Backend(Protocol):
-    """Where the jobs go: SLURM through submitit (SubmititBackend), or a stand-in in the tests."""
-    def submit(self, commands: list[str]) -> list[str]: ...
+    """Where the jobs go: SLURM through submitit (slurm.SubmititBackend), or a stand-in in the tests.
+    `reasons`: why each queued job waits, as of the last `states`."""
+    reasons: dict[str, str]
+    def submit(self, runs: list[tuple[str, Path]]) -> list[str]: ...
     def states(self, job_ids: list[str]) -> dict[str, str]: ...
-
-
-class SubmititBackend:
-    def __init__(self, out: Path, cluster: ClusterSpec):
-        import submitit  # only for EXECUTOR=slurm
-
-        self.cluster, self.submitit = cluster, submitit
-        self.executor = submitit.AutoExecutor(folder=Path(out) / LOGS / "%j", cluster="slurm",
-                                              slurm_max_num_timeout=1000)  # time limits are requeued and resumed
-        extra = {k: v for k in ("account", "qos", "constraint") if (v := getattr(cluster, k))}
-        self.executor.update_parameters(
-            name="transfer", timeout_min=cluster.timeout_min, nodes=1, tasks_per_node=1,
-            cpus_per_task=cluster.cpus_per_run, slurm_array_parallelism=cluster.array_parallelism,
-            slurm_signal_delay_s=cluster.signal_delay_s,
-            **({"gpus_per_node": cluster.gpus_per_run} if cluster.gpus_per_run else {}),
-            **({"slurm_partition": cluster.partition} if cluster.partition else {}),
-            **({"mem_gb": cluster.mem_gb} if cluster.mem_gb else {}),
-            **({"slurm_additional_parameters": extra} if extra else {}))
-        self.watcher = submitit.SlurmJob.watcher
-
-    def max_array_size(self) -> int:
-        """The cluster's MaxArraySize (an array's indices go up to one less)."""
-        try:
-            config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout
-            return int(re.search(r"MaxArraySize\s*=\s*(\d+)", config).group(1))
-        except (OSError, AttributeError, ValueError, subprocess.TimeoutExpired):
-            return 1001  # SLURM's default
-
-    def submit(self, commands: list[str]) -> list[str]:
-        grace = max(self.cluster.signal_delay_s - 10, 10)
-        size, ids = max(self.max_array_size() - 1, 1), []
-        for first in range(0, len(commands), size):
-            jobs = []
-            with self.executor.batch():
-                for command in commands[first:first + size]:
-                    jobs.append(self.executor.submit(RunCommand(command, grace)))
-            ids += [job.job_id for job in jobs]
-        return ids
-
-    def states(self, job_ids: list[str]) -> dict[str, str]:
-        """Each job's state: the controller's (squeue) while it is queued or running, then the
-        accounting's (sacct, through submitit's watcher) for how it ended. sacct alone lags: a
-        requeued job can read FAILED there for a few seconds before it is PENDING again."""
-        live = self._queue()
-        states = {j: live[j] for j in job_ids if live is not None and j in live}
-        ended = [j for j in job_ids if j not in states]
-        if ended:
-            for job_id in ended:
-                self.watcher.register_job(job_id)
-            self.watcher.update()  # one sacct call for all
-            for job_id in ended:
-                state = self.watcher.get_state(job_id, mode="cache").split()[0].upper()
-                # gone from the queue but not yet ended in the accounting: ask again at the next look
-                states[job_id] = "COMPLETING" if live is not None and state in ACTIVE else state
-        return states
-
-    def _queue(self) -> dict[str, str] | None:
-        """This user's queued and running jobs, array tasks one a line; None if squeue failed."""
-        try:
-            result = subprocess.run(["squeue", "--noheader", "--array", "--user", str(os.getuid()),
-                                     "--format", "%i %T"], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if result.returncode != 0:
-            return None
-        return dict(line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) >= 2)
+    def cancel(self, job_ids: list[str]) -> None: ...
 
 
 def read_record(folder: Path) -> dict | None:
@@ -232,13 +118,45 @@ def read_record(folder: Path) -> dict | None:
         return None
 
 
+@contextmanager
+def driver_lock(out: Path):
+    """One driver an OUT: two would submit every run twice. The lock goes with the process
+    (flock), so a driver that was killed leaves none behind."""
+    folder = Path(out) / LOGS
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "driver.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunError(f"another compare.sh is driving {out} ({holder}); wait for it to end, or stop it and run "
+                           f"this again (it attaches to the jobs)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+
+
+def _changed(before: str, now: str) -> str:
+    """What differs between two run commands, in a few words."""
+    a, b = shlex.split(before), shlex.split(now)
+    gone, new = [t for t in a if t not in b], [t for t in b if t not in a]
+    return ", ".join([*(f"was {t}" for t in gone[:2]), *(f"now {t}" for t in new[:2])]) or "the order of its words"
+
+
 class ClusterRunner:
     """`run_all(jobs)` as the local Runner's, on SLURM: submit, attach, wait, retry; the count that
     failed. `command_for(job)` is the shell line of a run (runner.command_line)."""
 
-    def __init__(self, backend: Backend, cluster: ClusterSpec, command_for, say=print, progress: bool = True):
+    def __init__(self, backend: Backend, cluster: ClusterSpec, command_for, say=print, progress: bool = True,
+                 clock=time.monotonic, sleep=time.sleep):
         self.backend, self.cluster, self.command_for, self.say = backend, cluster, command_for, say
-        self.progress = progress
+        self.progress, self.clock, self.sleep = progress, clock, sleep
 
     def run_all(self, jobs: list) -> int:
         attempts = {id(j): 0 for j in jobs}
@@ -247,14 +165,25 @@ class ClusterRunner:
         recorded = {id(j): read_record(j.folder) for j in jobs}
         known = [r["job_id"] for r in recorded.values() if r]
         states = self.backend.states(known) if known else {}
+        refused = []
         for job in jobs:
             record = recorded[id(job)]
             attempts[id(job)] = record["attempt"] if record else 0
-            if record and states.get(record["job_id"], "") in ACTIVE:
+            state = states.get(record["job_id"], "") if record else ""
+            if state in ACTIVE and record.get("command", self.command_for(job)) != self.command_for(job):
+                refused.append(f"run {job.label()} has job {record['job_id']} ({state.lower()}) from an earlier "
+                               f"compare.sh that runs other settings ({_changed(record['command'], self.command_for(job))})")
+            elif state in ACTIVE:
                 current[id(job)] = record["job_id"]
-                self.say(f"attached {job.label()} to job {record['job_id']} ({states[record['job_id']].lower()})")
+                self.say(f"attached {job.label()} to job {record['job_id']} ({state.lower()})"
+                         + ("" if "command" in record else " (recorded before commands were: not checked)"))
             else:
                 to_submit.append(job)
+        if refused:
+            ids = " ".join(r.split(" has job ", 1)[1].split()[0] for r in refused)
+            raise RunError(f"{refused[0]}" + (f", and {len(refused) - 1} more" if len(refused) > 1 else "")
+                           + f": cancel them (scancel {ids}) to run these settings, or rerun with the settings they "
+                             f"were submitted with; nothing was submitted")
         self._submit(to_submit, current, attempts)
         return self._wait(jobs, current, attempts)
 
@@ -263,48 +192,71 @@ class ClusterRunner:
             return
         for job in jobs:
             job.folder.mkdir(parents=True, exist_ok=True)
-        ids = self.backend.submit([self.command_for(job) for job in jobs])
-        for job, job_id in zip(jobs, ids):
+        commands = [self.command_for(job) for job in jobs]
+        try:
+            ids = self.backend.submit(list(zip(commands, [job.folder for job in jobs])))
+        except SubmitRefused as e:
+            ids, refused = e.submitted, e  # the arrays that went in before sbatch said no: recorded, then stop
+        else:
+            refused = None
+        for job, command, job_id in zip(jobs, commands, ids):
             attempts[id(job)] += 1
             current[id(job)] = job_id
-            write_json(job.folder / RECORD, {"job_id": job_id, "attempt": attempts[id(job)],
+            write_json(job.folder / RECORD, {"job_id": job_id, "attempt": attempts[id(job)], "command": command,
                                              "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
             self.say(f"submitted {job.label()} as job {job_id}" + (
                 f" (attempt {attempts[id(job)]})" if attempts[id(job)] > 1 else ""))
+        if refused is not None:
+            kept = f" ({len(ids)} run(s) submitted before it are recorded: a rerun attaches to them)" if ids else ""
+            raise SubmitRefused(f"{refused}{kept}", ids) from None
 
     def _wait(self, jobs: list, current: dict, attempts: dict) -> int:
         from tqdm.auto import tqdm
 
         by_id = {id(j): j for j in jobs}
         done, failed, requeued, last = set(), set(), 0, {}
+        retries = {id(j): 0 for j in jobs}  # resubmissions that count against max_retries (not preemptions)
+        queued_since, noted = {}, set()
+        start, poll = self.clock(), self.cluster.poll_s
         bar = tqdm(total=len(jobs), desc="runs", disable=not self.progress, file=sys.stderr)
         while len(done) + len(failed) < len(jobs):
             states = self.backend.states(list(current.values()))
-            retry = []
+            retry, changed = [], False
             for key, job_id in list(current.items()):
                 job, state = by_id[key], states.get(job_id, "UNKNOWN")
                 if last.get(key) == "RUNNING" and state in ("PENDING", "REQUEUED"):
                     requeued += 1  # preempted or at its time limit: it resumes when it runs again
+                changed |= last.get(key) != state
                 last[key] = state
+                if state == "PENDING" and self._hopeless(job, job_id, queued_since, noted):
+                    del current[key]
+                    failed.add(key)
+                    continue
                 if state in ACTIVE:
                     continue
                 del current[key]
+                queued_since.pop(key, None)
+                preempted = state == "PREEMPTED" or Preempted.in_line(last_error(job.folder))
                 if is_finished(job.folder):
                     done.add(key)
                     self.say(f"finished {job.label()} (job {job_id})")
-                elif state == "FAILED" and not Preempted.in_line(last_error(job.folder)):
+                elif state == "FAILED" and not preempted:
                     # the run's own error: retrying would repeat it
                     failed.add(key)
                     self.say(f"error: run {job.label()} failed ({last_error(job.folder)}); its log is "
                              f"{job.folder / 'train.log'}", sys.stderr)
-                elif attempts[key] <= self.cluster.max_retries:
-                    self.say(f"job {job_id} of {job.label()} left the queue without a result ({state.lower()}); "
-                             f"submitting it again")
+                elif preempted or retries[key] < self.cluster.max_retries:
+                    retries[key] += not preempted
+                    why = "preempted" if preempted else "the accounting has no end for it" if state == LEFT \
+                        else state.lower()
+                    self.say(f"job {job_id} of {job.label()} left the queue without a result ({why}); "
+                             f"submitting it again" + ("" if preempted else
+                                                       f" (retry {retries[key]} of {self.cluster.max_retries})"))
                     retry.append(job)
                 else:
                     failed.add(key)
                     self.say(f"error: run {job.label()} failed: its job left the queue without a result "
-                             f"{attempts[key]} time(s) ({state.lower()}); its log is {job.folder / 'train.log'}",
+                             f"{retries[key] + 1} time(s) ({state.lower()}); its log is {job.folder / 'train.log'}",
                              sys.stderr)
             self._submit(retry, current, attempts)
             counts = {s: sum(1 for k in current if last.get(k) == s) for s in ("PENDING", "RUNNING")}
@@ -312,7 +264,34 @@ class ClusterRunner:
             bar.set_postfix_str(f"queued {counts['PENDING']}, running {counts['RUNNING']}, done {len(done)}, "
                                 f"failed {len(failed)}, requeued {requeued}", refresh=False)
             bar.refresh()
-            if len(done) + len(failed) < len(jobs):
-                time.sleep(self.cluster.poll_s)
+            if len(done) + len(failed) >= len(jobs):
+                break
+            deadline = self.cluster.deadline_min * 60
+            if deadline and self.clock() - start >= deadline:
+                waiting = [f"{by_id[k].label()} (job {j}, {last.get(k, '?').lower()})" for k, j in current.items()]
+                self.say(f"error: deadline_min={self.cluster.deadline_min:g} reached with {len(waiting)} run(s) not "
+                         f"finished: {', '.join(waiting)}; their jobs stay queued: run compare.sh again to attach to "
+                         f"them, or scancel {' '.join(current.values())}", sys.stderr)
+                failed |= set(current)
+                break
+            most = max(self.cluster.poll_s, min(MAX_POLL_S, 10 * self.cluster.poll_s))
+            poll = self.cluster.poll_s if changed else min(poll * 1.5, most)
+            self.sleep(poll)
         bar.close()
         return len(failed)
+
+    def _hopeless(self, job, job_id: str, queued_since: dict, noted: set) -> bool:
+        """A queued job: says once why it waits when it has waited pending_note_min; cancels it (True)
+        when the reason cannot pass, naming the CLUSTER key to change."""
+        reason = getattr(self.backend, "reasons", {}).get(job_id, "")
+        if reason in HOPELESS:
+            self.backend.cancel([job_id])
+            self.say(f"error: run {job.label()} cannot start: job {job_id} waits for {reason}, which waiting will not "
+                     f"change; cancelled it: change CLUSTER's {HOPELESS[reason]}", sys.stderr)
+            return True
+        since = queued_since.setdefault(id(job), self.clock())
+        if id(job) not in noted and self.clock() - since >= self.cluster.pending_note_min * 60:
+            noted.add(id(job))
+            self.say(f"job {job_id} of {job.label()} has waited {self.cluster.pending_note_min:g} min in the queue: "
+                     f"{reason or 'no reason given'} (squeue -j {job_id} -o '%i %T %r')")
+        return False

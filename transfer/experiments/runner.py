@@ -13,6 +13,7 @@ commands, one a line, for any scheduler (a SLURM array takes line $SLURM_ARRAY_T
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shlex
@@ -202,21 +203,25 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
         for job in planned:
             print(command_line(job, list(spec.launch)))
         return 0
+    held = contextlib.ExitStack()
     if spec.cluster is not None:  # EXECUTOR=slurm
-        from .cluster import ClusterRunner, SubmititBackend
+        from .cluster import ClusterRunner, driver_lock
+        from .slurm import SubmititBackend
 
+        held.enter_context(driver_lock(spec.out))  # one driver an OUT
         runner = ClusterRunner(SubmititBackend(spec.out, spec.cluster), spec.cluster,
                                lambda job: command_line(job, list(spec.launch)))
     else:
         runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), echo=spec.jobs == 1 and not spec.gpus)
     failed, unchosen = 0, []
-    if tuning:
-        print(f"== tuning {len(spec.arms)} arm(s) over {len(spec.tune.points())} point(s) of "
-              f"{'; '.join(spec.tune.keys)}, chosen on the selection split", flush=True)
-        failed += runner.run_all(to_run(tuning, spec.overwrite))
-        chosen, unchosen = chosen_settings(spec)
-        planned = plan(bases_, arms, seeds, overrides, chosen)
-    failed += runner.run_all(to_run(planned, spec.overwrite))
+    with held:
+        if tuning:
+            print(f"== tuning {len(spec.arms)} arm(s) over {len(spec.tune.points())} point(s) of "
+                  f"{'; '.join(spec.tune.keys)}, chosen on the selection split", flush=True)
+            failed += runner.run_all(to_run(tuning, spec.overwrite))
+            chosen, unchosen = chosen_settings(spec)
+            planned = plan(bases_, arms, seeds, overrides, chosen)
+        failed += runner.run_all(to_run(planned, spec.overwrite))
     for line in unchosen:
         print(f"error: {line}", file=sys.stderr)
     total = len(tuning) + len(planned)
