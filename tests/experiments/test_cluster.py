@@ -4,6 +4,7 @@ run that failed with its own error, count requeues as no failure; and CLUSTER re
 real cluster: test_slurm.py."""
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,6 +243,27 @@ def test_one_driver_an_out(tmp_path):
                 pass
     with driver_lock(tmp_path):  # released when the first ended
         pass
+
+
+def test_the_sbatch_script_asks_for_requeue_passes_cpus_to_srun_and_takes_setup_and_checked_options(tmp_path):
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from transfer.experiments.slurm import SubmititBackend
+
+    cluster = ClusterSpec.parse("gpus_per_run=0 cpus_per_run=6 setup='module load cuda; source ~/venv/bin/activate' "
+                                "sbatch='--exclude=n1,n2 --exclusive --mail-type=END'")
+    parameters = SubmititBackend(tmp_path / "out", cluster).executor._executor.parameters
+    script = _make_sbatch_string(command="python -m submitit", folder=tmp_path, **parameters)
+    for line in ("#SBATCH --requeue", "#SBATCH --exclusive", "#SBATCH --exclude=n1,n2", "#SBATCH --mail-type=END",
+                 "#SBATCH --cpus-per-task=6", "#SBATCH --job-name=transfer-out",
+                 "module load cuda; source ~/venv/bin/activate"):
+        assert line in script, script
+    assert "srun --unbuffered --output" in script and "--cpus-per-task 6" in script.split("srun", 1)[1]
+    for text, says in (("sbatch='--time=30'", "sbatch option '--time=30' is set by CLUSTER's timeout_min"),
+                       ("sbatch='--qos=high'", "is set by CLUSTER's qos"),
+                       ("sbatch='--bogus=1'", "sbatch option '--bogus=1' is not one passed on; give --name=value")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            ClusterSpec.parse(text)
 
 
 @pytest.mark.parametrize("text, says", [

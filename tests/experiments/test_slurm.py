@@ -173,3 +173,45 @@ def test_the_multinode_recipe_requeues_and_resumes_a_run_of_two_processes(slurm,
     assert "stopped by SIGUSR2" in text and "requeueing job" in text and "resumed from" in text, text[-3000:]
     wa, wb = (load_file(f / "model" / "model.safetensors") for f in (reference, out))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # as if never stopped
+
+
+def test_refusals_and_stale_jobs_are_one_line_each(slurm, image_folder, tmp_path):
+    """On the real cluster: an sbatch refusal (a GPU on a cluster without GPUs), a job that asks more
+    than a node has (it would pend for ever with PartitionConfig), and a rerun with other settings
+    while the first driver's job is still queued: each one line naming what to change, exit 2."""
+    out = tmp_path / "out"
+    env = {**slurm, "OUT": str(out), "ARMS": "scratch", "SEEDS": "1", "PYTHON": sys.executable, "EXECUTOR": "slurm",
+           "OMP_NUM_THREADS": "1"}
+    settings = [f"data.root={image_folder}", *SETTINGS]
+    gpu = run_command(["scripts/compare.sh", *settings], env={**env, "CLUSTER": "timeout_min=5 poll_s=1"},
+                      capture_output=True, text=True, timeout=120)
+    assert gpu.returncode == 2, gpu.stdout[-2000:] + gpu.stderr[-2000:]
+    [line] = [line for line in gpu.stderr.splitlines() if line.startswith("error:")]
+    assert "sbatch refused the jobs: " in line and "change CLUSTER's gpus_per_run=0" in line, gpu.stderr
+    assert "Traceback" not in gpu.stderr
+
+    big = run_command(["scripts/compare.sh", *settings], capture_output=True, text=True, timeout=120,
+                      env={**env, "CLUSTER": "gpus_per_run=0 cpus_per_run=64 timeout_min=5 poll_s=1"})
+    assert big.returncode == 1, big.stdout[-2000:] + big.stderr[-2000:]
+    assert "waits for PartitionConfig, which waiting will not change; cancelled it: change CLUSTER's cpus_per_run" \
+        in big.stderr, big.stderr[-2000:]
+
+    # a job held in the queue (as if the cluster were full), then a rerun with another learning rate
+    held = {**env, "OUT": str(tmp_path / "held"), "CLUSTER": "gpus_per_run=0 cpus_per_run=1 timeout_min=5 poll_s=1 "
+                                                               "sbatch='--begin=now+1hour'"}
+    log = tmp_path / "held.log"
+    with open(log, "w") as f:
+        driver = start_command(["scripts/compare.sh", *settings], env=held, stdout=f, stderr=subprocess.STDOUT)
+    record = tmp_path / "held" / "scratch" / "seed1" / "slurm_job.json"
+    wait_until(record.is_file, 60, "the held job to be submitted", log, slurm, driver)
+    second = run_command(["scripts/compare.sh", *settings], env=held, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2 and "another compare.sh is driving" in second.stderr, second.stderr[-2000:]
+    kill_group(driver)
+    driver.wait()
+    again = run_command(["scripts/compare.sh", *settings, "optim.lr=3e-3"], env=held, capture_output=True, text=True,
+                        timeout=60)
+    job = job_of(record.parent)["job_id"]
+    assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
+    assert f"has job {job} (pending) from an earlier compare.sh that runs other settings" in again.stderr
+    assert f"now optim.lr=3e-3" in again.stderr and f"scancel {job}" in again.stderr
+    subprocess.run(["scancel", job], env=slurm, check=True)

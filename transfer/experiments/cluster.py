@@ -60,6 +60,16 @@ HOPELESS = {"PartitionConfig": "cpus_per_run, mem_gb or gpus_per_run: more than 
             "QOSMaxMemoryPerJob": "mem_gb: more than the qos allows"}
 
 
+# sbatch options CLUSTER's `sbatch` passes on (those the driver sets itself are in OURS: set them there)
+SBATCH_OPTIONS = {"exclusive", "exclude", "nodelist", "reservation", "mail-type", "mail-user", "comment", "gres",
+                  "gpus-per-task", "gpu-bind", "mem-per-cpu", "mem-per-gpu", "nice", "dependency", "licenses", "hint",
+                  "begin", "wckey", "tmp", "switches", "distribution", "core-spec", "clusters", "network"}
+OURS = {"partition": "partition", "account": "account", "qos": "qos", "constraint": "constraint",
+        "time": "timeout_min", "cpus-per-task": "cpus_per_run", "gpus-per-node": "gpus_per_run",
+        "mem": "mem_gb", "array": "array_parallelism", "signal": "signal_delay_s", "job-name": "(the OUT folder)",
+        "requeue": "(always asked for)"}
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """CLUSTER='key=value ...': what each run asks of SLURM, read as strictly as the settings."""
@@ -78,6 +88,16 @@ class ClusterSpec:
     poll_s: float = 30.0  # seconds between looks at the queue, at first
     pending_note_min: float = 10.0  # a job queued this long says why it waits (squeue's reason), once
     deadline_min: float = 0.0  # stop waiting after this long (0: never); the jobs stay queued
+    setup: str | None = None  # shell lines each job runs before the run ("module load cuda; source venv/bin/activate")
+    sbatch: str | None = None  # other sbatch options, checked against SBATCH_OPTIONS ("--exclude=n1 --mail-type=END")
+
+    def sbatch_options(self) -> dict:
+        """`sbatch` as submitit's additional parameters ({"mail_type": "END", "exclusive": True})."""
+        options = {}
+        for token in shlex.split(self.sbatch or ""):
+            name, sep, value = token.removeprefix("--").partition("=")
+            options[name.replace("-", "_")] = value if sep else True
+        return options
 
     @classmethod
     def parse(cls, text: str) -> "ClusterSpec":
@@ -98,6 +118,13 @@ class ClusterSpec:
                                     "pending_note_min") else 1
             if kind in ("int", "float") and values[key] < smallest:
                 raise ConfigError(f"CLUSTER: {key}={value} is too small")
+        for token in shlex.split(values.get("sbatch") or ""):
+            name = token.removeprefix("--").partition("=")[0]
+            if not token.startswith("--") or name not in SBATCH_OPTIONS:
+                ours = OURS.get(name)
+                raise ConfigError(f"CLUSTER: sbatch option {token!r} " + (
+                    f"is set by CLUSTER's {ours}" if ours else
+                    f"is not one passed on; give --name=value with a name of: {', '.join(sorted(SBATCH_OPTIONS))}"))
         return cls(**values)
 
 
@@ -142,6 +169,11 @@ def driver_lock(out: Path):
             f.truncate(0)
 
 
+def _say(text: str, stream=None) -> None:
+    """A line of the driver's, to `stream` (stdout by default; errors to stderr)."""
+    print(text, file=stream or sys.stdout, flush=True)
+
+
 def _changed(before: str, now: str) -> str:
     """What differs between two run commands, in a few words."""
     a, b = shlex.split(before), shlex.split(now)
@@ -153,9 +185,9 @@ class ClusterRunner:
     """`run_all(jobs)` as the local Runner's, on SLURM: submit, attach, wait, retry; the count that
     failed. `command_for(job)` is the shell line of a run (runner.command_line)."""
 
-    def __init__(self, backend: Backend, cluster: ClusterSpec, command_for, say=print, progress: bool = True,
+    def __init__(self, backend: Backend, cluster: ClusterSpec, command_for, say=None, progress: bool = True,
                  clock=time.monotonic, sleep=time.sleep):
-        self.backend, self.cluster, self.command_for, self.say = backend, cluster, command_for, say
+        self.backend, self.cluster, self.command_for, self.say = backend, cluster, command_for, say or _say
         self.progress, self.clock, self.sleep = progress, clock, sleep
 
     def run_all(self, jobs: list) -> int:

@@ -147,15 +147,19 @@ class SubmititBackend:
         self.cluster, self.submitit = cluster, submitit
         self.executor = submitit.AutoExecutor(folder=Path(out) / LOGS / "%j", cluster="slurm",
                                               slurm_max_num_timeout=cluster.max_requeues)
-        extra = {k: v for k in ("account", "qos", "constraint") if (v := getattr(cluster, k))}
+        # --requeue: sites with JobRequeue=0 refuse a requeue not asked for
+        extra = {**{k: v for k in ("account", "qos", "constraint") if (v := getattr(cluster, k))}, "requeue": True,
+                 **cluster.sbatch_options()}
         self.executor.update_parameters(
             name=f"transfer-{Path(out).name}", timeout_min=cluster.timeout_min, nodes=1, tasks_per_node=1,
             cpus_per_task=cluster.cpus_per_run, slurm_array_parallelism=cluster.array_parallelism,
-            slurm_signal_delay_s=cluster.signal_delay_s,
+            slurm_signal_delay_s=cluster.signal_delay_s, slurm_additional_parameters=extra,
+            # srun does not inherit sbatch's --cpus-per-task on SLURM 22.05-23.02: the run would get one core
+            slurm_srun_args=["--cpus-per-task", str(cluster.cpus_per_run)],
+            **({"slurm_setup": [cluster.setup]} if cluster.setup else {}),
             **({"gpus_per_node": cluster.gpus_per_run} if cluster.gpus_per_run else {}),
             **({"slurm_partition": cluster.partition} if cluster.partition else {}),
-            **({"mem_gb": cluster.mem_gb} if cluster.mem_gb else {}),
-            **({"slurm_additional_parameters": extra} if extra else {}))
+            **({"mem_gb": cluster.mem_gb} if cluster.mem_gb else {}))
         self.watcher = submitit.SlurmJob.watcher
         self.reasons: dict[str, str] = {}  # why each queued job waits (squeue's %r), as of the last look
         self._gone: dict[str, float] = {}  # job -> when it was first seen gone from the queue without an end
