@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import shlex
 import shutil
 import signal
 import subprocess
@@ -175,3 +176,27 @@ def test_a_gpu_out_of_memory_is_one_line_that_says_what_to_lower(image_folder, t
     assert code == 1 and err.count("\n") == 1, err
     assert err.startswith("error: the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB")
     assert "lower train.batch_size" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streams", ["2>&1", "2>/dev/null"])
+def test_a_run_whose_reader_goes_away_trains_to_the_end(image_folder, tmp_path, streams):
+    """`run_transfer.py ... | head -c 200`: the reader leaves after the first lines. The run goes on
+    to its metrics and model, exits 0, prints no traceback, and leaves no process behind (it died
+    of BrokenPipeError, or hung on its loader worker)."""
+    out = tmp_path / "run"
+    line = " ".join(shlex.quote(str(a)) for a in command(image_folder, out, "train.epochs=3", "data.num_workers=1"))
+    shell = f"{line} {streams} | head -c 200 > {tmp_path / 'head.txt'}; echo ${{PIPESTATUS[0]}} > {tmp_path / 'rc'}"
+    assert run_command(["bash", "-c", shell], timeout=300).returncode == 0
+    assert (tmp_path / "rc").read_text().strip() == "0"
+    assert (out / "metrics.json").is_file() and (out / "model").is_dir()
+    assert "Traceback" not in (tmp_path / "head.txt").read_text()
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _mentions(p, str(out))]  # no process left over
+
+
+def _mentions(pid: str, text: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return text.encode() in f.read()
+    except OSError:
+        return False

@@ -30,8 +30,48 @@ from .files import as_output_error
 from .training.phases import Phases, process_age
 
 
+class OutlivesItsReader:
+    """stdout or stderr, for a reader that may go away (`run_transfer.py ... | head`): at a broken
+    pipe its file descriptor is pointed at /dev/null and the run goes on, writing its files and
+    checkpoints as ever. (Without this the first print after the reader left raised
+    BrokenPipeError: the run died with a traceback and no metrics, or hung waiting on its loader
+    workers.)"""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_null()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_null()
+
+    def _to_null(self) -> None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())  # what is still buffered goes there too, and so does Python's last flush
+        os.close(null)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def entry(command: Callable[[], int]) -> int:
     """Run `command`, turning the errors a user can act on into one line and their exit code."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, OutlivesItsReader) and hasattr(stream, "fileno"):
+            try:
+                stream.fileno()
+            except (OSError, ValueError):  # pytest's captured streams and the like: nothing to point elsewhere
+                continue
+            setattr(sys, name, OutlivesItsReader(stream))
     try:
         return command()
     except UserError as e:
