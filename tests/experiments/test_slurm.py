@@ -213,5 +213,5 @@ def test_refusals_and_stale_jobs_are_one_line_each(slurm, image_folder, tmp_path
     job = job_of(record.parent)["job_id"]
     assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
     assert f"has job {job} (pending) from an earlier compare.sh that runs other settings" in again.stderr
-    assert f"now optim.lr=3e-3" in again.stderr and f"scancel {job}" in again.stderr
+    assert "now optim.lr=3e-3" in again.stderr and f"scancel {job}" in again.stderr
     subprocess.run(["scancel", job], env=slurm, check=True)

@@ -197,23 +197,24 @@ class ClusterRunner:
         recorded = {id(j): read_record(j.folder) for j in jobs}
         known = [r["job_id"] for r in recorded.values() if r]
         states = self.backend.states(known) if known else {}
-        refused = []
+        refused = []  # (run, its job, what differs): queued or running with another command than planned now
         for job in jobs:
-            record = recorded[id(job)]
+            record, command = recorded[id(job)], self.command_for(job)
             attempts[id(job)] = record["attempt"] if record else 0
             state = states.get(record["job_id"], "") if record else ""
-            if state in ACTIVE and record.get("command", self.command_for(job)) != self.command_for(job):
-                refused.append(f"run {job.label()} has job {record['job_id']} ({state.lower()}) from an earlier "
-                               f"compare.sh that runs other settings ({_changed(record['command'], self.command_for(job))})")
-            elif state in ACTIVE:
+            if state not in ACTIVE:
+                to_submit.append(job)
+            elif record.get("command", command) != command:
+                refused.append((job, f"{record['job_id']} ({state.lower()})", _changed(record["command"], command)))
+            else:
                 current[id(job)] = record["job_id"]
                 self.say(f"attached {job.label()} to job {record['job_id']} ({state.lower()})"
                          + ("" if "command" in record else " (recorded before commands were: not checked)"))
-            else:
-                to_submit.append(job)
         if refused:
-            ids = " ".join(r.split(" has job ", 1)[1].split()[0] for r in refused)
-            raise RunError(f"{refused[0]}" + (f", and {len(refused) - 1} more" if len(refused) > 1 else "")
+            (job, its, changed), more = refused[0], len(refused) - 1
+            ids = " ".join(recorded[id(j)]["job_id"] for j, _, _ in refused)
+            raise RunError(f"run {job.label()} has job {its} from an earlier compare.sh that runs other settings "
+                           f"({changed})" + (f", and {more} more" if more else "")
                            + f": cancel them (scancel {ids}) to run these settings, or rerun with the settings they "
                              f"were submitted with; nothing was submitted")
         self._submit(to_submit, current, attempts)

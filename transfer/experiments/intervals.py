@@ -112,7 +112,6 @@ class Crossed:
         return max(self.seed_variance, self.residual_variance) / self.seeds + self.image_variance
 
 
-
 def crossed(d: np.ndarray) -> Crossed:
     """See the module's docstring; `d` is seeds x images (one seed: the images' paired t)."""
     n, N = d.shape
@@ -122,14 +121,20 @@ def crossed(d: np.ndarray) -> Crossed:
     columns, grand = d.mean(axis=0), float(d.mean())
     ms_img = n * columns.var(ddof=1)
     ms_res = float(((d - rows[:, None] - columns[None, :] + grand) ** 2).sum()) / ((n - 1) * (N - 1))
-    seed_part, image_part = rows.var(ddof=1) / n, max(0.0, ms_img - ms_res) / (n * N)
+    seed_variance = float(rows.var(ddof=1))
+    seed_part, image_part = seed_variance / n, max(0.0, ms_img - ms_res) / (n * N)
     total = seed_part + image_part
-    df_image = (ms_img - ms_res) ** 2 / (ms_img ** 2 / (N - 1) + ms_res ** 2 / ((n - 1) * (N - 1))) if image_part else 1
-    parts = dict(seeds=n, seed_variance=float(rows.var(ddof=1)), residual_variance=float(ms_res / N),
+    df_image = _image_df(ms_img, ms_res, n, N) if image_part else 1
+    parts = dict(seeds=n, seed_variance=seed_variance, residual_variance=float(ms_res / N),
                  image_variance=float(image_part), image_degrees_of_freedom=float(df_image), images=N)
     if total == 0:
         return Crossed(grand, 0.0, float(n - 1), **parts)
     return Crossed(grand, float(np.sqrt(total)), _satterthwaite(seed_part, n - 1, image_part, df_image), **parts)
+
+
+def _image_df(ms_img: float, ms_res: float, n: int, N: int) -> float:
+    """Satterthwaite's degrees of freedom of the image part, (MS_img - MS_res) / (n N), from its two mean squares."""
+    return (ms_img - ms_res) ** 2 / (ms_img ** 2 / (N - 1) + ms_res ** 2 / ((n - 1) * (N - 1)))
 
 
 def _satterthwaite(seed_part: float, seed_df: float, image_part: float, image_df: float) -> float:
@@ -156,8 +161,8 @@ def seeds_for(gain: Crossed | None, target: float) -> SeedsForTarget | None:
 
     def half(m: int) -> float:
         seed_part = gain.seed_variance / m
-        if image > 0:
-            df_image = (m * s_img) ** 2 / ((s_res + m * s_img) ** 2 / (N - 1) + s_res ** 2 / ((m - 1) * (N - 1)))
+        if image > 0:  # the mean squares m seeds would give: E MS_img = s_res^2 + m s_img^2, E MS_res = s_res^2
+            df_image = _image_df(s_res + m * s_img, s_res, m, N)
             df = _satterthwaite(seed_part, m - 1, image, df_image) if seed_part else df_image
         else:
             df = m - 1
@@ -362,13 +367,13 @@ def aggregate(gains: dict[str, Gain | None]) -> Aggregate:
     # a dataset whose 3 seeds agree to the image has no interval of its own (SE 0); here its seed
     # part is taken at its residual noise (Crossed.floored_variance), so one such dataset does not
     # take the suite's intervals away
-    tables = {n: crossed_of(g) for n, g in have.items()}
-    with_interval = all(c is not None and c.seeds >= MIN_SEEDS and c.floored_variance() > 0 for c in tables.values())
+    tables = [crossed_of(g) for g in have.values()]
+    with_interval = all(c is not None and c.seeds >= MIN_SEEDS and c.floored_variance() > 0 for c in tables)
     if with_interval:
         k = len(have)
         se = np.array([c.standard_error if c.standard_error > 0 else np.sqrt(c.floored_variance())
-                       for c in tables.values()])
-        dfs = np.array([c.degrees_of_freedom for c in tables.values()])
+                       for c in tables])
+        dfs = np.array([c.degrees_of_freedom for c in tables])
         var = float((se ** 2).sum()) / k ** 2
         df = var ** 2 / float(((se ** 2 / k ** 2) ** 2 / dfs).sum())
         half = float(stats.t.ppf(0.975, df)) * np.sqrt(var)
@@ -376,7 +381,7 @@ def aggregate(gains: dict[str, Gain | None]) -> Aggregate:
         methods.append("the mean of these datasets' gains: each dataset's interval combined, SE^2 = sum SE_i^2 / "
                        f"{k}^2, Satterthwaite's degrees of freedom; it covers seeds and images, the datasets as given")
         if k >= 2:
-            result.update(_random_effects(values, np.array([c.floored_variance() for c in tables.values()]), half))
+            result.update(_random_effects(values, np.array([c.floored_variance() for c in tables]), half))
             methods.append(f"over datasets like these (random effects): each dataset's gain a draw, Student's t over "
                            f"the {k} gains ({k - 1} degree(s) of freedom); it also covers which datasets were chosen; "
                            f"the spread between datasets: Paule-Mandel (at least 0)")

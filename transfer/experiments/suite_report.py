@@ -77,10 +77,6 @@ NEW_DATASET = "a new dataset (95% prediction)"
 SUMMARY_ROWS = (MEAN_THESE, MEAN_LIKE, NEW_DATASET)  # suite.png draws them apart, in black
 
 
-def _ci(interval) -> str:
-    return f" (95% CI {interval[0]:+.1f} to {interval[1]:+.1f})" if interval else ""
-
-
 def aggregate_line(agg: Aggregate) -> str:
     """The gain over datasets in one line: each interval beside the number it is centred on, labelled
     with what it is an interval of."""
