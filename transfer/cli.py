@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from . import stops
 from .config import Config, dump_yaml, load_config
 from .errors import UserError, first_line
 from .files import as_output_error
@@ -133,6 +134,8 @@ def hide_gpus_from_a_cpu_run() -> None:
 def main(argv: list[str] | None = None, lr_find: bool = False) -> int:
     """run_transfer.py (one arm), or with `lr_find` scripts/lr_find.py (the LR range test alone)."""
     launch = process_age()  # interpreter start to here: what a run started from the command line pays first
+    if not lr_find:
+        stops.listen()  # a stop signal during start-up is acted on when training starts, not lost
     args = parse_args(argv, lr_find)
 
     def command() -> int:

@@ -64,6 +64,17 @@ class Preempted(TrainingStopped):
         return line.startswith(f"{cls.label}: {cls.lead}")
 
 
+class StoppedInStartup(TrainingStopped):
+    """A stop signal before the first training step: nothing new to save. A cluster counts it as a
+    failed attempt (a time slot shorter than the start-up would otherwise be requeued for ever)."""
+    exit_code = 143
+    lead = "stopped during start-up by "
+
+    @classmethod
+    def in_line(cls, line: str) -> bool:
+        return line.startswith(f"{cls.label}: {cls.lead}")
+
+
 class NonFiniteLoss(TrainingStopped):
     exit_code = 1
 

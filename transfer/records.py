@@ -131,6 +131,7 @@ class RunMetrics:
     val_subsets: dict = field(default_factory=dict)  # e.g. unseen_by_imagenet: {prefix, samples, val_acc}
     num_processes: int = 1
     device: str = "cpu"
+    device_name: str | None = None  # the GPU's model ("NVIDIA H100 80GB HBM3"), or the device type (cpu)
     mixed_precision: str = "no"  # as resolved from `auto`
     steps_per_epoch: int = 0  # optimizer steps per epoch, per process
     optimizer_steps: int = 0

@@ -170,6 +170,57 @@ def test_sigterm_mid_epoch_checkpoints_there_and_the_replay_is_exact(reference, 
     assert len(decoded) == (2 + 6) * 8  # and without decoding: epoch 2's last 2 batches and epoch 3's 6, of 8
 
 
+def test_an_epoch_is_saved_before_its_evaluation_which_a_stop_signal_interrupts(reference, image_folder, tmp_path,
+                                                                                 monkeypatch):
+    from transfer.errors import Preempted
+    from transfer.training import loop
+    from transfer.training.checkpoint import TrainerState
+    from transfer.training.watch import Watch
+
+    monkeypatch.setattr(loop, "LOG_EVERY", 1)  # 2 validation batches: asked once an evaluation, after the 1st
+    asked, stop_requested = [], Watch.stop_requested
+
+    def signal_in_epoch_2_s_evaluation(self):
+        asked.append(1)
+        if len(asked) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stop_requested(self)
+    monkeypatch.setattr(Watch, "stop_requested", signal_in_epoch_2_s_evaluation)
+    out = tmp_path / "run"
+    with pytest.raises(Preempted, match="epoch_002"):
+        run(tiny_config(image_folder, out, "train.epochs=3", "train.keep_checkpoints=5"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_001", "epoch_002"]
+    evaluated, trained = (TrainerState.read(out / "checkpoints" / n) for n in ("epoch_001", "epoch_002"))
+    assert (evaluated.epoch, evaluated.batches_done, len(evaluated.history)) == (1, 0, 1)  # restated once evaluated
+    assert (trained.epoch, trained.batches_done, len(trained.history)) == (1, 6, 1)  # all trained, not evaluated
+    monkeypatch.undo()
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run(load_config(out / "config.yaml", ["train.resume=auto"]))
+    assert same_weights(out, reference)
+    ours, theirs = (json.loads((folder / "metrics.json").read_text())["history"] for folder in (out, reference))
+    keys = ("epoch", "lr", "train_loss", "val_loss", "val_acc")
+    assert [[h[k] for k in keys] for h in ours] == [[h[k] for k in keys] for h in theirs]
+
+
+def test_a_stop_signal_during_start_up_stops_before_the_first_step(image_folder, tmp_path, monkeypatch, capsys):
+    import transfer.run as run_module
+
+    build = run_module.build
+    monkeypatch.setattr(run_module, "build", lambda *a, **k: (os.kill(os.getpid(), signal.SIGUSR2), build(*a, **k))[1])
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    out = tmp_path / "run"
+    try:
+        code = main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={out}"])
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    err = capsys.readouterr().err
+    assert code == 143 and err.splitlines()[-1].startswith(
+        "stopped: stopped during start-up by SIGUSR2, before the first step: nothing to save (no checkpoint exists"), err
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["adam", "sgd"])
 def test_a_fused_optimizer_run_resumed_from_a_background_checkpoint_is_exact(image_folder, tmp_path, monkeypatch,

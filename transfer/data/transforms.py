@@ -25,6 +25,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..stops import STOP_SIGNALS
 from .images import open_rgb
 
 PAD = 4  # the article's RandomCrop padding
@@ -93,7 +94,7 @@ def ignore_stop_signals(worker_id: int | None = None) -> None:
     workers too; dying there would kill the run ("DataLoader worker exited unexpectedly") before it
     writes the checkpoint the signal asks for. Workers end with the run: torch's watchdog ends a
     worker whose parent is gone."""
-    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):  # training.watch.STOP_SIGNALS
+    for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
 
 

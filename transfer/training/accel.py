@@ -48,6 +48,13 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
+def device_name(device: torch.device) -> str:
+    """What a run ran on, for the report to compare runs by: the GPU's model, or the device type."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
 def make_accelerator(cfg: Config, out: Path | None, precision: str) -> Accelerator:
     return Accelerator(
         cpu=not use_cuda() and not torch.backends.mps.is_available(),  # lets torchrun on CPUs use gloo

@@ -155,6 +155,18 @@ def save_checkpoint(saved: Checkpointed, output_dir: Path, name: str, state: Tra
     return final
 
 
+def restate_checkpoint(accelerator, folder: Path, state: TrainerState, writer: "Writer | None" = None) -> None:
+    """Replace the trainer state of checkpoint `folder` by `state` (one file, replaced atomically:
+    the folder holds the one or the other), after the write of the folder itself when `writer`
+    has it in flight."""
+    if accelerator.is_main_process:
+        write = functools.partial(write_json, Path(folder) / STATE_FILE, dataclasses.asdict(state))
+        if writer is None:
+            write()
+        else:
+            writer.start(write)
+
+
 def host_states(saved: Checkpointed) -> dict[str, tuple[object, bool]]:
     """File name -> (host copy of the state, safetensors?), in accelerate's save_state names."""
     accelerator = saved.trainer.accelerator
@@ -225,8 +237,8 @@ def to_host(value):
 
 
 class Writer:
-    """At most one checkpoint write in flight, in a background thread; `wait` joins it and raises
-    what it raised. As a context manager, leaving waits for the write (a run never ends, or
+    """Checkpoint writes in a background thread, one after the other (a checkpoint, then the
+    evaluated state that replaces its trainer state); `wait` joins them and raises what they raised. As a context manager, leaving waits for the write (a run never ends, or
     reports its error, with a checkpoint half written by a live thread)."""
 
     def __init__(self):
@@ -235,7 +247,14 @@ class Writer:
         self.waited = 0.0  # seconds the training waited for writes
 
     def start(self, write) -> None:
+        """Run `write` in the background, after the write in flight (if any) is done."""
+        before = self._thread
+
         def run():
+            if before is not None:
+                before.join()
+            if self._error is not None:  # the write before failed: that error is the one to raise
+                return
             try:
                 write()
             except BaseException as e:  # raised in the training thread, at the next wait

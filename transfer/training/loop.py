@@ -2,6 +2,7 @@
 processes and accumulation (accel.py); the step is step.py's; the schedule is optim.py's."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -53,7 +54,8 @@ def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, parti
     trainer, scheduler, watch = loop.trainer, loop.scheduler, loop.watch
     accelerator = trainer.accelerator
     trainer.objective.set_epoch(epoch)
-    lr = scheduler.last_lr
+    # the rate the last optimizer step used (the article's last_lr); a resume after the epoch's last batch takes none
+    lr = loop.lrs[-1] if batches_done and loop.lrs else scheduler.last_lr
     mine = accelerator.is_main_process  # a half epoch's global totals restart on one process only
     loss_sum = torch.tensor(float(partial[0]) if mine else 0.0, device=accelerator.device)
     seen = torch.tensor(float(partial[1]) if mine else 0.0, device=accelerator.device)
@@ -98,12 +100,17 @@ def train_one_epoch(loop: Loop, loader, epoch: int, batches_done: int = 0, parti
 
 
 @torch.inference_mode()
-def evaluate(model, loader, accelerator, normalize: Normalize) -> Evaluation:
+def evaluate(model, loader, accelerator, normalize: Normalize,
+             stop: Callable[[], bool] | None = None) -> Evaluation | None:
     """Every validation image exactly once across processes; loss averaged per image. Results stay
-    on the device until the end: no host sync per batch."""
+    on the device until the end: no host sync per batch. None when `stop()` (asked every LOG_EVERY
+    batches, the same batches on every process) says so."""
     model.eval()
     gathered = []
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
+    for index, batch in enumerate(tqdm(loader, desc="eval", leave=False,
+                                       disable=not accelerator.is_local_main_process)):
+        if stop is not None and index % LOG_EVERY == 0 and index and stop():
+            return None
         logits = model(normalize(batch["pixel_values"])).float()
         loss = F.cross_entropy(logits, batch["labels"], reduction="none")  # plain, whatever training optimises
         probabilities = logits.softmax(dim=1)
@@ -119,13 +126,22 @@ def evaluate(model, loader, accelerator, normalize: Normalize) -> Evaluation:
 
 
 def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
-                 save: Callable[[str, TrainerState], object]) -> tuple[Evaluation | None, str | None]:
-    """The epochs still to run: train, evaluate, record, checkpoint. (last evaluation, stop reason)
-    `state` is updated in place (history, lrs, seconds); `save(name, state)` writes a checkpoint."""
+                 save: Callable[[str, TrainerState], object],
+                 restate: Callable[[object, TrainerState], None]) -> tuple[Evaluation | None, str | None]:
+    """The epochs still to run: train, checkpoint, evaluate, record. (last evaluation, stop reason)
+    `state` is updated in place (history, lrs, seconds); `save(name, state)` writes a checkpoint and
+    returns its folder, `restate(folder, state)` replaces the trainer state in one written before.
+
+    An epoch's checkpoint is written when its training ends, before the evaluation (which a stop
+    signal interrupts: on a slow machine it takes minutes, more than a cluster's grace time), as
+    "trained, not evaluated"; the evaluated state replaces that once the evaluation is done. A run
+    resumed from the first evaluates the epoch and goes on, as the uninterrupted run did."""
     trainer, watch, train_dl = loop.trainer, loop.watch, setup.train_dl
     accelerator = trainer.accelerator
     final, stop, first_epoch = None, None, state.epoch
     with watch.signals():
+        if watch.signal_name is not None:  # heard during start-up (stops.listen): nothing trained to save
+            watch.raise_stopped_in_startup(state.resumes[-1]["from"] if state.resumes else None)
         for epoch in range(first_epoch, cfg.train.epochs):
             batches_done = state.batches_done if epoch == first_epoch else 0
             set_seed(epoch_seed(cfg.train.seed, epoch, accelerator.process_index))  # seed, epoch and process alone
@@ -136,19 +152,20 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
             trainer.set_phase(frozen)
             watch.start(state.train_seconds)
             result = train_one_epoch(loop, train_dl, epoch, batches_done, state.partial if batches_done else (0.0, 0))
-            train_time, stop = watch.seconds(), result["stop"]
+            train_time, stop, done = watch.seconds(), result["stop"], result["batches_done"]
+            trained = dataclasses.replace(state.at(epoch, done, result["partial"]),
+                                          train_seconds=state.train_seconds + train_time)
             if stop == "signal":  # preempted: save where we are, finish nothing else
-                state.train_seconds += train_time
-                done = result["batches_done"]
-                watch.raise_stopped(save(f"epoch_{epoch:03d}_batch_{done:06d}", state.at(epoch, done, result["partial"])))
-            final = evaluate(trainer.model, setup.val_dl, accelerator, trainer.objective.normalize)
-            chooser = None if setup.select_dl is None else evaluate(trainer.model, setup.select_dl, accelerator,
-                                                                    trainer.objective.normalize)
-            averaged = None if loop.ema is None else evaluate(loop.ema.module, setup.val_dl, accelerator,
-                                                              trainer.objective.normalize)
+                watch.raise_stopped(save(f"epoch_{epoch:03d}_batch_{done:06d}", trained))
+            due = (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs
+            # a time budget's last epoch is saved once evaluated: resumed unevaluated, it would train on
+            saved = save(f"epoch_{epoch + 1:03d}", trained) if due and done == len(train_dl) else None
+            evaluations = evaluate_all(loop, setup)
+            if evaluations is None:  # a stop signal during the evaluation
+                watch.raise_stopped(saved or save(f"epoch_{epoch:03d}_batch_{done:06d}", trained))
+            final, chooser, averaged = evaluations
             epoch_seconds = watch.seconds()
             state.train_seconds += epoch_seconds
-            done = result["batches_done"]
             record = EpochRecord(
                 epoch=epoch + 1 if done == len(train_dl) else round(epoch + done / len(train_dl), 3), lr=result["lr"],
                 train_loss=result["train_loss"], val_loss=final.val_loss, val_acc=final.val_acc, frozen=frozen,
@@ -161,10 +178,26 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
             accelerator.log({f"epoch/{k}": getattr(record, k) for k in ("train_loss", "val_loss", "val_acc", "lr")},
                             step=loop.scheduler.steps)
             accelerator.print(epoch_line(record))
-            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs or stop == "budget":
+            if saved is not None:
+                restate(saved, state.at(epoch + 1))
+            elif due or stop == "budget":
                 save(f"epoch_{epoch + 1:03d}", state.at(epoch + 1))
             if stop == "budget":
                 accelerator.print(f"time budget of {cfg.train.time_budget_s:g} s spent: the schedule ended after "
                                   f"{record.epoch:.2f} epochs ({loop.scheduler.steps} optimizer steps)")
                 break
     return final, stop
+
+
+def evaluate_all(loop: Loop, setup: Setup) -> tuple[Evaluation, Evaluation | None, Evaluation | None] | None:
+    """The epoch's evaluations: validation, the selection split's, the weight average's; None when
+    a stop signal came during them."""
+    trainer, normalize, stop = loop.trainer, loop.trainer.objective.normalize, loop.watch.stop_requested
+    final = evaluate(trainer.model, setup.val_dl, trainer.accelerator, normalize, stop)
+    chooser = None if setup.select_dl is None or final is None else evaluate(
+        trainer.model, setup.select_dl, trainer.accelerator, normalize, stop)
+    averaged = None if loop.ema is None or final is None else evaluate(
+        loop.ema.module, setup.val_dl, trainer.accelerator, normalize, stop)
+    if final is None or (setup.select_dl is not None and chooser is None) or (loop.ema is not None and averaged is None):
+        return None
+    return final, chooser, averaged

@@ -14,11 +14,9 @@ import time
 
 import torch
 
-from ..errors import NonFiniteLoss, Preempted
-
-# each asks for a checkpoint and a clean stop (exit 143): a kill, Ctrl-C, and the signals a cluster
-# sends ahead of a time limit or a preemption (SLURM's --signal, submitit's USR2)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+from .. import stops
+from ..errors import NonFiniteLoss, Preempted, StoppedInStartup
+from ..stops import STOP_SIGNALS  # each asks for a checkpoint and a clean stop (exit 143)
 
 
 def _max_over_processes(values: torch.Tensor, processes: int) -> torch.Tensor:
@@ -71,10 +69,18 @@ class Watch:
         return "signal" if stop_signal else None
 
     # ---- signals
+    def stop_requested(self) -> bool:
+        """Whether any process has had a stop signal: one small all-reduce (evaluation asks every
+        few batches, so that every process leaves it at the same batch)."""
+        flag = torch.tensor([float(self.signal_name is not None)], device=self._first_bad.device)
+        return bool(_max_over_processes(flag, self.accelerator.num_processes).item())
+
     @contextlib.contextmanager
     def signals(self):
         """SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 ask for a checkpoint at the next check; a second Ctrl-C
-        quits at once."""
+        quits at once. One that came during start-up (stops.listen heard it) counts as come now."""
+        self.signal_name = self.signal_name or stops.received()
+        stops.forget()
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -95,3 +101,10 @@ class Watch:
     def raise_stopped(self, checkpoint_path) -> None:
         raise Preempted(f"{Preempted.lead}{self.signal_name}; checkpoint saved in {checkpoint_path}. "
                         f"Resume with the same command plus train.resume=auto")
+
+    def raise_stopped_in_startup(self, newest) -> None:
+        """A stop signal before the first step: nothing trained since `newest` (a checkpoint or None),
+        so nothing is written (a new checkpoint would claim progress that was not made)."""
+        kept = f"the newest checkpoint, {newest}, is the one to resume from" if newest else "no checkpoint exists yet"
+        raise StoppedInStartup(f"{StoppedInStartup.lead}{self.signal_name}, before the first step: nothing to save "
+                               f"({kept}); the same command plus train.resume=auto continues")
