@@ -17,7 +17,7 @@ from transfer.records import EpochRecord, LrFindRecord
 from transfer.run import run
 
 
-def fake_run(folder, accs, seconds=10.0, lr=1e-4, pretrained=True, unseen=None, found=None):
+def fake_run(folder, accs, seconds=10.0, lr=1e-4, pretrained=True, unseen=None, found=None, **recorded):
     folder.mkdir(parents=True)
     history = [{"epoch": i + 1, "lr": lr, "train_loss": 1.0, "val_loss": 1.0 - a / 2, "val_acc": a,
                 "epoch_seconds": seconds, "train_images_per_s": 100.0} for i, a in enumerate(accs)]
@@ -27,7 +27,7 @@ def fake_run(folder, accs, seconds=10.0, lr=1e-4, pretrained=True, unseen=None, 
                "val_subsets": {"unseen_by_imagenet": {"samples": 4, "val_acc": unseen}} if unseen is not None else {},
                "peak_lr": found or lr, "lr_find": asdict(LrFindRecord(
                    "minimum", found, {"minimum": found}, [found / 10, found * 10], found * 10, 100, 1e-7, 10.0, [], [], []))
-               if found else None}
+               if found else None, **recorded}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     cfg = load_config("configs/pretrained.yaml" if pretrained else "configs/scratch.yaml",
                       [f"optim.lr={'find' if found else lr}"])
@@ -56,6 +56,22 @@ def test_report_numbers_match_the_runs(tmp_path):
     assert "85.0% ± 7.1" in report and "30.0%" in report and "+55.0 points" in report
     assert "`optim.lr` | `0.0001` | `0.001`" in report and "62.5% ± 17.7 (n=4)" in report
     assert Image.open(tmp_path / "comparison.png").size[0] > 500
+
+
+def test_runs_on_different_hardware_or_precision_are_a_warning(tmp_path):
+    h100 = {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "mixed_precision": "bf16"}
+    fake_run(tmp_path / "pretrained" / "seed0", [0.6, 0.9], **h100)
+    fake_run(tmp_path / "scratch" / "seed0", [0.2, 0.4], pretrained=False, **h100)
+    build(tmp_path)
+    assert "Warning" not in (tmp_path / "report.md").read_text()
+    fake_run(tmp_path / "scratch" / "seed1", [0.2, 0.5], pretrained=False,
+             **{**h100, "device_name": "Tesla V100-SXM2-32GB", "mixed_precision": "fp16"})
+    summary = build(tmp_path)
+    assert summary.arms["scratch"].executions == ["NVIDIA H100 80GB HBM3, bf16, 1 process",
+                                                  "Tesla V100-SXM2-32GB, fp16, 1 process"]
+    assert ("**Warning**: the runs ran on different hardware, precision or process counts (pretrained: NVIDIA H100 "
+            "80GB HBM3, bf16, 1 process; scratch: NVIDIA H100 80GB HBM3, bf16, 1 process / Tesla V100-SXM2-32GB, "
+            "fp16, 1 process)") in (tmp_path / "report.md").read_text()
 
 
 def test_report_shows_the_learning_rate_each_arm_found(tmp_path):

@@ -75,6 +75,7 @@ class ArmSummary:
     unseen_by_imagenet_samples: int | None = None
     train_samples: float | None = None  # training images a run used, mean over seeds
     tuned: ArmTuning | None = None
+    executions: list[str] = field(default_factory=list)  # what its runs ran on: device, precision, processes
 
     def seconds_to(self, fraction: float) -> float | None:
         return getattr(self, f"seconds_to_{int(fraction * 100)}pct_of_best")

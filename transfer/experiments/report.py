@@ -218,6 +218,13 @@ def markdown(summary: Summary | SuiteSummary) -> str:
                   + "; ".join(f"{n}: {', '.join(map(str, v)) or 'none recorded'}" for n, v in seed_sets.items())
                   + "): runs pair up only by a common seed, and what has no partner is left out of the paired gain.",
                   ""]
+    ran_on = {n: arms[n].executions for n in names}
+    if len({e for found in ran_on.values() for e in found}) > 1:  # a mixed cluster partition, a resumed run elsewhere
+        lines += ["**Warning**: the runs ran on different hardware, precision or process counts ("
+                  + "; ".join(f"{n}: {' / '.join(v) or 'not recorded'}" for n, v in ran_on.items())
+                  + "): times are not comparable between them, and the precision can move accuracy by a little; "
+                    "pin it (`train.mixed_precision`) and the GPU type (CLUSTER's `constraint`) to compare like "
+                    "with like.", ""]
     lines += ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(fn(arms[n]) for n in names) + " |" for label, fn in rows]
     lines.append("")

@@ -65,7 +65,13 @@ def summarize_arm(runs: list[FinishedRun]) -> ArmSummary:
         unseen_by_imagenet_val_acc=unseen_acc[0], unseen_by_imagenet_val_acc_std=unseen_acc[1],
         unseen_by_imagenet_samples=unseen[0]["samples"] if all(unseen) else None,
         train_samples=float(np.mean([m.train_samples for m in metrics])) if all(m.train_samples for m in metrics)
-        else None)
+        else None, executions=sorted({execution(m) for m in metrics}))
+
+
+def execution(metrics) -> str:
+    """What a run ran on, as the report compares runs by it."""
+    n = metrics.num_processes
+    return f"{metrics.device_name or metrics.device}, {metrics.mixed_precision}, {n} process{'es' * (n != 1)}"
 
 
 def differing_settings(arms: dict[str, list[FinishedRun]]) -> dict[str, dict[str, object]]:
