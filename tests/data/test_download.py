@@ -28,6 +28,29 @@ def test_local_tgz_is_extracted_into_root(image_folder, tmp_path):
     assert [p.name for p in root.parent.iterdir()] == ["shapes"]  # no temporary leftovers
 
 
+def test_runs_side_by_side_fetch_once(image_folder, tmp_path, capsys):
+    import fcntl
+
+    archive = make_tgz(image_folder, tmp_path / "shapes.tgz")
+    root = tmp_path / "data" / "shapes"
+    root.parent.mkdir()
+    with open(root.parent / ".shapes.fetch.lock", "a") as held:  # another process is fetching it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=fetch_dataset, args=(str(archive), root))
+        waiting.start()
+        for _ in range(100):
+            if "waiting for another process that is fetching" in capsys.readouterr().err:
+                break
+            threading.Event().wait(0.05)
+        else:
+            pytest.fail("the second fetch did not wait")
+        assert waiting.is_alive() and not root.exists()
+        (root / "train").mkdir(parents=True)  # the other process's result
+    waiting.join(10)
+    assert not waiting.is_alive() and [p.name for p in root.iterdir()] == ["train"]  # found, not fetched again
+    assert [p.name for p in root.parent.iterdir()] == ["shapes"]
+
+
 def test_local_zip_without_top_folder(image_folder, tmp_path):
     archive = tmp_path / "shapes.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -7,9 +7,13 @@ files and folders inside the target; links, devices, absolute paths and `..` are
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
+import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -28,12 +32,50 @@ RETRIES = 4
 
 
 def fetch_dataset(url: str, root: Path, sha256: str | None = None) -> Path:
-    """Make `root` hold the dataset in the archive at `url` (http(s) URL or local path)."""
+    """Make `root` hold the dataset in the archive at `url` (http(s) URL or local path). Runs started
+    side by side (by hand, or jobs of a cluster) fetch it once: the first takes a lock next to
+    `root`, the others wait for it and find `root` there."""
     root = Path(root)
     name = url.rstrip("/").split("/")[-1].split("?")[0]
     if not name.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"data.url {url} is not a .tgz, .tar.gz, .tar or .zip archive")
     root.parent.mkdir(parents=True, exist_ok=True)
+    with _fetch_lock(root):
+        if not root.exists():  # else fetched by the process that held the lock before
+            _fetch(url, name, root, sha256)
+    return root
+
+
+@contextlib.contextmanager
+def _fetch_lock(root: Path):
+    """Held while one process fetches `root`; the lock file goes with it (a process that waited on
+    it finds it gone once it has the lock, and takes a new one)."""
+    path, said = root.parent / f".{root.name}.fetch.lock", False
+    while True:
+        lock = open(path, "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not said:
+                print(f"waiting for another process that is fetching {root}", file=sys.stderr, flush=True)
+                said = True
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()  # it was removed while we waited: the next holder's is a new file
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        lock.close()  # the lock ends here, and with the process if it dies
+
+
+def _fetch(url: str, name: str, root: Path, sha256: str | None) -> None:
+
+
     if url.startswith(("http://", "https://")):
         archive = root.parent / name
         if not archive.exists():  # a finished download is reused by the next run
@@ -45,7 +87,6 @@ def fetch_dataset(url: str, root: Path, sha256: str | None = None) -> Path:
     if sha256 is not None:
         check_sha256(archive, sha256, remove=url.startswith(("http://", "https://")))
     extract(archive, root)
-    return root
 
 
 def download(url: str, dest: Path) -> None:

@@ -204,7 +204,7 @@ def resolve_root(cfg: DataConfig) -> Path:
 
 # ---------------------------------------------------------------------------- datasets sources
 
-def _open(cfg: DataConfig):
+def open_dataset(cfg: DataConfig):
     """A DatasetDict from a save_to_disk folder, a local parquet/arrow folder or the Hub."""
     import datasets  # (see load_source)
 
@@ -244,7 +244,7 @@ def _pick(features: dict, chosen: str | None, kind, key: str, what: str) -> str:
 def load_datasets_source(cfg: DataConfig) -> Source:
     import datasets  # (see load_source)
 
-    splits = _open(cfg)
+    splits = open_dataset(cfg)
     if cfg.train_split not in splits:
         raise ConfigError(f"data.train_split={cfg.train_split!r} is not a split of {cfg.dataset}; "
                           f"splits: {', '.join(splits)}")
