@@ -21,7 +21,9 @@
 # (1: print the runs as shell commands instead), OVERWRITE (0), PYTHON (the python that has this
 # project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch --quiet", i.e.
 # `accelerate launch`: your accelerate config picks GPUs and processes), TARGET_HALF_WIDTH (2: the report says how
-# many seeds would bring the gain's interval to +- this many points). See transfer/experiments/ (spec.py, plan.py, runner.py).
+# many seeds would bring the gain's interval to +- this many points), EXECUTOR (local, or slurm with CLUSTER: see
+# docs/experiments.md), ACTION (run; with EXECUTOR=slurm also status or cancel: the jobs of OUT's runs).
+# See transfer/experiments/ (spec.py, plan.py, runner.py).
 set -euo pipefail
 if [ -n "${SUITE:-}" ] && [ -f "$SUITE" ]; then  # a suite file of yours, named from where you are
   SUITE="$(cd "$(dirname "$SUITE")" && pwd)/$(basename "$SUITE")"

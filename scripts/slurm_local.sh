@@ -5,6 +5,13 @@
 #   EXECUTOR=slurm CLUSTER='gpus_per_run=0 cpus_per_run=1' SLURM_CONF=/tmp/transfer-slurm/slurm.conf scripts/compare.sh ...
 #   sudo scripts/slurm_local.sh stop
 #
+# Partitions: `debug` (the default) and `urgent`, of a higher priority tier: a job in urgent that
+# needs the cores of a job in debug preempts it (PreemptType=preempt/partition_prio,
+# PreemptMode=REQUEUE, GraceTime=$GRACE_S, 30 s: SIGCONT and SIGTERM to every process of the job,
+# SIGKILL after the grace time, then the job is queued again), as on a cluster with a scavenger or
+# low-priority partition. ACCOUNTING=none starts no slurmdbd or MariaDB (sacct fails), as on the
+# many lab clusters that keep none.
+#
 # Needs root and Debian's packages (what .ci/run installs):
 #   apt-get install munge slurmctld slurmd slurm-client slurmdbd mariadb-server
 # Everything it writes is in STATE (default /tmp/transfer-slurm): the configuration, the daemons'
@@ -13,6 +20,8 @@
 # (AuthInfo=cred_expire=10, sched_interval=5), so a preempted job runs again within seconds.
 set -euo pipefail
 STATE=${STATE:-/tmp/transfer-slurm}
+ACCOUNTING=${ACCOUNTING:-slurmdbd}  # or none
+GRACE_S=${GRACE_S:-30}
 NODE=$(hostname)
 CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc honours OMP_NUM_THREADS, which the test suite sets
 MEMORY_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
@@ -31,6 +40,7 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds
 
 start() {
   [ "$(id -u)" = 0 ] || die "slurm_local.sh start needs root (it starts munge, MariaDB and SLURM's daemons)"
+  case "$ACCOUNTING" in slurmdbd|none) ;; *) die "ACCOUNTING=$ACCOUNTING is invalid; use slurmdbd (the default) or none";; esac
   for program in munged mariadbd slurmdbd slurmctld slurmd sbatch sacctmgr; do
     command -v "$program" > /dev/null || die "$program is not installed; apt-get install munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
   done
@@ -52,17 +62,18 @@ start() {
     wait_for 20 munge munge -n
   fi
 
-  # MariaDB for slurmdbd, as root: STATE may be below a folder only root can enter (a test's temp folder)
-  mysql_install_db --user=root --datadir="$STATE/mysql" --auth-root-authentication-method=socket \
-      > "$STATE/log/mysql_install.log" 2>&1 || die "mysql_install_db failed; see $STATE/log/mysql_install.log"
-  (setsid mariadbd --user=root --datadir="$STATE/mysql" --socket="$STATE/mysqlrun/mysql.sock" --pid-file="$STATE/mysqlrun/mysql.pid" \
-      --skip-networking=0 --bind-address=127.0.0.1 --port=3307 > "$STATE/log/mariadb.log" 2>&1 &)
-  wait_for 60 MariaDB mysql --socket="$STATE/mysqlrun/mysql.sock" -e "select 1"
-  mysql --socket="$STATE/mysqlrun/mysql.sock" -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
-    CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';
-    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+  if [ "$ACCOUNTING" = slurmdbd ]; then
+    # MariaDB for slurmdbd, as root: STATE may be below a folder only root can enter (a test's temp folder)
+    mysql_install_db --user=root --datadir="$STATE/mysql" --auth-root-authentication-method=socket \
+        > "$STATE/log/mysql_install.log" 2>&1 || die "mysql_install_db failed; see $STATE/log/mysql_install.log"
+    (setsid mariadbd --user=root --datadir="$STATE/mysql" --socket="$STATE/mysqlrun/mysql.sock" --pid-file="$STATE/mysqlrun/mysql.pid" \
+        --skip-networking=0 --bind-address=127.0.0.1 --port=3307 > "$STATE/log/mariadb.log" 2>&1 &)
+    wait_for 60 MariaDB mysql --socket="$STATE/mysqlrun/mysql.sock" -e "select 1"
+    mysql --socket="$STATE/mysqlrun/mysql.sock" -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
+      CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';
+      GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
 
-  cat > "$STATE/slurmdbd.conf" <<EOF
+    cat > "$STATE/slurmdbd.conf" <<EOF
 AuthType=auth/munge
 DbdHost=localhost
 DbdPort=6819
@@ -75,7 +86,8 @@ StoragePass=slurm
 PidFile=$STATE/run/slurmdbd.pid
 LogFile=$STATE/log/slurmdbd.log
 EOF
-  chmod 600 "$STATE/slurmdbd.conf"
+    chmod 600 "$STATE/slurmdbd.conf"
+  fi
 
   cat > "$STATE/slurm.conf" <<EOF
 ClusterName=transfer
@@ -100,9 +112,13 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-AccountingStoragePort=6819
+$(if [ "$ACCOUNTING" = slurmdbd ]; then
+  printf 'AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\nAccountingStoragePort=6819\n'
+else
+  printf 'AccountingStorageType=accounting_storage/none\n'
+fi)
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 ReturnToService=2
@@ -110,16 +126,19 @@ KillWait=30
 MinJobAge=300
 MaxArraySize=1001
 NodeName=$NODE CPUs=$CPUS RealMemory=$MEMORY_MB State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=$(( MEMORY_MB / CPUS ))
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=$(( MEMORY_MB / CPUS )) PriorityTier=1 PreemptMode=REQUEUE GraceTime=$GRACE_S
+PartitionName=urgent Nodes=$NODE MaxTime=INFINITE State=UP DefMemPerCPU=$(( MEMORY_MB / CPUS )) PriorityTier=10 PreemptMode=OFF
 EOF
 
-  slurmdbd
-  wait_for 30 slurmdbd sacctmgr -i list cluster
-  sacctmgr -i add cluster transfer > /dev/null 2>&1 || true
+  if [ "$ACCOUNTING" = slurmdbd ]; then
+    slurmdbd
+    wait_for 30 slurmdbd sacctmgr -i list cluster
+    sacctmgr -i add cluster transfer > /dev/null 2>&1 || true
+  fi
   slurmctld
   slurmd
   wait_for 60 "the node" sh -c "sinfo -h -N -o %T | grep -qx idle"
-  echo "SLURM is up (one node, $CPUS CPUs): export SLURM_CONF=$SLURM_CONF"
+  echo "SLURM is up (one node, $CPUS CPUs, accounting: $ACCOUNTING): export SLURM_CONF=$SLURM_CONF"
 }
 
 stop() {

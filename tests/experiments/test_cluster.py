@@ -68,6 +68,10 @@ class StandIn:
             if state.endswith(":stopped"):  # the job ended while its run stopped for a preemption
                 (folder / "train.log").write_text("stopped: stopped by SIGUSR2; checkpoint saved in x. Resume ...\n")
                 state = state.split(":")[0]
+            if state.endswith(":startup"):  # ... stopped by the signal before its first step: nothing saved
+                (folder / "train.log").write_text("stopped: stopped during start-up by SIGUSR2, before the first "
+                                                  "step: nothing to save (no checkpoint exists yet); ...\n")
+                state = state.split(":")[0]
             if state.startswith("PENDING:"):  # waiting, for this reason
                 state, self.reasons[job_id] = state.split(":", 1)
             result[job_id] = state
@@ -96,7 +100,7 @@ class FakeClock:
 
 
 def test_jobs_are_submitted_waited_for_retried_and_failures_named(tmp_path):
-    runs = [Run(n, tmp_path / n) for n in ("ok", "preempted", "node", "bad", "lost", "stopping")]
+    runs = [Run(n, tmp_path / n) for n in ("ok", "preempted", "node", "bad", "lost", "stopping", "short")]
     backend = StandIn({
         str(tmp_path / "ok"): [["PENDING", "RUNNING", "COMPLETED"]],
         str(tmp_path / "preempted"): [["RUNNING", "PENDING", "RUNNING", "COMPLETED"]],  # requeued, resumed
@@ -104,9 +108,14 @@ def test_jobs_are_submitted_waited_for_retried_and_failures_named(tmp_path):
         str(tmp_path / "bad"): [["RUNNING", "FAILED"]],  # its own error: not again
         str(tmp_path / "lost"): [["CANCELLED"], ["CANCELLED"], ["CANCELLED"]],  # max_retries=2: 3 attempts
         str(tmp_path / "stopping"): [["RUNNING", "FAILED:stopped"], ["COMPLETED"]],  # not its own error: again
+        # a time slot shorter than its start-up: stopped before a first step each time, and each time counts
+        str(tmp_path / "short"): [["RUNNING", "FAILED:startup"]] * 3,
     })
     driver, said = runner(backend, max_retries=2)
-    assert driver.run_all(runs) == 2  # bad and lost
+    assert driver.run_all(runs) == 3  # bad, lost and short
+    assert backend.submitted.count(str(tmp_path / "short")) == 3
+    assert "job 100_6 of short left the queue without a result (stopped during its start-up); submitting it again " \
+           "(retry 1 of 2)" in said
     assert backend.submitted.count(str(tmp_path / "node")) == 2 and backend.submitted.count(str(tmp_path / "lost")) == 3
     assert backend.submitted.count(str(tmp_path / "stopping")) == 2
     assert backend.submitted.count(str(tmp_path / "preempted")) == 1  # its requeue is SLURM's, not a resubmission
@@ -234,6 +243,83 @@ def test_an_sbatch_refusal_is_one_line_and_what_went_in_before_it_is_recorded(tm
     assert json.loads((tmp_path / "a" / RECORD).read_text())["job_id"] == "100_0" and not (tmp_path / "b" / RECORD).exists()
 
 
+def test_what_the_runs_download_is_fetched_once_here_before_any_job_is_submitted(image_folder, tmp_path, monkeypatch):
+    import tarfile
+
+    from transfer.experiments import prefetch
+    from transfer.experiments.plan import bases, plan
+
+    archive = tmp_path / "shapes.tgz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(image_folder, arcname="shapes")
+    root = tmp_path / "data" / "shapes"
+    jobs = plan(bases(tmp_path / "out", None), ["pretrained", "scratch"], [0, 1],
+                [f"data.url={archive}", f"data.root={root}"])
+    fetched = []
+    monkeypatch.setattr(prefetch, "fetch_weights", lambda model: fetched.append(model.name))
+    backend = StandIn({str(job.folder): [["COMPLETED"]] for job in jobs})
+    submit = backend.submit
+    backend.submit = lambda runs: (assert_there(root), submit(runs))[1]  # the data is there before the first job
+    said = []
+    driver = ClusterRunner(backend, ClusterSpec(poll_s=1), lambda job: str(job.folder), say=said.append,
+                           progress=False, clock=FakeClock(), sleep=lambda s: None,
+                           fetch=lambda jobs: prefetch.fetch_inputs(jobs, said.append))
+    assert driver.run_all(jobs) == 0 and len(backend.submitted) == 4
+    assert fetched == ["resnet50.tv_in1k"]  # the pretrained arm's weights, once for its two seeds
+    assert [line for line in said if line.startswith("fetching")] == [
+        f"fetching {archive} into {root} (once, here: the jobs read it from there)",
+        "fetching the ImageNet weights of resnet50.tv_in1k into the Hugging Face cache (once, here)"]
+    assert sorted(p.name for p in root.iterdir()) == ["train", "val"]
+
+
+def assert_there(path):
+    assert path.is_dir(), path
+
+
+def test_weights_that_cannot_be_fetched_are_one_line(monkeypatch):
+    from transfer.config import ModelConfig
+    from transfer.errors import DataError
+    from transfer.experiments.prefetch import fetch_weights
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"^model.pretrained: the ImageNet weights of resnet10t could not be fetched "
+                                        r"here \(.*\); run the comparison where the network is reachable, or give "
+                                        r"model.weights_file=") as caught:
+        fetch_weights(ModelConfig(name="resnet10t"))
+    assert "\n" not in str(caught.value)
+
+
+def test_status_and_cancel_of_a_running_comparison(tmp_path):
+    from transfer.experiments.cluster import CANCEL_MARK, act
+
+    runs = [Run(n, tmp_path / "out" / n) for n in ("done", "queued", "running", "failed")]
+    backend = StandIn({str(tmp_path / "out" / "done"): [["COMPLETED"]],
+                       str(tmp_path / "out" / "queued"): [["PENDING:Priority"]],
+                       str(tmp_path / "out" / "running"): [["RUNNING"]],
+                       str(tmp_path / "out" / "failed"): [["FAILED"]]})
+    looks = []
+    driver = ClusterRunner(backend, ClusterSpec(poll_s=1), lambda run: str(run.folder), say=lambda *a: None,
+                           progress=False, clock=FakeClock(), sleep=lambda s: None,
+                           cancelled=lambda: (looks.append(1), len(looks) > 3)[1])
+    assert driver.run_all(runs) == 3  # done; the others not finished when ACTION=cancel came
+    said = []
+    assert act("status", tmp_path / "out", backend, said.append) == 0
+    assert said == ["done: job 100_0 (attempt 1) completed", "failed: job 100_3 (attempt 1) failed: error: data.root "
+                    "/nowhere does not exist", "queued: job 100_1 (attempt 1) pending: Priority",
+                    "running: job 100_2 (attempt 1) running", f"queued 1, running 1, done 1, failed 1 (4 run(s) of "
+                    f"{tmp_path / 'out'})"]
+    said.clear()
+    assert act("cancel", tmp_path / "out", backend, said.append) == 0
+    assert backend.cancelled == ["100_1", "100_2"] and (tmp_path / "out" / CANCEL_MARK).is_file()
+    assert said[0].startswith("cancelled 2 job(s) of") and said[0].endswith(": 100_1 100_2; a driver watching them "
+                                                                             "ends; compare.sh run again submits what "
+                                                                             "has not finished")
+    with pytest.raises(ConfigError, match="ACTION=status: no SLURM job was submitted for"):
+        act("status", tmp_path / "elsewhere", backend, said.append)
+    with pytest.raises(ConfigError, match="ACTION=cancel is for a comparison on SLURM: add EXECUTOR=slurm"):
+        CompareSpec.from_environ({"ACTION": "cancel"}, sys.executable)
+
+
 def test_one_driver_an_out(tmp_path):
     from transfer.experiments.cluster import driver_lock
 
@@ -280,7 +366,10 @@ def test_the_executor_and_its_settings_are_checked_together():
     spec = CompareSpec.from_environ({"EXECUTOR": "slurm", "CLUSTER": "partition=gpu gpus_per_run=2 timeout_min=60",
                                      "PYTHON": "py"}, sys.executable)
     assert spec.cluster == ClusterSpec(partition="gpu", gpus_per_run=2, timeout_min=60)
-    assert spec.launch[-3:] == ("--num_processes", "2", "--multi_gpu")  # one process a GPU of the run's node
+    # one process a GPU of the run's node, on a port free there (two runs on one node)
+    assert spec.launch[-5:] == ("--num_processes", "2", "--multi_gpu", "--main_process_port", "0")
+    one = CompareSpec.from_environ({"EXECUTOR": "slurm", "CLUSTER": "gpus_per_run=1", "PYTHON": "py"}, sys.executable)
+    assert one.launch == ("py",)  # no launcher between SLURM's SIGTERM and the run
     for env, says in (({"EXECUTOR": "pbs"}, "EXECUTOR='pbs' is invalid"),
                       ({"CLUSTER": "partition=gpu"}, "CLUSTER is set but EXECUTOR is not slurm"),
                       ({"EXECUTOR": "slurm", "GPUS": "0"}, "GPUS and JOBS place runs on this machine")):

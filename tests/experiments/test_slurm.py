@@ -8,6 +8,7 @@ uninterrupted one.
 Needs root and Debian's packages (.ci/run installs them):
     apt-get install munge slurmctld slurmd slurm-client slurmdbd mariadb-server
 Deselect with -m "not slurm" on a machine without them."""
+import contextlib
 import json
 import os
 import re
@@ -34,6 +35,13 @@ PACKAGES = "munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """The environment of a one-node SLURM cluster that this module starts and stops."""
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def slurm_cluster(state: Path, accounting: str = "slurmdbd"):
+    """scripts/slurm_local.sh's cluster, its state in `state`: the environment to reach it."""
     # skipped, with the reason in pytest's summary, where SLURM cannot run; .ci/run sets REQUIRE_SLURM=1
     # (after installing it), so there they fail instead of passing unseen
     give_up = pytest.fail if os.environ.get("REQUIRE_SLURM") == "1" else pytest.skip
@@ -43,8 +51,7 @@ def slurm(tmp_path_factory):
                 f"(what .ci/run does) to run these")
     if os.geteuid() != 0:
         give_up("starting a SLURM cluster needs root (scripts/slurm_local.sh)")
-    state = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "STATE": str(state), "SLURM_CONF": str(state / "slurm.conf")}
+    env = {**os.environ, "STATE": str(state), "SLURM_CONF": str(state / "slurm.conf"), "ACCOUNTING": accounting}
     started = run_command(["scripts/slurm_local.sh", "start"], env=env, capture_output=True, text=True, timeout=180)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -215,3 +222,41 @@ def test_refusals_and_stale_jobs_are_one_line_each(slurm, image_folder, tmp_path
     assert f"has job {job} (pending) from an earlier compare.sh that runs other settings" in again.stderr
     assert "now optim.lr=3e-3" in again.stderr and f"scancel {job}" in again.stderr
     subprocess.run(["scancel", job], env=slurm, check=True)
+
+
+def test_a_real_preemption_mid_run_is_requeued_and_ends_as_an_uninterrupted_run(slurm, image_folder, tmp_path):
+    """A job in the `urgent` partition (a higher priority tier) takes the node's cores from a
+    comparison's run: SLURM sends it SIGCONT and SIGTERM, requeues it after the grace time
+    (PreemptMode=REQUEUE), and the run, which checkpointed at the SIGTERM, resumes. No warning
+    signal is sent first (as on most sites: PreemptParameters=send_user_signal is rare)."""
+    out = tmp_path / "out"
+    env = {**slurm, "OUT": str(out), "ARMS": "scratch", "SEEDS": "1", "PYTHON": sys.executable, "EXECUTOR": "slurm",
+           "CLUSTER": "gpus_per_run=0 cpus_per_run=2 timeout_min=30 poll_s=1", "OMP_NUM_THREADS": "1"}
+    settings = [f"data.root={image_folder}", *SETTINGS, "train.epochs=30"]
+    printed = run_command(["scripts/compare.sh", *settings], capture_output=True, text=True, timeout=120,
+                          env={**env, "EXECUTOR": "local", "CLUSTER": "", "PRINT_JOBS": "1",
+                               "OUT": str(tmp_path / "reference")})
+    assert printed.returncode == 0, printed.stderr
+    assert run_command(["bash", "-c", printed.stdout.strip()], env=env, timeout=300).returncode == 0
+    reference, run = tmp_path / "reference" / "scratch" / "seed1", out / "scratch" / "seed1"
+
+    log = tmp_path / "driver.log"
+    with open(log, "w") as f:
+        driver = start_command(["scripts/compare.sh", *settings], env=env, stdout=f, stderr=subprocess.STDOUT)
+    wait_until(lambda: any((run / "checkpoints").glob("epoch_*")), 300, "the run to be under way", log, slurm, driver)
+    assert not (run / "metrics.json").exists(), "the run finished before it could be preempted"
+    urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--cpus-per-task=2", "--output=/dev/null",
+                             "--wrap", "sleep 2"], env=slurm, capture_output=True, text=True, check=True).stdout.strip()
+    assert driver.wait(timeout=600) == 0, log.read_text(errors="replace")[-3000:]
+    said, train_log = log.read_text(errors="replace"), (run / "train.log").read_text()
+    assert "stopped by SIGTERM" in train_log and "resumed from" in train_log, train_log[-3000:]
+    assert "submitting it again" not in said and job_of(run)["attempt"] == 1, said[-3000:]  # SLURM's requeue alone
+    accounting = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", job_of(run)["job_id"], "-o", "State"],
+                                env=slurm, capture_output=True, text=True).stdout
+    assert "PREEMPTED" in accounting or "REQUEUED" in accounting, (accounting, urgent)
+    wa, wb = (load_file(f / "model" / "model.safetensors") for f in (reference, run))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # as if never preempted
+    status = run_command(["scripts/compare.sh"], env={**env, "ACTION": "status"}, capture_output=True, text=True,
+                         timeout=60)
+    assert status.returncode == 0 and status.stdout.splitlines()[-1].startswith("queued 0, running 0, done 1, "
+                                                                                 "failed 0"), status.stdout

@@ -15,7 +15,7 @@ loop.
 - Preemption and time limits: the run checkpoints at SLURM's warning and its job is requeued when
   the run made progress (slurm.RunCommand). A job preempted and not requeued (PreemptMode=CANCEL,
   or its run stopped by the signal and the job read FAILED) is submitted again without counting
-  against `max_retries`.
+  against `max_retries`; one stopped during its start-up (before a first step: no progress) counts.
 - A job that left the queue without a result and without the run's own error (cancelled, a node
   failure, out of memory) is submitted again, up to `max_retries` times; a run that failed with its
   own error (a setting, bad data) is named, as on one machine, and the others go on. A job that
@@ -41,12 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import ConfigError, Preempted, RunError
-from ..files import write_json
+from ..errors import ConfigError, Preempted, RunError, StoppedInStartup
+from ..files import write_atomic, write_json
 from ..records import is_finished, last_error
 from .slurm import ACTIVE, LEFT, LOGS, SubmitRefused
 
 RECORD = "slurm_job.json"
+CANCEL_MARK = f"{LOGS}/cancelled"  # ACTION=cancel was run: a driver watching the jobs ends
 MAX_POLL_S = 300.0  # the longest wait between looks (at most 10 poll_s), backing off while nothing changes
 # why a job waits, when waiting cannot end it: the CLUSTER key to change
 HOPELESS = {"PartitionConfig": "cpus_per_run, mem_gb or gpus_per_run: more than the partition's nodes have",
@@ -159,6 +160,7 @@ def driver_lock(out: Path):
             holder = f.read().strip() or "another process"
             raise RunError(f"another compare.sh is driving {out} ({holder}); wait for it to end, or stop it and run "
                            f"this again (it attaches to the jobs)") from None
+        (Path(out) / CANCEL_MARK).unlink(missing_ok=True)  # an ACTION=cancel before: this driver is wanted
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
@@ -167,6 +169,41 @@ def driver_lock(out: Path):
             yield
         finally:
             f.truncate(0)
+
+
+def act(action: str, out: Path, backend: Backend, say=None) -> int:
+    """ACTION=status: every recorded job of OUT's runs, its state and why (queued: squeue's reason;
+    ended without a result: the run's last error), and the counts. ACTION=cancel: scancel those
+    still queued or running, and tell a driver still watching them to end (CANCEL_MARK)."""
+    say = say or _say
+    found = sorted((p.parent, r) for p in Path(out).rglob(RECORD) if (r := read_record(p.parent)))
+    if not found:
+        raise ConfigError(f"ACTION={action}: no SLURM job was submitted for {out} (no {RECORD} below it); check OUT")
+    states = backend.states([r["job_id"] for _, r in found])
+    reasons = getattr(backend, "reasons", {})
+    counts, active = {"queued": 0, "running": 0, "done": 0, "failed": 0}, []
+    for folder, record in found:
+        job_id, name = record["job_id"], folder.relative_to(out).as_posix() if folder != Path(out) else "."
+        state = states.get(job_id, "UNKNOWN")
+        if is_finished(folder):
+            kind, detail = "done", ""
+        elif state in ACTIVE:
+            active.append(job_id)
+            kind = "queued" if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED") else "running"
+            detail = f": {reasons[job_id]}" if kind == "queued" and reasons.get(job_id) else ""
+        else:
+            kind, detail = "failed", f": {last_error(folder) or 'no error in its train.log'}"
+        counts[kind] += 1
+        if action == "status":
+            say(f"{name}: job {job_id} (attempt {record.get('attempt', 1)}) {state.lower()}{detail}")
+    if action == "cancel":
+        write_atomic(Path(out) / CANCEL_MARK, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        backend.cancel(active)
+        say(f"cancelled {len(active)} job(s) of {out}" + (f": {' '.join(active)}" if active else "")
+            + "; a driver watching them ends; compare.sh run again submits what has not finished")
+        return 0
+    say(", ".join(f"{k} {v}" for k, v in counts.items()) + f" ({len(found)} run(s) of {out})")
+    return 0
 
 
 def _say(text: str, stream=None) -> None:
@@ -186,9 +223,11 @@ class ClusterRunner:
     failed. `command_for(job)` is the shell line of a run (runner.command_line)."""
 
     def __init__(self, backend: Backend, cluster: ClusterSpec, command_for, say=None, progress: bool = True,
-                 clock=time.monotonic, sleep=time.sleep):
+                 clock=time.monotonic, sleep=time.sleep, fetch=None, cancelled=None):
         self.backend, self.cluster, self.command_for, self.say = backend, cluster, command_for, say or _say
         self.progress, self.clock, self.sleep = progress, clock, sleep
+        self.fetch = fetch  # fetch(jobs): what they download, fetched here before they are submitted (prefetch.py)
+        self.cancelled = cancelled or (lambda: False)  # whether ACTION=cancel has been run since this driver started
 
     def run_all(self, jobs: list) -> int:
         attempts = {id(j): 0 for j in jobs}
@@ -217,6 +256,8 @@ class ClusterRunner:
                            f"({changed})" + (f", and {more} more" if more else "")
                            + f": cancel them (scancel {ids}) to run these settings, or rerun with the settings they "
                              f"were submitted with; nothing was submitted")
+        if to_submit and self.fetch is not None:
+            self.fetch(to_submit)  # on the login node, once: the jobs run offline
         self._submit(to_submit, current, attempts)
         return self._wait(jobs, current, attempts)
 
@@ -269,19 +310,20 @@ class ClusterRunner:
                     continue
                 del current[key]
                 queued_since.pop(key, None)
-                preempted = state == "PREEMPTED" or Preempted.in_line(last_error(job.folder))
+                said = last_error(job.folder)
+                preempted = state == "PREEMPTED" or Preempted.in_line(said)
                 if is_finished(job.folder):
                     done.add(key)
                     self.say(f"finished {job.label()} (job {job_id})")
-                elif state == "FAILED" and not preempted:
+                elif state == "FAILED" and not preempted and not StoppedInStartup.in_line(said):
                     # the run's own error: retrying would repeat it
                     failed.add(key)
                     self.say(f"error: run {job.label()} failed ({last_error(job.folder)}); its log is "
                              f"{job.folder / 'train.log'}", sys.stderr)
                 elif preempted or retries[key] < self.cluster.max_retries:
                     retries[key] += not preempted
-                    why = "preempted" if preempted else "the accounting has no end for it" if state == LEFT \
-                        else state.lower()
+                    why = "preempted" if preempted else "stopped during its start-up" if StoppedInStartup.in_line(
+                        said) else "the accounting has no end for it" if state == LEFT else state.lower()
                     self.say(f"job {job_id} of {job.label()} left the queue without a result ({why}); "
                              f"submitting it again" + ("" if preempted else
                                                        f" (retry {retries[key]} of {self.cluster.max_retries})"))
@@ -298,6 +340,10 @@ class ClusterRunner:
                                 f"failed {len(failed)}, requeued {requeued}", refresh=False)
             bar.refresh()
             if len(done) + len(failed) >= len(jobs):
+                break
+            if self.cancelled():
+                self.say(f"error: cancelled (ACTION=cancel) with {len(current)} run(s) not finished", sys.stderr)
+                failed |= set(current)
                 break
             deadline = self.cluster.deadline_min * 60
             if deadline and self.clock() - start >= deadline:

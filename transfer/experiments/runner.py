@@ -186,6 +186,11 @@ def write_layout(spec: CompareSpec) -> None:
 def compare(spec: CompareSpec, overrides: list[str]) -> int:
     """Plan, run (or print) and report; the exit code compare.sh returns: 0, or 1 when a run
     failed. Settings that cannot run raise ConfigError (exit 2) before any run starts."""
+    if spec.action != "run":  # ACTION=status|cancel (EXECUTOR=slurm): the jobs OUT's records name
+        from .cluster import act
+        from .slurm import SubmititBackend
+
+        return act(spec.action, spec.out, SubmititBackend(spec.out, spec.cluster))
     arms, seeds, bases_ = list(spec.arms), list(spec.seeds), spec.bases()
     check_overrides(spec.suite, spec.sweep, overrides)
     tuning = plan_tuning(bases_, arms, list(spec.tune_seeds), overrides, spec.tune) if spec.tune else []
@@ -205,12 +210,14 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
         return 0
     held = contextlib.ExitStack()
     if spec.cluster is not None:  # EXECUTOR=slurm
-        from .cluster import ClusterRunner, driver_lock
+        from .cluster import CANCEL_MARK, ClusterRunner, driver_lock
+        from .prefetch import fetch_inputs
         from .slurm import SubmititBackend
 
         held.enter_context(driver_lock(spec.out))  # one driver an OUT
         runner = ClusterRunner(SubmititBackend(spec.out, spec.cluster), spec.cluster,
-                               lambda job: command_line(job, list(spec.launch)))
+                               lambda job: command_line(job, list(spec.launch)), fetch=fetch_inputs,
+                               cancelled=(spec.out / CANCEL_MARK).exists)
     else:
         runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), echo=spec.jobs == 1 and not spec.gpus)
     failed, unchosen = 0, []

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from .prefetch import OFFLINE_ENV
 
 LOGS = ".slurm"  # OUT/.slurm/<job id>: submitit's pickles and logs of each job
 # states of a job that is still on its way (sacct's names); any other is the end of it. PREEMPTED is
@@ -53,49 +54,73 @@ def refusal(text: str) -> str:
 
 
 class RunCommand:
-    """One run as a job's function: the shell command of the run (as PRINT_JOBS prints it), in its
-    own process group. submitit calls `checkpoint` at the warning signal of a preemption or a time
-    limit: the run is asked to stop (it writes a checkpoint and exits), and the job is requeued
-    with the same function, which runs the command again: it resumes. (submitit's Checkpointable,
-    whose `checkpoint` this overrides.) It is requeued only when the run made progress: a
-    checkpoint newer than this job's start (`folder`); a run that wrote none in a whole time slot
-    (hung, or a slot shorter than its start-up) ends instead, and the driver counts the attempt."""
+    """One run as a job's function: the shell command of the run (as PRINT_JOBS prints it). submitit
+    calls `checkpoint` at the warning signal of a preemption or a time limit: the run is asked to
+    stop (it writes a checkpoint and exits), and the job is requeued with the same function, which
+    runs the command again: it resumes. (submitit's Checkpointable, whose `checkpoint` this
+    overrides.) It is requeued only when the run made progress: a checkpoint newer than this job's
+    start (`folder`); a run that wrote none in a whole time slot (hung, or a slot shorter than its
+    start-up) ends instead, and the driver counts the attempt.
 
-    def __init__(self, command: str, grace_s: float = 110.0, folder: str | None = None):
-        self.command, self.grace_s, self.folder = command, grace_s, folder
+    Signals: SLURM sends its warning (--signal) and, at a preemption, SIGTERM to every process of
+    the job; only the run knows what to do with them, so the shell and a launcher ignore them (a
+    launcher that took SIGTERM would kill the run before its checkpoint is written: torch-elastic
+    does, 30 s later). Every process the run starts stays below this one (a child subreaper), also
+    a launcher's workers in their own sessions: `checkpoint` signals them all, and whatever is left
+    when the run's shell has ended is ended too."""
+
+    def __init__(self, command: str, grace_s: float = 110.0, folder: str | None = None, env: dict | None = None):
+        self.command, self.grace_s, self.folder, self.env = command, grace_s, folder, dict(env or {})
         self._pid: int | None = None
         self._started = time.time()
 
     def __getstate__(self) -> dict:
-        return {"command": self.command, "grace_s": self.grace_s, "folder": self.folder, "_pid": None,
-                "_started": 0.0}
+        return {"command": self.command, "grace_s": self.grace_s, "folder": self.folder, "env": self.env,
+                "_pid": None, "_started": 0.0}
 
     def __call__(self) -> None:
-        self._started = time.time()
-        # SLURM's warning signal reaches every process of the job, and only the run knows what to do
-        # with it: the shell and accelerate's launcher ignore it (a launcher killed by it would take
-        # the run's stderr with it), the run installs its own handler over the inherited SIG_IGN
-        process = subprocess.Popen(["bash", "-c", "trap '' USR1 USR2; " + self.command], start_new_session=True)
-        self._pid = process.pid
-        code = process.wait()
-        _wait_for_group(process.pid, self.grace_s)  # a process of the run that outlived the shell
-        self._pid = None
+        self._started, self._terminated = time.time(), False
+        _become_subreaper()
+        # `env` (the driver's offline switches) under what the job inherited; the launcher leaves SIGTERM to the run
+        env = {**os.environ, **self.env, "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGINT,SIGHUP,SIGQUIT"}
+        before = signal.signal(signal.SIGTERM, self._on_sigterm)  # over submitit's, which only logs it
+        try:
+            process = subprocess.Popen(["bash", "-c", "trap '' TERM USR1 USR2; " + self.command], env=env,
+                                       start_new_session=True)
+            self._pid = process.pid
+            code = process.wait()
+            if not _wait_for_descendants(self.grace_s):  # a process of the run that outlived the shell
+                _signal_descendants(signal.SIGKILL)
+                _wait_for_descendants(10)
+            _reap()
+            self._pid = None
+        finally:
+            signal.signal(signal.SIGTERM, before)
+        if code != 0 and self._terminated and self.progressed() and _requeue_this_job():
+            return  # queued again: the run resumes from its checkpoint when the job runs again
         if code != 0:
             raise RuntimeError(f"the run exited with code {code}; see its train.log")
+
+    def _on_sigterm(self, signum, frame) -> None:
+        """SLURM's SIGTERM at a preemption (or a time limit, or scancel): every process of the job has
+        it; passed on to the run's in case only this one had it (`scancel --batch`). The run
+        checkpoints and exits; then the job asks to be queued again, since a job that ends by
+        itself within the grace time counts as ended, not preempted (seen on SLURM 22.05 with
+        PreemptMode=REQUEUE: FAILED, never requeued)."""
+        self._terminated = True
+        _signal_descendants(signal.SIGTERM)
 
     def checkpoint(self, *args, **kwargs):
         from submitit.helpers import DelayedSubmission
 
-        group = self._pid
-        if group is not None:
-            # the run has had SLURM's signal too, or not (a signal to the job's shell only): SIGUSR2 again
-            # is harmless, and SIGTERM would make accelerate's launcher kill the run 5 s later
-            _signal_group(group, signal.SIGUSR2)  # the run writes a checkpoint at its next step, then exits
-            if not _wait_for_group(group, self.grace_s):
-                _signal_group(group, signal.SIGKILL)  # the last complete checkpoint is intact: resume from it
+        if self._pid is not None:
+            # the run has had SLURM's signal too, or not (a signal to the job's shell only): SIGUSR2 again is harmless
+            _signal_descendants(signal.SIGUSR2)  # the run writes a checkpoint at its next step, then exits
+            if not _wait_for_descendants(self.grace_s):
+                _signal_descendants(signal.SIGKILL)  # the last complete checkpoint is intact: resume from it
         if not self.progressed():
             return None  # not requeued: the driver sees the job end without a result
-        return DelayedSubmission(RunCommand(self.command, self.grace_s, self.folder), *args, **kwargs)
+        return DelayedSubmission(RunCommand(self.command, self.grace_s, self.folder, self.env), *args, **kwargs)
 
     def progressed(self) -> bool:
         """A checkpoint written since this job started (True without a folder to look in)."""
@@ -106,36 +131,84 @@ class RunCommand:
         return any((c / STATE_FILE).stat().st_mtime >= self._started for c in list_checkpoints(Path(self.folder)))
 
 
-def _signal_group(group: int, signum: int) -> None:
+def _requeue_this_job() -> bool:
+    """scontrol requeue of the job this process runs in (an array task by its own id); False when
+    not under SLURM or refused (then the job fails, and the driver submits it again uncounted:
+    the run's last line says it was stopped by a signal)."""
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{task}" if task and "SLURM_ARRAY_JOB_ID" in os.environ \
+        else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
     try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
+        return subprocess.run(["scontrol", "requeue", job], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def _become_subreaper() -> None:
+    """Orphans of this process's descendants become its children, not init's: a worker whose
+    parent died is still found (and ended) here."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the descendants still found are those of live parents
         pass
 
 
-def _wait_for_group(group: int, seconds: float) -> bool:
-    """Wait until no live process (zombies aside) is left in process group `group`; False if some
-    still are after `seconds`."""
+def _descendants() -> list[int]:
+    """This process's live descendants (zombies aside)."""
+    children, alive = {}, set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    state, parent = f.read().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            children.setdefault(int(parent), []).append(int(entry.name))
+            if state != "Z":
+                alive.add(int(entry.name))
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            frontier.append(child)
+            if child in alive:
+                found.append(child)
+    return found
+
+
+def _signal_descendants(signum: int) -> None:
+    for pid in _descendants():
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_for_descendants(seconds: float) -> bool:
+    """Wait until no descendant is alive; False if some still are after `seconds`."""
     deadline = time.monotonic() + seconds
-    while _group_members(group):
+    while _descendants():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.5)
     return True
 
 
-def _group_members(group: int) -> list[int]:
-    members = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    state, _, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if int(pgrp) == group and state != "Z":
-                members.append(int(entry.name))
-    return members
+def _reap() -> None:
+    """Collect the exits of the orphans this subreaper adopted (once the run's shell is waited for:
+    its own exit is Popen's to collect)."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
 
 
 class SubmititBackend:
@@ -181,7 +254,7 @@ class SubmititBackend:
             try:
                 with self.executor.batch():
                     for command, folder in runs[first:first + size]:
-                        jobs.append(self.executor.submit(RunCommand(command, grace, str(folder))))
+                        jobs.append(self.executor.submit(RunCommand(command, grace, str(folder), OFFLINE_ENV)))
             except self.submitit.core.utils.FailedJobError as e:
                 raise SubmitRefused(refusal(str(e)), ids) from None
             ids += [job.job_id for job in jobs]

@@ -39,14 +39,19 @@ def visible_gpus(env: dict) -> tuple[str, ...]:
     return tuple(visible[int(i)] for i in ids)
 
 
-def accelerate_processes(launch: tuple[str, ...], gpus: int) -> tuple[str, ...]:
+def accelerate_processes(launch: tuple[str, ...], gpus: int, cluster: bool = False) -> tuple[str, ...]:
     """accelerate launch with one process a GPU the run has: GPUS gives a run one GPU, and an
     accelerate config for several processes would start them all on it; on SLURM a run gets
-    CLUSTER's gpus_per_run of a node (several: one process each, DDP). Another launcher is the
+    CLUSTER's gpus_per_run of a node (several: one process each, DDP, on a port free on that node:
+    two runs on one node would both take 29500). On SLURM a one-process run starts without a
+    launcher: nothing stands between the scheduler's signals and the run. Another launcher is the
     user's to set."""
     if "accelerate.commands.launch" not in launch:
         return launch
-    return (*launch, "--num_processes", str(max(gpus, 1)), *(["--multi_gpu"] if gpus > 1 else []))
+    if cluster and gpus <= 1:
+        return launch[:1]  # python -m transfer
+    return (*launch, "--num_processes", str(max(gpus, 1)),
+            *(["--multi_gpu", "--main_process_port", "0"] if gpus > 1 else []))
 
 
 def _boolean(env: dict, name: str) -> bool:
@@ -95,6 +100,7 @@ class CompareSpec:
     tune_seeds: tuple[int, ...] = DEFAULT_TUNE_SEEDS  # TUNE_SEEDS: the tuning runs' seeds, never among `seeds`
     cluster: ClusterSpec | None = None  # EXECUTOR=slurm: CLUSTER's settings (cluster.py); None: this machine
     target_half_width: float = DEFAULT_TARGET_HALF_WIDTH  # TARGET_HALF_WIDTH: the report plans seeds for it
+    action: str = "run"  # ACTION: run, or (EXECUTOR=slurm) status or cancel of a comparison's jobs
 
     def bases(self) -> list[Base]:
         return bases(self.out, self.sweep, self.suite)
@@ -125,6 +131,11 @@ class CompareSpec:
         if cluster and (env.get("GPUS", "").strip() or env.get("JOBS", "").strip()):
             raise ConfigError("GPUS and JOBS place runs on this machine; with EXECUTOR=slurm, CLUSTER says what each "
                               "run gets (gpus_per_run) and how many run at a time (array_parallelism)")
+        action = env.get("ACTION", "").strip() or "run"
+        if action not in ("run", "status", "cancel"):
+            raise ConfigError(f"ACTION={action!r} is invalid; use run (the default), status or cancel")
+        if action != "run" and cluster is None:
+            raise ConfigError(f"ACTION={action} is for a comparison on SLURM: add EXECUTOR=slurm (and its OUT)")
         tune_seeds = _integers(env, "TUNE_SEEDS") if env.get("TUNE_SEEDS", "").strip() else list(DEFAULT_TUNE_SEEDS)
         if set(tune_seeds) & set(seeds) or len(set(tune_seeds)) != len(tune_seeds):
             raise ConfigError(f"TUNE_SEEDS={' '.join(map(str, tune_seeds))!r} repeats a seed or shares one with "
@@ -137,6 +148,7 @@ class CompareSpec:
                    Suite.load(env["SUITE"]) if env.get("SUITE", "").strip() else None, jobs[0],
                    visible_gpus(env), _boolean(env, "PRINT_JOBS"), _boolean(env, "OVERWRITE"),
                    launch if env.get("LAUNCH") else accelerate_processes(
-                       launch, cluster.gpus_per_run if cluster else 1) if cluster or env.get("GPUS", "").strip()
+                       launch, cluster.gpus_per_run if cluster else 1, cluster is not None)
+                   if cluster or env.get("GPUS", "").strip()
                    else launch, tune_seeds=tuple(tune_seeds), cluster=cluster,
-                   target_half_width=target_half_width(env))
+                   target_half_width=target_half_width(env), action=action)
