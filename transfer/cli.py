@@ -134,8 +134,6 @@ def hide_gpus_from_a_cpu_run() -> None:
 def main(argv: list[str] | None = None, lr_find: bool = False) -> int:
     """run_transfer.py (one arm), or with `lr_find` scripts/lr_find.py (the LR range test alone)."""
     launch = process_age()  # interpreter start to here: what a run started from the command line pays first
-    if not lr_find:
-        stops.listen()  # a stop signal during start-up is acted on when training starts, not lost
     args = parse_args(argv, lr_find)
 
     def command() -> int:
@@ -150,9 +148,10 @@ def main(argv: list[str] | None = None, lr_find: bool = False) -> int:
             found = lr_range_test(cfg, Path(args.plot))
             print(f"suggested optim.lr={found.suggested_lr:.3g}; plot: {args.plot}")
             return 0
-        from .run import run  # (as above)
+        with stops.listening():  # a stop signal during start-up is acted on when training starts, not lost
+            from .run import run  # (as above)
 
-        run(cfg, Phases(launch))
+            run(cfg, Phases(launch))
         return 0
 
     return entry(command)

@@ -91,6 +91,12 @@ def write_final(out: Path, metrics_: RunMetrics, final: Evaluation, model, class
 
 def draw_final(out: Path, metrics_: RunMetrics, final: Evaluation, names: list[str], val_ds) -> None:
     """plots/: accuracy, loss, lr, lr_find, confusion, mistakes."""
+    draw_curves(out, metrics_)
+    draw_evaluation(out, final, names, val_ds)
+
+
+def draw_curves(out: Path, metrics_: RunMetrics) -> None:
+    """plots/: accuracy, loss, lr, lr_find: the run's history."""
     from . import plots  # matplotlib (0.6 s): only where a figure is drawn, in the drawer process
 
     history = metrics_.history
@@ -102,6 +108,12 @@ def draw_final(out: Path, metrics_: RunMetrics, final: Evaluation, names: list[s
         plots.plot_lr(metrics_.lr_per_step, metrics_.steps_per_epoch, out / "plots" / "lr.png", stem_scale)
     if metrics_.lr_find:
         plots.plot_lr_find(metrics_.lr_find, out / "plots" / "lr_find.png")
+
+
+def draw_evaluation(out: Path, final: Evaluation, names: list[str], val_ds) -> None:
+    """plots/: confusion, mistakes: the final evaluation."""
+    from . import plots  # (see draw_curves)
+
     counts = confusion_matrix(final.predictions, final.references, len(names))
     plots.plot_confusion(counts, names, out / "plots" / "confusion.png")
     _plot_mistakes(final, val_ds, names, out / "plots" / "mistakes.png")

@@ -140,7 +140,7 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
     accelerator = trainer.accelerator
     final, stop, first_epoch = None, None, state.epoch
     with watch.signals():
-        if watch.signal_name is not None:  # heard during start-up (stops.listen): nothing trained to save
+        if watch.signal_name is not None:  # heard during start-up (stops.listening): nothing trained to save
             watch.raise_stopped_in_startup(state.resumes[-1]["from"] if state.resumes else None)
         for epoch in range(first_epoch, cfg.train.epochs):
             batches_done = state.batches_done if epoch == first_epoch else 0

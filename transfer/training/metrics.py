@@ -10,7 +10,9 @@ start-up is not safe: `datasets` inspects a half-imported `transformers` and fai
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +32,30 @@ class Evaluation:
     squared_probabilities: np.ndarray  # the sum of the squared probabilities (Brier: 1 - 2 p_true + this)
 
 
+@contextlib.contextmanager
+def _transformers_pipelines_hidden():
+    """`import evaluate` imports its task evaluators, which import transformers' pipelines when
+    transformers is installed (1.9 s of a run's first evaluation on 2 cores, of 2.9 s for the whole
+    import); no metric needs them. While evaluate is imported they read as not installed
+    (evaluate.evaluator.TRANSFORMERS_AVAILABLE is False, so its evaluator API, which this project
+    never calls, is off); afterwards transformers.pipelines imports as ever."""
+    if "evaluate" in sys.modules or "transformers.pipelines" in sys.modules:
+        yield
+        return
+    sys.modules["transformers.pipelines"] = None  # an import of it raises ImportError, which evaluate catches
+    try:
+        yield
+    finally:
+        if "transformers.pipelines" in sys.modules and sys.modules["transformers.pipelines"] is None:
+            del sys.modules["transformers.pipelines"]
+
+
 @functools.cache
 def _accuracy_metric():
     import datasets
-    import evaluate  # about 2 s with transformers installed: at the first evaluation (docs/performance.md)
+
+    with _transformers_pipelines_hidden():
+        import evaluate  # 1.0 s, at the first evaluation (docs/performance.md)
 
     class Accuracy(evaluate.Metric):
         def _info(self):

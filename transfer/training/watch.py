@@ -78,7 +78,7 @@ class Watch:
     @contextlib.contextmanager
     def signals(self):
         """SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 ask for a checkpoint at the next check; a second Ctrl-C
-        quits at once. One that came during start-up (stops.listen heard it) counts as come now."""
+        quits at once. One that came during start-up (stops.listening heard it) counts as come now."""
         self.signal_name = self.signal_name or stops.received()
         stops.forget()
         if threading.current_thread() is not threading.main_thread():
