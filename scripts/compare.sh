@@ -17,7 +17,7 @@
 # set but empty: each arm once, its config's seed, no interval), SWEEP (key=v1,v2,...[;key2=...]: a grid), SUITE
 # (a suite file: datasets by name, each with its settings; OUT/<dataset>/ each), TUNE (key=v1,v2,...[;key2=...]:
 # a grid every arm runs on TUNE_SEEDS ("1000": never one of SEEDS), chosen per arm on the selection split,
-# data.select_fraction; the reported runs use the choice), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), PRINT_JOBS
+# data.select_fraction; the reported runs use the choice), JOBS (1: runs at a time), GPUS ("0 1 ...": one run per GPU), RUNS_PER_GPU (1: runs at a time on each GPU of GPUS, through MPS), PRINT_JOBS
 # (1: print the runs as shell commands instead), OVERWRITE (0), PYTHON (the python that has this
 # project installed: python3 on PATH), LAUNCH ("$PYTHON -m accelerate.commands.launch --quiet", i.e.
 # `accelerate launch`: your accelerate config picks GPUs and processes), TARGET_HALF_WIDTH (2: the report says how

@@ -86,6 +86,69 @@ def test_gpus_gives_each_concurrent_run_its_own_gpu(tmp_path, recording_launcher
         assert overlapping and all(b["gpu"] != a["gpu"] for b in overlapping)  # two at a time, never on one GPU
 
 
+FAKE_MPS = """#!/bin/sh
+# nvidia-cuda-mps-control as the runner uses it: -f runs the daemon (its control pipe appears), a client
+# reads "quit" on stdin and ends it; each call recorded
+echo "$* pipe=$CUDA_MPS_PIPE_DIRECTORY" >> {log}
+if [ "$1" = -f ]; then
+  touch "$CUDA_MPS_PIPE_DIRECTORY/control"
+  while [ ! -f "$CUDA_MPS_PIPE_DIRECTORY/quit" ]; do sleep 0.1; done
+  echo "daemon ended" >> {log}
+else
+  read command; [ "$command" = quit ] && touch "$CUDA_MPS_PIPE_DIRECTORY/quit"
+fi
+"""
+
+
+@pytest.mark.slow
+def test_several_runs_share_each_gpu_through_mps_with_the_cores_shared_out(tmp_path):
+    script, calls, log = tmp_path / "launch.py", tmp_path / "calls.jsonl", tmp_path / "mps.log"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys, time
+        start = time.time()
+        time.sleep(1.0)
+        with open({str(calls)!r}, "a") as f:
+            f.write(json.dumps({{"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "args": sys.argv[1:],
+                                 "pipe": os.environ.get("CUDA_MPS_PIPE_DIRECTORY"), "start": start,
+                                 "end": time.time()}}) + "\\n")
+        sys.exit(1)
+    """))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-cuda-mps-control").write_text(FAKE_MPS.format(log=log))
+    (bin_dir / "nvidia-cuda-mps-control").chmod(0o755)
+    result = compare_sh(tmp_path, "train.epochs=1", GPUS="0", RUNS_PER_GPU="2", SEEDS="0 1",
+                        LAUNCH=f"{sys.executable} {script}", PATH=f"{bin_dir}:{os.environ['PATH']}",
+                        OMP_NUM_THREADS="", CUDA_VISIBLE_DEVICES="5")
+    assert result.returncode == 1 and "4 of 4 runs failed" in result.stderr, result.stderr
+    assert "the runs on each GPU share it through MPS" in result.stderr
+    runs = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert {r["gpu"] for r in runs} == {"5"} and len({r["pipe"] for r in runs}) == 1 and runs[0]["pipe"]
+    assert all(any(b is not a and b["start"] < a["end"] and a["start"] < b["end"] for b in runs) for a in runs)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert all(r["args"][-1] == f"data.num_workers={share}" for r in runs)  # (the configs ask for 4)
+    said = log.read_text().splitlines()
+    assert said[0].startswith("-f pipe=") and " pipe=" in said[1] and said[-1] == "daemon ended"  # quit at the end
+    assert not os.path.exists(runs[0]["pipe"])  # its folder removed
+
+
+def test_runs_per_gpu_needs_gpus_and_says_when_mps_is_not_there(monkeypatch):
+    from transfer.experiments import runner
+
+    with pytest.raises(ConfigError, match="RUNS_PER_GPU=2 places runs on the GPUs that GPUS names; add GPUS"):
+        CompareSpec.from_environ({"RUNS_PER_GPU": "2"}, sys.executable)
+    with pytest.raises(ConfigError, match="RUNS_PER_GPU='0' is invalid"):
+        CompareSpec.from_environ({"RUNS_PER_GPU": "0", "GPUS": "0"}, sys.executable)
+    assert CompareSpec.from_environ({"RUNS_PER_GPU": "3", "GPUS": "0"}, sys.executable).runs_per_gpu == 3
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
+    said = []
+    with runner.mps(2, said.append) as env:
+        assert env == {}
+    assert said == ["note: RUNS_PER_GPU=2: MPS is not available here (nvidia-cuda-mps-control not found), so the "
+                    "runs on each GPU take turns on it (time slicing)"]
+
+
 @pytest.mark.slow
 def test_overwrite_retrains_a_finished_run(tmp_path, recording_launcher):
     launch, calls = recording_launcher

@@ -18,8 +18,10 @@ import os
 import queue
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,14 +65,29 @@ def threads_per_run(workers: int, environ) -> int | None:
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
+def loader_workers_per_run(workers: int, environ) -> int | None:
+    """data.num_workers at most, for each of `workers` concurrent runs: the cores shared out (each
+    run's own config may ask fewer); None for one run at a time."""
+    if workers < 2:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
 class Runner:
-    def __init__(self, launch: list[str], jobs: int, gpus: list[str], echo: bool):
+    """Runs on this machine: JOBS at a time, or RUNS_PER_GPU on each GPU of GPUS (each its
+    CUDA_VISIBLE_DEVICES, the runs on one GPU sharing it through MPS when it can be started). With
+    several at once each gets its share of the cores: OMP_NUM_THREADS and data.num_workers."""
+
+    def __init__(self, launch: list[str], jobs: int, gpus: list[str], echo: bool, runs_per_gpu: int = 1):
         self.launch, self.echo = launch, echo
         self.gpus: queue.Queue = queue.Queue()
-        for gpu in gpus:
-            self.gpus.put(gpu)
-        self.workers, self.use_gpus = len(gpus) or jobs, bool(gpus)
+        for _ in range(runs_per_gpu):  # round robin: the first runs go to different GPUs
+            for gpu in gpus:
+                self.gpus.put(gpu)
+        self.workers, self.use_gpus = len(gpus) * runs_per_gpu or jobs, bool(gpus)
         self.threads = threads_per_run(self.workers, os.environ)
+        self.loader_workers = loader_workers_per_run(self.workers, os.environ)
+        self.mps_env: dict[str, str] = {}  # the MPS daemon's pipe, for the runs (Mps.start)
         self.lock = threading.Lock()
 
     def say(self, text: str, stream=sys.stdout) -> None:
@@ -84,9 +101,11 @@ class Runner:
             self.say(f"started  {job.label()} -> {job.folder}" + (f" (GPU {gpu})" if gpu is not None else ""))
             start = time.monotonic()
             env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}),
-                   **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
+                   **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}), **self.mps_env}
+            share = self.loader_workers
+            fewer = [f"data.num_workers={share}"] if share and share < job.settings["data"]["num_workers"] else []
             with open(job.folder / "train.log", "ab") as log:  # a retry adds to the attempt before
-                process = subprocess.Popen([*self.launch, *TRAIN, *job.args], env=env, stdout=subprocess.PIPE,
+                process = subprocess.Popen([*self.launch, *TRAIN, *job.args, *fewer], env=env, stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT)
                 for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
                     log.write(chunk)
@@ -109,6 +128,69 @@ class Runner:
         """Run `jobs`, `workers` at a time; the number that failed."""
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(self.run, jobs)).count(False)
+
+
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+@contextlib.contextmanager
+def mps(runs_per_gpu: int, say=None):
+    """NVIDIA's Multi-Process Service for the runs that share a GPU (their kernels run side by side
+    instead of taking turns): a daemon of this comparison's own (its pipe in a temporary folder),
+    started in the foreground as this process's child and quit at the end; killed with it
+    however it ends (parent-death signal). Yields the environment that points the runs at it:
+    nothing where it cannot be started (said in one line), or where CUDA_MPS_PIPE_DIRECTORY
+    names one already running (used as it is)."""
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        say(f"note: RUNS_PER_GPU={runs_per_gpu}: using the MPS daemon of CUDA_MPS_PIPE_DIRECTORY="
+            f"{os.environ['CUDA_MPS_PIPE_DIRECTORY']}")
+        yield {}
+        return
+    control = shutil.which(MPS_CONTROL)
+    if control is None:
+        say(f"note: RUNS_PER_GPU={runs_per_gpu}: MPS is not available here ({MPS_CONTROL} not found), so the runs "
+            f"on each GPU take turns on it (time slicing)")
+        yield {}
+        return
+    folder = Path(tempfile.mkdtemp(prefix="transfer-mps-"))
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
+    for path in env.values():
+        Path(path).mkdir()
+    daemon = subprocess.Popen([control, "-f"], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    try:
+        deadline = time.monotonic() + 10
+        while not (folder / "pipe" / "control").exists() and daemon.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if daemon.poll() is not None or not (folder / "pipe" / "control").exists():
+            error = (daemon.stderr.read().decode(errors="replace").strip().splitlines() or ["no reason given"])[-1] \
+                if daemon.poll() is not None else "its pipe did not appear within 10 s"
+            say(f"note: RUNS_PER_GPU={runs_per_gpu}: MPS could not be started ({error}), so the runs on each GPU take "
+                f"turns on it (time slicing)")
+            yield {}
+            return
+        say(f"RUNS_PER_GPU={runs_per_gpu}: the runs on each GPU share it through MPS (pipe {env['CUDA_MPS_PIPE_DIRECTORY']})")
+        yield env
+    finally:
+        if daemon.poll() is None:
+            subprocess.run([control], input=b"quit\n", env={**os.environ, **env}, capture_output=True, timeout=30)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: the kernel kills it when this process dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def check_reusable(jobs: list[Job]) -> None:
@@ -219,7 +301,10 @@ def compare(spec: CompareSpec, overrides: list[str]) -> int:
                                lambda job: command_line(job, list(spec.launch)), fetch=fetch_inputs,
                                cancelled=(spec.out / CANCEL_MARK).exists)
     else:
-        runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), echo=spec.jobs == 1 and not spec.gpus)
+        runner = Runner(list(spec.launch), spec.jobs, list(spec.gpus), echo=spec.jobs == 1 and not spec.gpus,
+                        runs_per_gpu=spec.runs_per_gpu)
+        if spec.runs_per_gpu > 1:
+            runner.mps_env = held.enter_context(mps(spec.runs_per_gpu))
     failed, unchosen = 0, []
     with held:
         if tuning:

@@ -101,6 +101,7 @@ class CompareSpec:
     cluster: ClusterSpec | None = None  # EXECUTOR=slurm: CLUSTER's settings (cluster.py); None: this machine
     target_half_width: float = DEFAULT_TARGET_HALF_WIDTH  # TARGET_HALF_WIDTH: the report plans seeds for it
     action: str = "run"  # ACTION: run, or (EXECUTOR=slurm) status or cancel of a comparison's jobs
+    runs_per_gpu: int = 1  # RUNS_PER_GPU: runs at a time on each GPU that GPUS names
 
     def bases(self) -> list[Base]:
         return bases(self.out, self.sweep, self.suite)
@@ -128,6 +129,12 @@ class CompareSpec:
         if executor == "local" and env.get("CLUSTER", "").strip():
             raise ConfigError("CLUSTER is set but EXECUTOR is not slurm; add EXECUTOR=slurm, or unset CLUSTER")
         cluster = ClusterSpec.parse(env.get("CLUSTER", "")) if executor == "slurm" else None
+        per_gpu = _integers(env, "RUNS_PER_GPU") or [1]
+        if len(per_gpu) != 1 or per_gpu[0] < 1:
+            raise ConfigError(f"RUNS_PER_GPU={env.get('RUNS_PER_GPU')!r} is invalid; expected one whole number >= 1")
+        if per_gpu[0] > 1 and not env.get("GPUS", "").strip():
+            raise ConfigError(f"RUNS_PER_GPU={per_gpu[0]} places runs on the GPUs that GPUS names; add GPUS (e.g. "
+                              f"GPUS=\"0\" for this machine's first GPU)")
         if cluster and (env.get("GPUS", "").strip() or env.get("JOBS", "").strip()):
             raise ConfigError("GPUS and JOBS place runs on this machine; with EXECUTOR=slurm, CLUSTER says what each "
                               "run gets (gpus_per_run) and how many run at a time (array_parallelism)")
@@ -151,4 +158,4 @@ class CompareSpec:
                        launch, cluster.gpus_per_run if cluster else 1, cluster is not None)
                    if cluster or env.get("GPUS", "").strip()
                    else launch, tune_seeds=tuple(tune_seeds), cluster=cluster,
-                   target_half_width=target_half_width(env), action=action)
+                   target_half_width=target_half_width(env), action=action, runs_per_gpu=per_gpu[0])
