@@ -43,6 +43,7 @@ class DataConfig:
     hflip: bool = True  # off for data where mirroring changes the class (digits, text)
     num_workers: int = 4
     cache: Literal["auto", "none", "memory"] = "auto"  # memory: decode once, crop on the device; auto: on a GPU
+    keep_decoded: bool = True  # with the cache: keep the decoded images on disk for later runs of the same data
     skip_bad_images: bool = False  # false: a corrupt image is an error naming the file
     check_images: bool = True  # decode every image once before training (cached by datasets); false skips it
     # Regularisers for long or from-scratch runs (off by default: the article's recipe)

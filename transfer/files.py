@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -85,6 +87,35 @@ def replace_folder(tmp: Path, final: Path) -> None:
     shutil.rmtree(final, ignore_errors=True)
     Path(tmp).rename(final)
     _fsync(Path(final).parent)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, waiting: str):
+    """Held by one process at a time (flock on the file `path`; `waiting` is printed once by one
+    that has to wait). The file goes when the holder is done: a process that waited on it finds it
+    gone once it has the lock, and takes the new one. The lock ends with its holder, however it
+    ends."""
+    said = False
+    while True:
+        lock = open(path, "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not said:
+                print(waiting, file=sys.stderr, flush=True)
+                said = True
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()  # removed while we waited: the next holder's is a new file
+    try:
+        yield
+    finally:
+        Path(path).unlink(missing_ok=True)
+        lock.close()
 
 
 @contextlib.contextmanager

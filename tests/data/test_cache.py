@@ -51,18 +51,46 @@ def test_eval_crops_equal_eval_transform(images):
     assert cache.nbytes == sum(np.asarray(TF.resize(open_rgb(p), 32)).size for p in images)
 
 
+def test_a_kept_split_is_read_back_alike_and_a_changed_file_is_decoded_anew(images, tmp_path):
+    import os
+    import shutil
+
+    from transfer.data.cache import STORED_PIXELS, fingerprint
+
+    store = tmp_path / "store"
+    first = DecodedImages(images, list(range(len(images))), 32, "cpu", store=store)
+    again = DecodedImages(images, list(range(len(images))), 32, "cpu", store=store)
+    assert not first.loaded and again.loaded and [p.name for p in store.iterdir()] == [fingerprint(images, 32)]
+    index, draws = torch.arange(len(images)), Draws(len(images))
+    draws.redraw()
+    for d in (draws[index], None):
+        assert torch.equal(first.crops(index, d), again.crops(index, d))
+    assert torch.equal(first.offsets, again.offsets) and torch.equal(first.labels, again.labels)
+    assert not DecodedImages(images, list(range(len(images))), 40, "cpu", store=store).loaded  # another size
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    copies = [shutil.copy(p, moved) for p in images]
+    os.utime(copies[2], ns=(0, 0))  # same pixels, other files: not trusted to be the same images
+    assert fingerprint(copies, 32) != fingerprint(images, 32)
+    assert (store / fingerprint(images, 32) / STORED_PIXELS).stat().st_size == first.nbytes
+
+
 @pytest.mark.slow  # two whole runs compared: the full tier
-def test_cached_run_trains_exactly_like_the_loader_run(image_folder, tmp_path):
+def test_cached_run_trains_exactly_like_the_loader_run(image_folder, tmp_path, capsys):
     # with mixup and cutmix on: both paths give the same crops, and the same mixed batches from them
     mixing = ("data.mixup=0.4", "data.cutmix=1.0", "train.label_smoothing=0.1")
     a = run(tiny_config(image_folder, tmp_path / "loader", "data.cache=none", *mixing))
     b = run(tiny_config(image_folder, tmp_path / "cached", "data.cache=memory", *mixing))
+    capsys.readouterr()
+    c = run(tiny_config(image_folder, tmp_path / "read_back", "data.cache=memory", *mixing))  # b's decoded images
+    assert "read back 48 images" in capsys.readouterr().out
     assert a.objective == b.objective == {"label_smoothing": 0.1, "mixing": True}
     assert not a.decoded_cache and b.decoded_cache
-    wa = load_file(tmp_path / "loader" / "model" / "model.safetensors")
-    wb = load_file(tmp_path / "cached" / "model" / "model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert a.history[-1].val_acc == b.history[-1].val_acc
+    for folder in ("cached", "read_back"):
+        wa = load_file(tmp_path / "loader" / "model" / "model.safetensors")
+        wb = load_file(tmp_path / folder / "model" / "model.safetensors")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a.history[-1].val_acc == b.history[-1].val_acc == c.history[-1].val_acc
 
 
 @pytest.mark.slow

@@ -15,7 +15,11 @@ estimated from the image headers before anything is decoded.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -23,6 +27,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import OutputError, first_line
+from ..files import exclusive, staged_folder
 from .images import header_size, open_rgb
 from .transforms import PAD, SKIPPED, Draws, ignore_stop_signals
 
@@ -42,33 +48,104 @@ class _Decode(Dataset):
 
 
 COPY_CHUNK = 256  # images per host-to-device copy while the cache is filled
+STORE_FORMAT = 1  # what a kept split's files hold; part of its fingerprint
+STORED_PIXELS, STORED_SHAPES = "pixels.u8", "shapes.npy"  # the flat HWC uint8 images; their (height, width)
+KEEP_STORED = 4  # decoded splits kept between runs, the most recently used
+
+
+def decoded_store() -> Path:
+    """Where decoded splits are kept between runs: in the `datasets` cache (HF_DATASETS_CACHE), which
+    holds these images' arrow tables already."""
+    import datasets  # (see sources.load_source)
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "transfer-decoded"
+
+
+def fingerprint(images: list, size: int) -> str:
+    """What a decoded split depends on: each image (a file by its path, size and modification
+    time; stored bytes by their hash), in order, and the short side it is resized to."""
+    digest = hashlib.blake2b(f"{STORE_FORMAT} {size} {len(images)}".encode(), digest_size=16)
+    for image in images:
+        if isinstance(image, dict) and image.get("bytes") is not None:
+            digest.update(hashlib.blake2b(image["bytes"], digest_size=16).digest())
+        else:
+            path = image if isinstance(image, str) else image["path"]
+            stat = os.stat(path)
+            digest.update(f"\0{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _decoded(images: list, size: int, num_workers: int) -> list[np.ndarray]:
+    arrays = []
+    decode = DataLoader(_Decode(images, size), batch_size=64, num_workers=num_workers, collate_fn=list,
+                        worker_init_fn=ignore_stop_signals)
+    for chunk in decode:
+        arrays += chunk
+    return arrays
+
+
+def _keep(folder: Path, arrays: list[np.ndarray]) -> None:
+    """Write a decoded split for later runs (atomically), and drop all but the KEEP_STORED most
+    recently used. A failure (a full disk) costs only the reuse: one line, and the run goes on."""
+    try:
+        with staged_folder(folder, sum(a.nbytes for a in arrays)) as tmp:
+            with open(tmp / STORED_PIXELS, "wb") as f:
+                for a in arrays:
+                    f.write(np.ascontiguousarray(a).data)
+            np.save(tmp / STORED_SHAPES, np.array([a.shape[:2] for a in arrays], dtype=np.int64).reshape(-1, 2))
+        kept = sorted((p for p in folder.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[KEEP_STORED:]:
+            shutil.rmtree(old, ignore_errors=True)
+    except (OSError, OutputError) as e:
+        print(f"note: the decoded images could not be kept for later runs ({first_line(e)}); this run goes on",
+              file=sys.stderr, flush=True)
 
 
 class DecodedImages:
-    """All images of a split as one flat uint8 buffer, with each image's offset, height and width."""
+    """All images of a split as one flat uint8 buffer, with each image's offset, height and width.
 
-    def __init__(self, images: list, labels: list[int], size: int, device, num_workers: int = 0):
-        self.size, self.device = size, torch.device(device)
-        arrays = []
-        decode = DataLoader(_Decode(images, size), batch_size=64, num_workers=num_workers, collate_fn=list,
-                            worker_init_fn=ignore_stop_signals)
-        for chunk in decode:
-            arrays += chunk
-        shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long).view(-1, 2)
+    `store`: a folder where decoded splits are kept between runs (decoded_store()): a later run of
+    the same images at the same size (the other arm, the next seed) reads them back instead of
+    decoding them again, and runs started together decode them once (the others wait). `loaded`
+    says whether this one was read back."""
+
+    def __init__(self, images: list, labels: list[int], size: int, device, num_workers: int = 0,
+                 store: Path | None = None):
+        self.size, self.device, self.loaded = size, torch.device(device), False
+        if store is None:
+            arrays = _decoded(images, size, num_workers)
+            shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long).view(-1, 2)
+        else:
+            folder = Path(store) / fingerprint(images, size)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            with exclusive(Path(store) / f".{folder.name}.lock", "waiting for another run that decodes these images"):
+                if not (folder / STORED_SHAPES).is_file():
+                    arrays = _decoded(images, size, num_workers)
+                    _keep(folder, arrays)
+                else:
+                    arrays, self.loaded = [np.fromfile(folder / STORED_PIXELS, dtype=np.uint8)], True
+                    shapes = torch.from_numpy(np.load(folder / STORED_SHAPES)).long().view(-1, 2)
+                    os.utime(folder)  # recently used: kept longest
+            if not self.loaded:
+                shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long).view(-1, 2)
         sizes = shapes[:, 0] * shapes[:, 1] * 3
         starts = torch.cumsum(sizes, 0) - sizes
         self.offsets = starts.to(self.device)
         self.heights, self.widths = shapes[:, 0].to(self.device), shapes[:, 1].to(self.device)
         self._heights_cpu, self._widths_cpu = shapes[:, 0], shapes[:, 1]  # for the crop offsets, on the host
-        # copied into the buffer a chunk of images at a time and let go, so the host holds the set
-        # about once (one concatenation held it twice; the cache-size estimate counts it once)
-        self.buffer = torch.empty(int(sizes.sum()), dtype=torch.uint8, device=self.device)
-        start = 0
-        for first in range(0, len(arrays), COPY_CHUNK):
-            chunk = np.concatenate([a.reshape(-1) for a in arrays[first:first + COPY_CHUNK]])
-            arrays[first:first + COPY_CHUNK] = [None] * len(arrays[first:first + COPY_CHUNK])
-            self.buffer[start:start + chunk.size].copy_(torch.from_numpy(chunk))
-            start += chunk.size
+        if self.loaded and self.device.type == "cpu":
+            self.buffer = torch.from_numpy(arrays[0])  # read back flat: it is the buffer
+        else:
+            # copied into the buffer a chunk of images at a time and let go, so the host holds the set
+            # about once (one concatenation held it twice; the cache-size estimate counts it once)
+            self.buffer = torch.empty(int(sizes.sum()), dtype=torch.uint8, device=self.device)
+            start = 0
+            for first in range(0, len(arrays), COPY_CHUNK):
+                chunk = np.concatenate([a.reshape(-1) for a in arrays[first:first + COPY_CHUNK]])
+                arrays[first:first + COPY_CHUNK] = [None] * len(arrays[first:first + COPY_CHUNK])
+                self.buffer[start:start + chunk.size].copy_(torch.from_numpy(chunk))
+                start += chunk.size
         self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
 
     @property

@@ -7,13 +7,9 @@ files and folders inside the target; links, devices, absolute paths and `..` are
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import http.client
-import os
 import shutil
-import sys
 import tarfile
 import tempfile
 import time
@@ -25,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..files import dir_mode, umask
+from ..files import dir_mode, exclusive, umask
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 RETRIES = 4
@@ -40,37 +36,10 @@ def fetch_dataset(url: str, root: Path, sha256: str | None = None) -> Path:
     if not name.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"data.url {url} is not a .tgz, .tar.gz, .tar or .zip archive")
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _fetch_lock(root):
+    with exclusive(root.parent / f".{root.name}.fetch.lock", f"waiting for another process that is fetching {root}"):
         if not root.exists():  # else fetched by the process that held the lock before
             _fetch(url, name, root, sha256)
     return root
-
-
-@contextlib.contextmanager
-def _fetch_lock(root: Path):
-    """Held while one process fetches `root`; the lock file goes with it (a process that waited on
-    it finds it gone once it has the lock, and takes a new one)."""
-    path, said = root.parent / f".{root.name}.fetch.lock", False
-    while True:
-        lock = open(path, "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not said:
-                print(f"waiting for another process that is fetching {root}", file=sys.stderr, flush=True)
-                said = True
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        lock.close()  # it was removed while we waited: the next holder's is a new file
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-        lock.close()  # the lock ends here, and with the process if it dies
 
 
 def _fetch(url: str, name: str, root: Path, sha256: str | None) -> None:

@@ -163,14 +163,18 @@ def prepared_loaders(cfg: DataConfig, batch_size: int, train_ds, val_ds, acceler
     # in one non-blocking copy, with no host-device sync per step
     train_dl, val_dl = (accelerator.prepare_data_loader(dl, device_placement=False) for dl in loaders)
     workers = cache.decode_workers(cfg.num_workers, processes)
-    return tuple(cache.CachedBatches(loader, _decode(ds, cfg.image_size, accelerator, workers), draws, cfg.hflip)
+    store = cache.decoded_store() if cfg.keep_decoded else None
+    return tuple(cache.CachedBatches(loader, _decode(ds, cfg.image_size, accelerator, workers, store), draws,
+                                     cfg.hflip)
                  for loader, ds, draws in ((train_dl, train_ds, train_ds.draws), (val_dl, val_ds, None)))
 
 
-def _decode(ds, size: int, accelerator, workers: int) -> cache.DecodedImages:
+def _decode(ds, size: int, accelerator, workers: int, store) -> cache.DecodedImages:
     start = time.perf_counter()
     _, stored, labels = samples(ds)
-    images = cache.DecodedImages(stored, labels, size, accelerator.device, workers)
-    accelerator.print(f"decoded {len(ds)} images into {images.nbytes / 2**30:.2f} GiB on {accelerator.device} "
-                      f"in {time.perf_counter() - start:.1f} s")
+    images = cache.DecodedImages(stored, labels, size, accelerator.device, workers, store)
+    how = "read back" if images.loaded else "decoded"
+    accelerator.print(f"{how} {len(ds)} images into {images.nbytes / 2**30:.2f} GiB on {accelerator.device} "
+                      f"in {time.perf_counter() - start:.1f} s" + (f" (kept in {store} for later runs)"
+                                                                    if store is not None and not images.loaded else ""))
     return images

@@ -24,7 +24,8 @@ from ..records import is_finished
 LOCK_FILE = ".lock"
 # Settings that cannot change a run's numbers: a resume may change them (and the run records it).
 # Everything else (data, model, optim, epochs, batch size, precision, seed, budget, ...) is refused.
-NEUTRAL = frozenset({"output_dir", "train.resume", "data.num_workers", "data.cache", "data.check_images",
+NEUTRAL = frozenset({"output_dir", "train.resume", "data.num_workers", "data.cache", "data.keep_decoded",
+                     "data.check_images",
                      "train.keep_checkpoints", "train.checkpoint_every", "train.log_with"})
 
 
