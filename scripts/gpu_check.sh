@@ -10,6 +10,10 @@
 #   ema        the weight average's cost per step (scripts/benchmark.py --ema)
 #   jpeg       the same 10 epochs decoding the JPEG files in loader workers (data.cache=none)
 #   benchmark  scripts/benchmark.py: loader, steps and a whole epoch against the article's code
+#   startup    two one-epoch runs of the same data: the first decodes the images (and keeps them), the
+#              second reads them back; each one's start-up phases (metrics.json phase_seconds)
+#   per_gpu    a comparison of 1, 2, 4 and 6 one-epoch runs at once on one GPU (RUNS_PER_GPU, MPS when
+#              it starts): wall time and the aggregate training images/s against one run at a time
 # and one table of what it measured ($OUT/summary.md).
 #   scripts/gpu_wheels.sh                  # first, on a machine with network: fetches .whl/
 #   scripts/gpu_check.sh                   # then on the GPU machine, from this checkout; results in runs/gpu_check/
@@ -76,7 +80,29 @@ epochs() {  # epochs CACHE: the timed run of EPOCHS epochs, from the decoded cac
       train.batch_size="$BATCH" data.cache="$1" output_dir="$OUT/run_$1"
 }
 
-ONLY=${ONLY:-resume cached syncs cpu_run ema jpeg benchmark}  # the steps to run (a rerun of some, say)
+startup() {  # the same data twice: decoded and kept, then read back (data.keep_decoded)
+  rm -rf "$OUT/startup_1" "$OUT/startup_2" "$HF_HOME/datasets/transfer-decoded"
+  for n in 1 2; do
+    "$PYTHON" run_transfer.py --config configs/scratch.yaml data.root="$OUT/woof" data.url=null model.name="$MODEL" \
+        data.image_size="$SIZE" train.epochs=1 data.num_workers="$WORKERS" train.batch_size="$BATCH" data.cache=memory \
+        output_dir="$OUT/startup_$n" || return 1
+  done
+}
+
+per_gpu() {  # N one-epoch runs at once on one GPU, N = 1 2 4 6 (rehearsal: N runs at a time on the CPU)
+  local n
+  for n in ${PER_GPU:-1 2 4 6}; do
+    rm -rf "$OUT/per_gpu_$n"
+    local start; start=$(date +%s.%N)
+    if [ "$REHEARSAL" = 1 ]; then placing=(JOBS="$n"); else placing=(GPUS=0 RUNS_PER_GPU="$n"); fi
+    env "${placing[@]}" OUT="$OUT/per_gpu_$n" ARMS=scratch SEEDS="$(seq -s ' ' 0 $(( n - 1 )))" PYTHON="$PYTHON" \
+        scripts/compare.sh data.root="$OUT/woof" data.url=null model.name="$MODEL" data.image_size="$SIZE" \
+        train.epochs=1 train.batch_size="$BATCH" data.num_workers="$WORKERS" || return 1
+    echo "$n $start $(date +%s.%N)" >> "$OUT/per_gpu.txt"  # runs, start, end
+  done
+}
+
+ONLY=${ONLY:-resume cached syncs cpu_run ema jpeg benchmark startup per_gpu}  # the steps to run (a rerun of some)
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 want resume && step resume $STEPS resume
 want cached && step cached epochs auto
@@ -86,4 +112,6 @@ want ema && step ema "$PYTHON" scripts/benchmark.py --ema --model "$MODEL" --dev
 want jpeg && step jpeg epochs none
 want benchmark && step benchmark "$PYTHON" scripts/benchmark.py --data "$OUT/woof" --model "$MODEL" --size "$SIZE" --batch "$BATCH" \
     --workers "$WORKERS" --steps 30 --device "$DEVICE" --json "$OUT/benchmark.json"
+want startup && step startup startup
+want per_gpu && { : > "$OUT/per_gpu.txt"; step per_gpu per_gpu; }
 $STEPS report | tee "$OUT/summary.md"

@@ -250,6 +250,22 @@ def report(opts) -> str:
     if e:
         rows.append(("weight average, ms per step: timm as it is / ours (Python part alone)",
                      " / ".join(f"{v['whole']:.2f} ({v['python']:.3f})" for v in e["ms_per_update"].values())))
+    starts = [read(f"startup_{n}/metrics.json") for n in (1, 2)]
+    if all(starts):
+        for n, m in enumerate(starts, 1):
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in m["phase_seconds"].items() if v >= 0.05)
+            rows.append((f"start-up of run {n} of the same data ({'decoded, kept' if n == 1 else 'read back'}), s; "
+                         f"its phases", f"{m['startup_seconds']:.1f}; {phases}"))
+    if (out / "per_gpu.txt").is_file():
+        single = None
+        for line in (out / "per_gpu.txt").read_text().splitlines():
+            n, start, end = line.split()
+            n, wall = int(n), float(end) - float(start)
+            runs = [read(f"per_gpu_{n}/scratch/seed{s}/metrics.json") for s in range(n)]
+            images = sum(m["train_samples"] * len(m["history"]) for m in runs if m)
+            single = single or wall / n
+            rows.append((f"{n} run(s) at once on one GPU: wall s; training images/s, all runs together; against "
+                         f"one at a time", f"{wall:.1f}; {images / wall:,.0f}; {single * n / wall:.2f}x"))
     b = read("benchmark.json")
     if b:
         rows += [(f"benchmark: {k}", f"{v:.2f}x") for k, v in b["ratios"].items()]

@@ -3,7 +3,7 @@ job function), how jobs are submitted (one array a stage, cut below MaxArraySize
 refuses is one line naming the CLUSTER key to change) and how their states are read (squeue for
 this driver's own jobs while they are queued or running, with why they wait; sacct only for jobs
 that left the queue; a job that left it while the accounting has no end for it, as on clusters
-without slurmdbd, is "LEFT": judged by the run folder it wrote)."""
+without slurmdbd (at once there) or for LEFT_AFTER_S, is "LEFT": judged by the run folder it wrote)."""
 from __future__ import annotations
 
 import os
@@ -236,6 +236,7 @@ class SubmititBackend:
         self.watcher = submitit.SlurmJob.watcher
         self.reasons: dict[str, str] = {}  # why each queued job waits (squeue's %r), as of the last look
         self._gone: dict[str, float] = {}  # job -> when it was first seen gone from the queue without an end
+        self._accounting: bool | None = None  # whether the cluster keeps any (asked once, when first needed)
 
     def max_array_size(self) -> int:
         """The cluster's MaxArraySize (an array's indices go up to one less)."""
@@ -287,10 +288,24 @@ class SubmititBackend:
                     states[job_id] = state
                     continue
                 # gone from the queue, not ended in the accounting: that lags a little behind a job that ran, and
-                # never records an array task cancelled before it started (PENDING in a range, or nothing)
+                # never records an array task cancelled before it started (PENDING in a range, or nothing); a
+                # cluster without accounting has no end to wait for
                 since = self._gone.setdefault(job_id, now)
-                states[job_id] = LEFT if state == "PENDING" or now - since >= LEFT_AFTER_S else "COMPLETING"
+                left = state == "PENDING" or now - since >= LEFT_AFTER_S or not self.accounting(job_id)
+                states[job_id] = LEFT if left else "COMPLETING"
         return states
+
+    def accounting(self, job_id: str) -> bool:
+        """Whether the cluster keeps accounting: sacct says "accounting storage is disabled" on
+        one without (AccountingStorageType=accounting_storage/none). Asked once."""
+        if self._accounting is None:
+            try:
+                result = subprocess.run(["sacct", "-n", "-X", "-j", job_id, "-o", "State"], capture_output=True,
+                                        text=True, timeout=60)
+                self._accounting = "accounting storage is disabled" not in (result.stdout + result.stderr).lower()
+            except (OSError, subprocess.TimeoutExpired):
+                return True  # not known: wait for it as for a lagging one
+        return self._accounting
 
     def _queue(self, job_ids: list[str]) -> dict[str, str] | None:
         """These jobs' states while queued or running (array tasks one a line; a task not started

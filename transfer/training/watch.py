@@ -71,7 +71,9 @@ class Watch:
     # ---- signals
     def stop_requested(self) -> bool:
         """Whether any process has had a stop signal: one small all-reduce (evaluation asks every
-        few batches, so that every process leaves it at the same batch)."""
+        few batches, so that every process leaves it at the same batch). One process: no sync at all."""
+        if self.accelerator.num_processes == 1:
+            return self.signal_name is not None
         flag = torch.tensor([float(self.signal_name is not None)], device=self._first_bad.device)
         return bool(_max_over_processes(flag, self.accelerator.num_processes).item())
 
