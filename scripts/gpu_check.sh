@@ -10,6 +10,8 @@
 #   ema        the weight average's cost per step (scripts/benchmark.py --ema)
 #   jpeg       the same 10 epochs decoding the JPEG files in loader workers (data.cache=none)
 #   benchmark  scripts/benchmark.py: loader, steps and a whole epoch against the article's code
+#   graphs     the cached 10 epochs again with train.compile=true train.compile_mode=reduce-overhead
+#              (forward and backward as CUDA graphs), against the eager `cached`
 #   startup    two one-epoch runs of the same data: the first decodes the images (and keeps them), the
 #              second reads them back; each one's start-up phases (metrics.json phase_seconds)
 #   per_gpu    a comparison of 1, 2, 4 and 6 one-epoch runs at once on one GPU (RUNS_PER_GPU, MPS when
@@ -73,11 +75,13 @@ cat "$OUT/preflight.out"
 STEPS="$PYTHON scripts/gpu_check_steps.py --data $OUT/woof --out $OUT --model $MODEL --size $SIZE --batch $BATCH"
 STEPS="$STEPS --workers $WORKERS --device $DEVICE --resume-images $RESUME_IMAGES"
 
-epochs() {  # epochs CACHE: the timed run of EPOCHS epochs, from the decoded cache (auto) or the JPEGs (none)
-  rm -rf "$OUT/run_$1"
+epochs() {  # epochs CACHE [NAME SETTING...]: the timed run of EPOCHS epochs, from the decoded cache (auto) or
+  # the JPEGs (none), into run_NAME (default: run_CACHE)
+  local cache=$1 name=${2:-$1}; shift; shift || true
+  rm -rf "$OUT/run_$name"
   "$PYTHON" run_transfer.py --config configs/scratch.yaml data.root="$OUT/woof" data.url=null \
       model.name="$MODEL" data.image_size="$SIZE" train.epochs="$EPOCHS" data.num_workers="$WORKERS" \
-      train.batch_size="$BATCH" data.cache="$1" output_dir="$OUT/run_$1"
+      train.batch_size="$BATCH" data.cache="$cache" output_dir="$OUT/run_$name" "$@"
 }
 
 startup() {  # the same data twice: decoded and kept, then read back (data.keep_decoded)
@@ -102,10 +106,11 @@ per_gpu() {  # N one-epoch runs at once on one GPU, N = 1 2 4 6 (rehearsal: N ru
   done
 }
 
-ONLY=${ONLY:-resume cached syncs cpu_run ema jpeg benchmark startup per_gpu}  # the steps to run (a rerun of some)
+ONLY=${ONLY:-resume cached graphs syncs cpu_run ema jpeg benchmark startup per_gpu}  # the steps to run (a rerun of some)
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 want resume && step resume $STEPS resume
 want cached && step cached epochs auto
+want graphs && step graphs epochs auto graphs train.compile=true train.compile_mode=reduce-overhead
 want syncs && step syncs $STEPS syncs
 want cpu_run && step cpu_run $STEPS cpu-run
 want ema && step ema "$PYTHON" scripts/benchmark.py --ema --model "$MODEL" --device "$DEVICE" --json "$OUT/ema.json"

@@ -216,11 +216,12 @@ def report(opts) -> str:
             name, code, seconds = line.split("\t")
             steps[name] = (int(code), int(seconds))
     rows = []
-    for cache, label in (("auto", "decoded cache"), ("none", "JPEG files, loader workers")):
+    for cache, label in (("auto", "decoded cache"), ("graphs", "decoded cache, CUDA graphs (reduce-overhead)"),
+                         ("none", "JPEG files, loader workers")):
         m = read(f"run_{cache}/metrics.json")
         if m:
             rates = sorted(h["train_images_per_s"] for h in m["history"])
-            wall = steps.get("cached" if cache == "auto" else "jpeg", (0, 0))[1]
+            wall = steps.get({"auto": "cached", "none": "jpeg"}.get(cache, cache), (0, 0))[1]
             rows.append((f"{len(m['history'])} epochs, {label}: training images/s (median epoch; best)",
                          f"{rates[len(rates) // 2]:,.0f}; {rates[-1]:,.0f}"))
             rows.append((f"{len(m['history'])} epochs, {label}: seconds in epochs (train + eval) / start-up / "

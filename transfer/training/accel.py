@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import TorchDynamoPlugin
 from accelerate.utils import is_compiled_module
 
 from ..config import Config
@@ -61,7 +62,8 @@ def make_accelerator(cfg: Config, out: Path | None, precision: str) -> Accelerat
         mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with=None if cfg.train.log_with == "none" else cfg.train.log_with,
         project_dir=None if out is None else str(out),
-        dynamo_backend="inductor" if cfg.train.compile else None,  # None: accelerate launch's setting
+        # None: accelerate launch's setting
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=cfg.train.compile_mode) if cfg.train.compile else None,
         # one shuffle for every process (see loop.epoch_seed); batches copied to the GPU from pinned
         # memory without blocking the host
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True))
