@@ -159,7 +159,8 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
                 watch.raise_stopped(save(f"epoch_{epoch:03d}_batch_{done:06d}", trained))
             due = (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs
             # a time budget's last epoch is saved once evaluated: resumed unevaluated, it would train on
-            saved = save(f"epoch_{epoch + 1:03d}", trained) if due and done == len(train_dl) else None
+            early = due and done == len(train_dl) and stop != "budget"
+            saved = save(f"epoch_{epoch + 1:03d}", trained) if early else None
             evaluations = evaluate_all(loop, setup)
             if evaluations is None:  # a stop signal during the evaluation
                 watch.raise_stopped(saved or save(f"epoch_{epoch:03d}_batch_{done:06d}", trained))
@@ -192,12 +193,15 @@ def train_epochs(cfg: Config, loop: Loop, setup: Setup, state: TrainerState,
 def evaluate_all(loop: Loop, setup: Setup) -> tuple[Evaluation, Evaluation | None, Evaluation | None] | None:
     """The epoch's evaluations: validation, the selection split's, the weight average's; None when
     a stop signal came during them."""
-    trainer, normalize, stop = loop.trainer, loop.trainer.objective.normalize, loop.watch.stop_requested
-    final = evaluate(trainer.model, setup.val_dl, trainer.accelerator, normalize, stop)
-    chooser = None if setup.select_dl is None or final is None else evaluate(
-        trainer.model, setup.select_dl, trainer.accelerator, normalize, stop)
-    averaged = None if loop.ema is None or final is None else evaluate(
-        loop.ema.module, setup.val_dl, trainer.accelerator, normalize, stop)
-    if final is None or (setup.select_dl is not None and chooser is None) or (loop.ema is not None and averaged is None):
-        return None
-    return final, chooser, averaged
+    trainer = loop.trainer
+    wanted = ((trainer.model, setup.val_dl), (trainer.model, setup.select_dl),
+              (None if loop.ema is None else loop.ema.module, setup.val_dl))
+    found = []
+    for model, loader in wanted:
+        if model is None or loader is None:
+            found.append(None)
+            continue
+        found.append(evaluate(model, loader, trainer.accelerator, trainer.objective.normalize, loop.watch.stop_requested))
+        if found[-1] is None:
+            return None
+    return tuple(found)
