@@ -282,9 +282,9 @@ def test_weights_that_cannot_be_fetched_are_one_line(monkeypatch):
     from transfer.experiments.prefetch import fetch_weights
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match=r"^model.pretrained: the ImageNet weights of resnet10t could not be fetched "
-                                        r"here \(.*\); run the comparison where the network is reachable, or give "
-                                        r"model.weights_file=") as caught:
+    with pytest.raises(DataError, match=r"^model.pretrained: the ImageNet weights of resnet10t could not be downloaded "
+                                        r"or found in the Hugging Face cache \(.*\); connect once to the network .*"
+                                        r"or give model.weights_file=") as caught:
         fetch_weights(ModelConfig(name="resnet10t"))
     assert "\n" not in str(caught.value)
 

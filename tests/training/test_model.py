@@ -264,3 +264,15 @@ def noting_moves(to, built):
             built.setdefault("moved_before_optimizer", "fused" not in built)
         return to(self, *args, **kwargs)
     return recording_to
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_are_one_line(image_folder, tmp_path, capsys):
+    from transfer.cli import main
+
+    # offline (tests/conftest.py) with an empty Hugging Face cache: nothing to read them from
+    code = main(["--config", "configs/smoke.yaml", f"data.root={image_folder}", f"output_dir={tmp_path / 'r'}",
+                 "model.pretrained=true", "model.weights_file=null"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: model.pretrained: the ImageNet weights of resnet10t could not be downloaded") \
+        and "model.weights_file=<a local .safetensors file>" in err

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from ..config import ModelConfig, from_dict
-from ..errors import DataError, first_line
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -46,13 +45,9 @@ def fetch_inputs(jobs: list, say=None) -> None:
 
 
 def fetch_weights(model: ModelConfig) -> None:
-    """timm's pretrained weights of `model.name`, into the Hugging Face cache."""
-    import timm  # torch: only for a comparison that needs the download
+    """timm's pretrained weights of `model.name`, into the Hugging Face cache (what a run's
+    build_model reads them from); one DataError line when they cannot be downloaded here."""
+    from ..training.model import pretrained_model  # torch and timm: only for a comparison that needs them
 
-    try:
-        timm.create_model(model.name, pretrained=True)
-    except Exception as e:  # no network (an OSError, or huggingface_hub's offline errors), an unknown tag
-        raise DataError(f"model.pretrained: the ImageNet weights of {model.name} could not be fetched here "
-                        f"({first_line(e)[:300]}); run the comparison where the network is reachable, or give "
-                        f"model.weights_file=<a local .safetensors file>") from None
+    pretrained_model(model.name)
 

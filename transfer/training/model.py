@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data.transforms import Normalize
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, first_line
 from ..files import staged_folder, write_atomic, write_json
 
 
@@ -25,9 +25,27 @@ def build_model(cfg: ModelConfig, classes: list[str]) -> tuple[nn.Module, str | 
         raise ConfigError(f"model.name={cfg.name!r} is not a timm model; "
                           f"similar names: {', '.join(close) or 'none'} (see timm.list_models())")
     local = cfg.pretrained and cfg.weights_file is not None
-    model = timm.create_model(cfg.name, pretrained=cfg.pretrained and not local, num_classes=len(classes))
+    if cfg.pretrained and not local:
+        model = pretrained_model(cfg.name, len(classes))
+    else:
+        model = timm.create_model(cfg.name, pretrained=False, num_classes=len(classes))
     note = load_weights(model, cfg.weights_file, cfg.head, classes) if local else None
     return model, note
+
+
+def pretrained_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """timm's model `name` with its ImageNet weights, downloaded from the Hub into the Hugging Face
+    cache (HF_HOME) or read from there; a download that fails (no network, offline mode with
+    nothing cached) is one line saying what to do."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True, **({} if num_classes is None else {"num_classes": num_classes}))
+    except (OSError, ValueError) as e:  # huggingface_hub's errors, connection errors, nothing cached offline
+        raise DataError(f"model.pretrained: the ImageNet weights of {name} could not be downloaded or found in the "
+                        f"Hugging Face cache ({type(e).__name__}: {first_line(e)[:200]}); connect once to the network "
+                        f"(they are then cached in HF_HOME), or give model.weights_file=<a local .safetensors "
+                        f"file>; on a cluster, HF_HOME must be a folder the compute nodes see") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
