@@ -256,6 +256,8 @@ def test_a_real_preemption_mid_run_is_requeued_and_ends_as_an_uninterrupted_run(
     assert "PREEMPTED" in accounting or "REQUEUED" in accounting, (accounting, urgent)
     wa, wb = (load_file(f / "model" / "model.safetensors") for f in (reference, run))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # as if never preempted
+    left = subprocess.run(["pgrep", "-f", f"output_dir={run}"], capture_output=True, text=True).stdout.split()
+    assert not left, left  # no process of either attempt outlived its job
     status = run_command(["scripts/compare.sh"], env={**env, "ACTION": "status"}, capture_output=True, text=True,
                          timeout=60)
     assert status.returncode == 0 and status.stdout.splitlines()[-1].startswith("queued 0, running 0, done 1, "
