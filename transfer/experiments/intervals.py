@@ -426,8 +426,15 @@ def _random_effects(values: np.ndarray, variances: np.ndarray, these: float) -> 
     # never narrower than the interval of these datasets (`these`, its half-width): gains that agree by
     # chance made it so (the same guard as Hartung-Knapp's scale factor >= 1, and tau^2 >= 0)
     half = max(float(stats.t.ppf(0.975, k - 1)) * spread / np.sqrt(k), these)
-    result = {"random_effects_ci95": [mean - half, mean + half], "between_datasets_sd_points": float(np.sqrt(tau2))}
+    result = {"random_effects_ci95": possible(mean, half), "between_datasets_sd_points": float(np.sqrt(tau2))}
     if k >= MIN_PREDICTION_DATASETS:  # a new dataset's measured gain y_new: y_new - mean ~ s sqrt(1 + 1/k) t(k - 1)
         half = max(float(stats.t.ppf(0.975, k - 1)) * spread * np.sqrt(1 + 1 / k), half)
-        result["prediction_interval95"] = [mean - half, mean + half]
+        result["prediction_interval95"] = possible(mean, half)
     return result
+
+
+def possible(mean: float, half: float) -> list[float]:
+    """mean +- half, within what a gain in accuracy points can be (-100 to +100): t with 1 or 2
+    degrees of freedom reaches past it (two datasets whose gains are +40 and 0 gave -234 to +274),
+    and cutting off the impossible part takes nothing from its coverage."""
+    return [max(mean - half, -100.0), min(mean + half, 100.0)]

@@ -66,9 +66,8 @@ def _plot_rows(suite: Suite, points: list[SuitePoint]) -> list[dict]:
         add(MEAN_THESE + where, point.setting.get(first), agg.mean_gain_points, agg.fixed_effects_ci95)
         add(MEAN_LIKE + where, point.setting.get(first), agg.random_effects_ci95 and agg.mean_gain_points,
             agg.random_effects_ci95)
-        if agg.prediction_interval95:  # drawn at its own centre
-            add(NEW_DATASET + where, point.setting.get(first), sum(agg.prediction_interval95) / 2,
-                agg.prediction_interval95)
+        if agg.prediction_interval95:  # drawn around the mean it is centred on (before the cut at +-100)
+            add(NEW_DATASET + where, point.setting.get(first), agg.mean_gain_points, agg.prediction_interval95)
     return list(rows.values())
 
 
