@@ -13,7 +13,7 @@ from conftest import run_command
 PACKAGE = Path(__file__).resolve().parents[1] / "transfer"
 
 # config -> data -> training -> results -> run -> experiments -> entry points
-STAGES = [{"config", "errors", "files", "records", "stops"}, {"data"}, {"training"}, {"results"}, {"run"}, {"experiments"},
+STAGES = [{"config", "errors", "files", "records", "stops", "processes"}, {"data"}, {"training"}, {"results"}, {"run"}, {"experiments"},
           {"cli", "report", "__main__"}]
 
 

@@ -75,6 +75,27 @@ def fingerprint(images: list, size: int) -> str:
     return digest.hexdigest()
 
 
+def _pixels(images: list, size: int, num_workers: int, store: Path | None) -> tuple[list[np.ndarray], np.ndarray, bool]:
+    """(the images' HWC uint8 arrays, or their kept flat buffer alone; their (height, width) rows;
+    whether they were read back from `store`)."""
+    if store is None:
+        arrays = _decoded(images, size, num_workers)
+        return arrays, _shapes(arrays), False
+    folder = Path(store) / fingerprint(images, size)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(Path(store) / f".{folder.name}.lock", "waiting for another run that decodes these images"):
+        if (folder / STORED_SHAPES).is_file():
+            os.utime(folder)  # recently used: kept longest
+            return [np.fromfile(folder / STORED_PIXELS, dtype=np.uint8)], np.load(folder / STORED_SHAPES), True
+        arrays = _decoded(images, size, num_workers)
+        _keep(folder, arrays)
+    return arrays, _shapes(arrays), False
+
+
+def _shapes(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.array([a.shape[:2] for a in arrays], dtype=np.int64).reshape(-1, 2)
+
+
 def _decoded(images: list, size: int, num_workers: int) -> list[np.ndarray]:
     arrays = []
     decode = DataLoader(_Decode(images, size), batch_size=64, num_workers=num_workers, collate_fn=list,
@@ -92,7 +113,7 @@ def _keep(folder: Path, arrays: list[np.ndarray]) -> None:
             with open(tmp / STORED_PIXELS, "wb") as f:
                 for a in arrays:
                     f.write(np.ascontiguousarray(a).data)
-            np.save(tmp / STORED_SHAPES, np.array([a.shape[:2] for a in arrays], dtype=np.int64).reshape(-1, 2))
+            np.save(tmp / STORED_SHAPES, _shapes(arrays))
         kept = sorted((p for p in folder.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
                       key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[KEEP_STORED:]:
@@ -112,30 +133,16 @@ class DecodedImages:
 
     def __init__(self, images: list, labels: list[int], size: int, device, num_workers: int = 0,
                  store: Path | None = None):
-        self.size, self.device, self.loaded = size, torch.device(device), False
-        if store is None:
-            arrays = _decoded(images, size, num_workers)
-            shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long).view(-1, 2)
-        else:
-            folder = Path(store) / fingerprint(images, size)
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            with exclusive(Path(store) / f".{folder.name}.lock", "waiting for another run that decodes these images"):
-                if not (folder / STORED_SHAPES).is_file():
-                    arrays = _decoded(images, size, num_workers)
-                    _keep(folder, arrays)
-                else:
-                    arrays, self.loaded = [np.fromfile(folder / STORED_PIXELS, dtype=np.uint8)], True
-                    shapes = torch.from_numpy(np.load(folder / STORED_SHAPES)).long().view(-1, 2)
-                    os.utime(folder)  # recently used: kept longest
-            if not self.loaded:
-                shapes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.long).view(-1, 2)
+        self.size, self.device = size, torch.device(device)
+        arrays, shapes, self.loaded = _pixels(images, size, num_workers, store)
+        shapes = torch.from_numpy(shapes).long().view(-1, 2)
         sizes = shapes[:, 0] * shapes[:, 1] * 3
         starts = torch.cumsum(sizes, 0) - sizes
         self.offsets = starts.to(self.device)
         self.heights, self.widths = shapes[:, 0].to(self.device), shapes[:, 1].to(self.device)
         self._heights_cpu, self._widths_cpu = shapes[:, 0], shapes[:, 1]  # for the crop offsets, on the host
-        if self.loaded and self.device.type == "cpu":
-            self.buffer = torch.from_numpy(arrays[0])  # read back flat: it is the buffer
+        if self.loaded:
+            self.buffer = torch.from_numpy(arrays[0]).to(self.device)  # read back flat: on a CPU, it is the buffer
         else:
             # copied into the buffer a chunk of images at a time and let go, so the host holds the set
             # about once (one concatenation held it twice; the cache-size estimate counts it once)

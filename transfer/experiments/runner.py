@@ -14,11 +14,11 @@ commands, one a line, for any scheduler (a SLURM array takes line $SLURM_ARRAY_T
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, RunError
 from ..files import write_json
+from ..processes import die_with_parent
 from ..records import is_finished, last_error, load_run, read_metrics
 from ..training.rundir import NEUTRAL, setting_changes
 from .arms import ARMS
@@ -55,22 +56,18 @@ def _result(job: Job) -> str:
     return f"val_acc {metrics.final_val_acc:.4f} (best {metrics.best_val_acc:.4f})"
 
 
+def cores_per_run(workers: int) -> int | None:
+    """This process's cores shared out between `workers` concurrent runs (at least 1 each); None
+    for one run at a time. Each run's OMP_NUM_THREADS, and its data.num_workers at most."""
+    return max(1, len(os.sched_getaffinity(0)) // workers) if workers >= 2 else None
+
+
 def threads_per_run(workers: int, environ) -> int | None:
-    """CPU threads for each of `workers` concurrent runs: this process's cores shared out, unless
+    """CPU threads for each of `workers` concurrent runs: their share of the cores, unless
     OMP_NUM_THREADS is set (then the user's). Each run would otherwise take every core: two runs on
     two cores, each with two threads, spin on each other (the fast test tier took 3.5x as long
     beside one single-threaded run)."""
-    if workers < 2 or environ.get("OMP_NUM_THREADS"):
-        return None
-    return max(1, len(os.sched_getaffinity(0)) // workers)
-
-
-def loader_workers_per_run(workers: int, environ) -> int | None:
-    """data.num_workers at most, for each of `workers` concurrent runs: the cores shared out (each
-    run's own config may ask fewer); None for one run at a time."""
-    if workers < 2:
-        return None
-    return max(1, len(os.sched_getaffinity(0)) // workers)
+    return None if environ.get("OMP_NUM_THREADS") else cores_per_run(workers)
 
 
 class Runner:
@@ -86,7 +83,7 @@ class Runner:
                 self.gpus.put(gpu)
         self.workers, self.use_gpus = len(gpus) * runs_per_gpu or jobs, bool(gpus)
         self.threads = threads_per_run(self.workers, os.environ)
-        self.loader_workers = loader_workers_per_run(self.workers, os.environ)
+        self.loader_workers = cores_per_run(self.workers)  # data.num_workers at most (a run's config may ask fewer)
         self.mps_env: dict[str, str] = {}  # the MPS daemon's pipe, for the runs (Mps.start)
         self.lock = threading.Lock()
 
@@ -158,7 +155,8 @@ def mps(runs_per_gpu: int, say=None):
     for path in env.values():
         Path(path).mkdir()
     daemon = subprocess.Popen([control, "-f"], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                              stderr=subprocess.PIPE,
+                              preexec_fn=functools.partial(die_with_parent, os.getpid()))
     try:
         deadline = time.monotonic() + 10
         while not (folder / "pipe" / "control").exists() and daemon.poll() is None and time.monotonic() < deadline:
@@ -181,16 +179,6 @@ def mps(runs_per_gpu: int, say=None):
                 daemon.kill()
                 daemon.wait()
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _die_with_parent() -> None:
-    """In a child before exec: the kernel kills it when this process dies (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def check_reusable(jobs: list[Job]) -> None:

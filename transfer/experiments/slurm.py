@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..processes import become_subreaper
 from .prefetch import OFFLINE_ENV
 
 LOGS = ".slurm"  # OUT/.slurm/<job id>: submitit's pickles and logs of each job
@@ -80,7 +81,7 @@ class RunCommand:
 
     def __call__(self) -> None:
         self._started, self._terminated = time.time(), False
-        _become_subreaper()
+        become_subreaper()
         # `env` (the driver's offline switches) under what the job inherited; the launcher leaves SIGTERM to the run
         env = {**os.environ, **self.env, "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGINT,SIGHUP,SIGQUIT"}
         before = signal.signal(signal.SIGTERM, self._on_sigterm)  # over submitit's, which only logs it
@@ -144,20 +145,6 @@ def _requeue_this_job() -> bool:
         return subprocess.run(["scontrol", "requeue", job], capture_output=True, timeout=60).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
-
-
-def _become_subreaper() -> None:
-    """Orphans of this process's descendants become its children, not init's: a worker whose
-    parent died is still found (and ended) here."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the descendants still found are those of live parents
-        pass
 
 
 def _descendants() -> list[int]:

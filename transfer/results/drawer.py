@@ -17,7 +17,6 @@ signal), and elsewhere its pipe closes (the child holds no copy of the run's end
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -25,29 +24,18 @@ import sys
 
 from ..errors import OutputError, first_line
 from ..files import as_output_error
+from ..processes import die_with_parent
+from ..stops import STOP_SIGNALS
 from .outputs import draw_curves, draw_evaluation, draw_final, draw_samples
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_IN_DRAWER = [False]  # set in the drawer process: there the final figures are drawn by two processes
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel kill this (forked) process when its parent dies, even by SIGKILL."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the closed pipe ends it instead
-        return
-    if os.getppid() != parent_pid:  # the parent died before the signal was set up
-        os._exit(0)
 
 
 def _serve(connection, parent_end, parent_pid: int, context: dict) -> None:
     die_with_parent(parent_pid)
     parent_end.close()  # else this process holds the run's end open and never sees end-of-file
-    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):  # the run's (sent to the group, say)
+    for stop in STOP_SIGNALS:  # the run's (sent to the group, say)
         signal.signal(stop, signal.SIG_IGN)
     os.nice(10)  # background work: on a busy machine the training process comes first
-    _IN_DRAWER[0] = True
     try:
         while True:
             try:
@@ -58,7 +46,7 @@ def _serve(connection, parent_end, parent_pid: int, context: dict) -> None:
                 break
             name, kwargs = job
             try:
-                JOBS[name](**context, **kwargs)
+                JOBS[name](**context, **kwargs, in_drawer=True)
                 connection.send(None)
             except BaseException as e:  # noqa: BLE001 - reported to the run, which raises it
                 connection.send(_one_line(e))
@@ -81,8 +69,8 @@ def _samples(out, train_ds, classes, **_):
     draw_samples(out, train_ds, classes)
 
 
-def _final(out, val_ds, metrics, final, names, **_):
-    if not _IN_DRAWER[0]:  # in the run's own process: one after the other
+def _final(out, val_ds, metrics, final, names, in_drawer: bool = False, **_):
+    if not in_drawer:  # in the run's own process: one after the other
         draw_final(out, metrics, final, names, val_ds)
         return
     # in the drawer, with matplotlib imported: a fork of it draws the evaluation's figures while it draws
