@@ -11,7 +11,7 @@
 #   jpeg       the same 10 epochs decoding the JPEG files in loader workers (data.cache=none)
 #   benchmark  scripts/benchmark.py: loader, steps and a whole epoch against the article's code
 #   graphs     the cached 10 epochs again with train.compile=true train.compile_mode=reduce-overhead
-#              (forward and backward as CUDA graphs), against the eager `cached`
+#              (forward, backward and the Adam update as CUDA graphs), against the eager `cached`
 #   startup    two one-epoch runs of the same data: the first decodes the images (and keeps them), the
 #              second reads them back; each one's start-up phases (metrics.json phase_seconds)
 #   per_gpu    a comparison of 1, 2, 4 and 6 one-epoch runs at once on one GPU (RUNS_PER_GPU, MPS when

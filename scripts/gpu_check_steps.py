@@ -226,8 +226,9 @@ def report(opts) -> str:
                          f"{rates[len(rates) // 2]:,.0f}; {rates[-1]:,.0f}"))
             rows.append((f"{len(m['history'])} epochs, {label}: seconds in epochs (train + eval) / start-up / "
                          f"whole command", f"{m['train_seconds']:.1f} / {m['startup_seconds']:.1f} / {wall}"))
-            rows.append((f"{len(m['history'])} epochs, {label}: precision, final val_acc (generated data)",
-                         f"{m['mixed_precision']}, {m['final_val_acc']:.3f}"))
+            rows.append((f"{len(m['history'])} epochs, {label}: precision, final val_acc (generated data), "
+                         f"optimizer step compiled", f"{m['mixed_precision']}, {m['final_val_acc']:.3f}, "
+                         f"{m['speed_settings'].get('compiled_optimizer', False)}"))
     s = read("syncs.json")
     if s:
         rows.append(("host-device syncs: in 20 training steps / in one evaluation pass (its batches)",

@@ -37,7 +37,8 @@ def test_phase_seconds_cpu_settings_and_checkpoint_every_in_a_finished_run(image
     assert set(phases) <= documented and all(v >= 0 for v in phases.values())
     assert phases["first_step"] > 0 and phases["final_outputs"] > 0
     # on a CPU none of the GPU speed settings is chosen, so the CPU path stays exact
-    assert metrics.speed_settings == {"cudnn_benchmark": False, "tf32_matmul": False, "fused_optimizer": False}
+    assert metrics.speed_settings == {"cudnn_benchmark": False, "tf32_matmul": False, "fused_optimizer": False,
+                                      "compiled_optimizer": False}
     assert torch.backends.cudnn.benchmark is False and torch.get_float32_matmul_precision() == "highest"
 
 
@@ -166,3 +167,16 @@ def test_evaluate_is_imported_without_transformers_pipelines_which_stay_importab
              "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_each_accelerator_starts_accelerates_settings_afresh(image_folder, tmp_path):
+    # accelerate's process-wide state would keep the first run's precision and dynamo setting: a
+    # second run in one process (a notebook) on another precision failed with its traceback
+    first = load_config("configs/smoke.yaml", [f"data.root={image_folder}", f"output_dir={tmp_path / 'a'}"])
+    second = load_config("configs/smoke.yaml", [f"data.root={image_folder}", f"output_dir={tmp_path / 'b'}",
+                                                "train.compile=true", "train.grad_accum_steps=2"])
+    a = accel.make_accelerator(first, None, "no")
+    assert a.mixed_precision == "no" and a.state.dynamo_plugin.backend.value == "NO"
+    b = accel.make_accelerator(second, None, "bf16")
+    assert b.mixed_precision == "bf16" and b.state.dynamo_plugin.backend.value == "INDUCTOR"
+    assert b.gradient_accumulation_steps == 2

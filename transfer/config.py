@@ -127,8 +127,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch's is always written)
     time_budget_s: Optional[float] = None  # stop training after this many seconds; LR schedule sized to fit
-    compile: bool = False  # torch.compile the model (minutes of compiling on first use)
-    # torch.compile's mode: reduce-overhead replays forward and backward as CUDA graphs (on a GPU)
+    compile: bool = False  # torch.compile the model and the optimizer step (minutes of compiling on first use)
+    # torch.compile's mode: reduce-overhead replays forward, backward and the update as CUDA graphs (on a GPU)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     log_with: Literal["none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"] = "none"
 

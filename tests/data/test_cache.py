@@ -95,7 +95,8 @@ def test_cached_run_trains_exactly_like_the_loader_run(image_folder, tmp_path, c
 
 @pytest.mark.slow
 def test_compiled_model_trains_and_saves_a_plain_model(image_folder, tmp_path):
-    # reduce-overhead: CUDA graphs on a GPU; here (a CPU) it compiles as the default mode does
+    # reduce-overhead: CUDA graphs on a GPU; here (a CPU) it compiles as the default mode does. The
+    # compiled run comes second in this process: it must not inherit the eager run's accelerate settings
     from transfer.training.model import load_saved_model
 
     eager = run(tiny_config(image_folder, tmp_path / "eager", "train.epochs=1"))
@@ -103,8 +104,13 @@ def test_compiled_model_trains_and_saves_a_plain_model(image_folder, tmp_path):
                               "train.compile_mode=reduce-overhead"))
     model, config = load_saved_model(tmp_path / "compiled" / "model")
     assert metrics.val_samples == 18 and config["num_classes"] == 3
-    for a, b in zip(eager.history, metrics.history):  # the compiled step computes what the eager one does
-        assert a.train_loss == pytest.approx(b.train_loss, abs=1e-4) and a.val_loss == pytest.approx(b.val_loss, abs=1e-4)
+    # the optimizer's step compiled too, its rates in tensors (no recompile as they move)
+    assert metrics.speed_settings["compiled_optimizer"] and not eager.speed_settings["compiled_optimizer"]
+    # the compiled step computes what the eager one does, up to inductor's order of the convolution and
+    # batch-norm arithmetic (measured: 7e-4 in the training loss after these 6 steps, the optimizer's step
+    # compiled or not; tests/training/test_model.py compares a compiled optimizer step alone, within 1e-5)
+    for a, b in zip(eager.history, metrics.history):
+        assert a.train_loss == pytest.approx(b.train_loss, abs=2e-3) and a.val_loss == pytest.approx(b.val_loss, abs=2e-3)
 
 
 @pytest.mark.slow

@@ -177,6 +177,48 @@ def test_one_cycle_plans_the_rest_of_a_time_budget_and_restores_the_plan():
     assert schedule.finished
 
 
+def test_the_schedule_in_tensors_equals_the_floats_exactly_and_trains_the_same_weights():
+    # a compiled optimizer step reads its rates from tensors (hold_in_tensors): each step's tensors
+    # hold exactly what the float schedule sets, through a time budget's re-plan and a reload of a
+    # float checkpoint, and the same Adam trains to the same weights bit for bit
+    from transfer.training.optim import hold_in_tensors, parameter_groups
+
+    torch.manual_seed(0)
+    reference = build_model(ModelConfig(name="resnet10t", pretrained=False), classes(3))[0]
+    inputs, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    cfg = OptimConfig(lr=1e-3, layer_decay=0.8)  # several groups, each its own scale
+    runs = {}
+    for in_tensors in (False, True):
+        model = build_model(ModelConfig(name="resnet10t", pretrained=False), classes(3))[0]
+        model.load_state_dict(reference.state_dict())
+        optimizer = build_optimizer(cfg, parameter_groups(model, cfg), fused=True)  # fused: exact for both kinds
+        if in_tensors:
+            hold_in_tensors(optimizer)
+        schedule = OneCycle(optimizer, 1e-3, total_steps=12, time_budget_s=6.0, in_tensors=in_tensors)
+        seen = []
+        for step in range(10):
+            if step == 5:  # a checkpoint with float rates (an eager run's) is loaded
+                state = optimizer.state_dict()
+                for group in state["param_groups"]:
+                    group["lr"], group["betas"] = float(group["lr"]), tuple(float(b) for b in group["betas"])
+                optimizer.load_state_dict(state)
+                schedule.load_state_dict(schedule.state_dict())
+            seen.append([(float(g["lr"]), float(g["betas"][0])) for g in optimizer.param_groups])
+            torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            if step in (1, 3, 6):
+                schedule.plan(step * 0.8)
+        if in_tensors:
+            groups = optimizer.param_groups
+            assert all(g["lr"].dtype == torch.float64 and isinstance(g["betas"][0], torch.Tensor) for g in groups)
+            assert len({id(g["lr"]) for g in groups}) == len(groups) > 1  # each group its own
+        runs[in_tensors] = seen, model.state_dict()
+    assert runs[True][0] == runs[False][0]  # == on floats: exactly
+    assert all(torch.equal(runs[True][1][k], runs[False][1][k]) for k in runs[False][1])
+
+
 # ---------------------------------------------------------------------------- fused optimizers (the GPU path, on CPU)
 
 def overflow_then_finite(optimizer_name: str, fused: bool) -> torch.Tensor:
@@ -276,3 +318,36 @@ def test_imagenet_weights_that_cannot_be_downloaded_are_one_line(image_folder, t
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("error: model.pretrained: the ImageNet weights of resnet10t could not be downloaded") \
         and "model.weights_file=<a local .safetensors file>" in err
+
+
+def test_a_compiled_optimizer_step_compiles_once_while_the_schedule_moves_its_rates():
+    # floats would be guarded on: a new rate every step, a new compile every step (the control)
+    from torch._dynamo.testing import CompileCounter
+
+    from transfer.training.optim import hold_in_tensors
+
+    torch.manual_seed(0)
+    reference = build_model(ModelConfig(name="resnet10t", pretrained=False), classes(3))[0]
+    inputs, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    compiles, losses = {}, {}
+    for kind in ("eager", "floats", "tensors"):
+        torch._dynamo.reset()
+        model = build_model(ModelConfig(name="resnet10t", pretrained=False), classes(3))[0]
+        model.load_state_dict(reference.state_dict())
+        optimizer = build_optimizer(OptimConfig(lr=1e-3), model.parameters())
+        if kind == "tensors":
+            hold_in_tensors(optimizer)
+        schedule = OneCycle(optimizer, 1e-3, total_steps=4, in_tensors=kind == "tensors")
+        counter = CompileCounter()
+        step = optimizer.step if kind == "eager" else torch.compile(optimizer.step, backend=counter)
+        losses[kind] = []
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            loss.backward()
+            step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            losses[kind].append(loss.item())
+        compiles[kind] = counter.frame_count
+    assert compiles["tensors"] == 1 and compiles["floats"] > 1
+    assert losses["tensors"] == pytest.approx(losses["eager"], rel=1e-5)

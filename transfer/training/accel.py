@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import TorchDynamoPlugin
+from accelerate.utils import DynamoBackend, TorchDynamoPlugin
 from accelerate.utils import is_compiled_module
 
 from ..config import Config
@@ -57,6 +57,17 @@ def device_name(device: torch.device) -> str:
 
 
 def make_accelerator(cfg: Config, out: Path | None, precision: str) -> Accelerator:
+    """This run's accelerator. accelerate keeps its settings (precision, compiling, accumulation)
+    in process-wide singletons that the first `Accelerator` fixes: a second run in one process (a
+    notebook, a sweep in Python) would silently train uncompiled after an uncompiled one, and fail
+    with accelerate's traceback on another precision. So each run starts them afresh; the
+    process's own part (device, process group: accelerate's PartialState) is kept. The one other
+    private detail of accelerate here besides `_models` (tested: test_cache.py's compiled run
+    after an eager one in one process)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(
         cpu=not use_cuda() and not torch.backends.mps.is_available(),  # lets torchrun on CPUs use gloo
         mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
@@ -90,6 +101,24 @@ def fuse_optimizer(settings: dict[str, bool], optimizer_name: str, precision: st
     so a first step that overflows (the scaler's usual start) leaves them uninitialised: the
     following steps read garbage (seen on CPU with GradScaler("cpu"): weights off by 1e12)."""
     return settings["fused_optimizer"] and not (optimizer_name == "sgd" and precision == "fp16")
+
+
+def compiles_optimizer(accelerator: Accelerator, optimizer_name: str) -> bool:
+    """Whether the optimizer's step is compiled along with the model (train.compile, or an
+    accelerate config with dynamo on), with the same backend and mode: under reduce-overhead its
+    update then joins the CUDA graphs instead of launching its kernels from Python. Its rates are
+    then tensors (optim.hold_in_tensors), and the step is torch's plain Adam traced, not the fused
+    kernel: that kernel takes beta1 as a float argument, which a graph would freeze at its
+    captured value while the one-cycle schedule moves it every step. Not for SGD (its momentum
+    cannot be a tensor: it would recompile as it cycles), nor under fp16's gradient scaler (its
+    step decides on the host whether gradients overflowed)."""
+    plugin = accelerator.state.dynamo_plugin
+    return plugin.backend != DynamoBackend.NO and optimizer_name != "sgd" and accelerator.scaler is None
+
+
+def compiled_step(accelerator: Accelerator, optimizer):
+    """The prepared optimizer's inner step, compiled as accelerate compiles the model."""
+    return torch.compile(optimizer.optimizer.step, **accelerator.state.dynamo_plugin.to_kwargs())
 
 
 def apply_backend_settings(settings: dict[str, bool]) -> None:
@@ -133,7 +162,7 @@ def replace_prepared_model(accelerator: Accelerator, old: tuple, new) -> None:
     """Put `new` where accelerate holds any of `old` among its prepared models, so that nothing
     keeps the old DDP wrapper (its reducer and gradient buckets, a model's size) alive and
     `load_state`/`free_memory` see the model being trained. accelerate has no public way to swap a
-    prepared model: this is its one private detail here (the list `Accelerator._models`, which
+    prepared model: this is a private detail (the list `Accelerator._models`, which
     save_state, load_state and free_memory read), and a test pins it (test_checkpoint.py). On CPUs
     accelerate holds the inner module, not the wrapper: then nothing changes."""
     accelerator._models = [new if any(m is o for o in old) else m for m in accelerator._models]

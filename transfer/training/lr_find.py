@@ -36,7 +36,7 @@ import torch
 
 from ..errors import RunError
 from ..records import LrFindRecord
-from .optim import PCT_START
+from .optim import PCT_START, set_rate
 from .step import Trainer
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
@@ -190,7 +190,7 @@ def _cycle(loader):
 def _set_lr(optimizer, lr: float) -> None:
     """The head's rate (with optim.layer_decay the groups below it scaled as in training)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_rate(group, lr * group.get("lr_scale", 1.0))
 
 
 def line(found: LrFindRecord) -> str:

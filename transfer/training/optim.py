@@ -45,6 +45,44 @@ def parameter_groups(model: torch.nn.Module, cfg: OptimConfig):
     return groups
 
 
+def hold_in_tensors(optimizer) -> None:
+    """Each group's learning rate and Adam's betas as 0-dim tensors of its own, on its parameters'
+    device, for an optimizer step that is compiled (accel.compiles_optimizer): torch.compile guards
+    on a float's exact value, so a rate that changes every step as a float would recompile every
+    step; as a tensor it is an input of the compiled step (under reduce-overhead, of its CUDA
+    graph), written in place by `set_rate`. float64: they hold the schedule's values exactly.
+    Idempotent; called again after anything that replaces the groups' values (a checkpoint's
+    optimizer state brings its own, floats or tensors on the CPU)."""
+    for group in optimizer.param_groups:
+        device = group["params"][0].device
+        group["lr"] = _tensor(group["lr"], device)
+        if "betas" in group:
+            group["betas"] = tuple(_tensor(beta, device) for beta in group["betas"])
+
+
+def _tensor(value, device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor) and value.device == device and value.dtype == torch.float64:
+        return value
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
+
+
+def set_rate(group: dict, lr: float, momentum: float | None = None) -> None:
+    """A group's learning rate and (when given) its beta1 or SGD momentum: written into the
+    group's tensors in place where it holds them (hold_in_tensors), else as floats."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(lr)
+    else:
+        group["lr"] = lr
+    if momentum is None:
+        return
+    if "betas" not in group:
+        group["momentum"] = momentum
+    elif isinstance(group["betas"][0], torch.Tensor):
+        group["betas"][0].fill_(momentum)
+    else:
+        group["betas"] = (momentum, group["betas"][1])
+
+
 def group_scales(optimizer) -> dict[str, float]:
     """Group name -> lr_scale (one group named "all" without layer decay)."""
     return {g.get("group_name", "all"): g.get("lr_scale", 1.0) for g in optimizer.param_groups}
@@ -80,8 +118,10 @@ class OneCycle:
     step. `finished` says the step at the final value has been taken: the run stops there.
     """
 
-    def __init__(self, optimizer, max_lr: float, total_steps: int, time_budget_s: float | None = None):
+    def __init__(self, optimizer, max_lr: float, total_steps: int, time_budget_s: float | None = None,
+                 in_tensors: bool = False):
         self.optimizer, self.max_lr = optimizer, max_lr
+        self.in_tensors = in_tensors  # the optimizer's step is compiled: its rates live in tensors (hold_in_tensors)
         self.total_steps = max(2, total_steps)
         self.time_budget_s = time_budget_s
         self.steps, self.elapsed = 0, 0.0
@@ -105,12 +145,10 @@ class OneCycle:
     def _apply(self) -> None:
         lr, momentum = one_cycle(self.next_position, self.total_steps, self.max_lr)
         self.last_lr = lr  # the schedule's own value: the head's rate
+        if self.in_tensors:  # (after a checkpoint's load the groups hold the checkpoint's values)
+            hold_in_tensors(self.optimizer)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # the head's (scale 1) is the schedule's
-            if "betas" in group:
-                group["betas"] = (momentum, group["betas"][1])
-            else:
-                group["momentum"] = momentum
+            set_rate(group, lr * group.get("lr_scale", 1.0), momentum)  # the head's (scale 1) is the schedule's
 
     def step(self) -> None:
         """After an optimizer step."""
@@ -139,7 +177,7 @@ class OneCycle:
         self._apply()
 
     def get_last_lr(self) -> list[float]:
-        return [group["lr"] for group in self.optimizer.param_groups]
+        return [float(group["lr"]) for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "elapsed": self.elapsed, "next_position": self.next_position,

@@ -19,7 +19,7 @@ from . import accel, checkpoint, rundir
 from .average import WeightAverage
 from .model import build_model, data_config, state_bytes, weights_loaded
 from .objective import Objective
-from .optim import build_optimizer, parameter_groups
+from .optim import build_optimizer, hold_in_tensors, parameter_groups
 from .phases import Phases
 from .step import Trainer
 
@@ -76,8 +76,13 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
         accelerator.print(why)
     settings = accel.backend_settings(accelerator.device.type == "cuda")
     accel.apply_backend_settings(settings)
-    optimizer = build_optimizer(cfg.optim, parameter_groups(model, cfg.optim),
-                                fused=accel.fuse_optimizer(settings, cfg.optim.name, accelerator.mixed_precision))
+    compiled_step = accel.compiles_optimizer(accelerator, cfg.optim.name)
+    settings["fused_optimizer"] = not compiled_step and accel.fuse_optimizer(settings, cfg.optim.name,
+                                                                             accelerator.mixed_precision)
+    settings["compiled_optimizer"] = compiled_step  # (metrics.json: speed_settings)
+    optimizer = build_optimizer(cfg.optim, parameter_groups(model, cfg.optim), fused=settings["fused_optimizer"])
+    if compiled_step:
+        hold_in_tensors(optimizer)
     checkpoint_size = checkpoint.checkpoint_bytes(model, cfg.optim.name)
     if out is not None and accelerator.is_main_process and cfg.train.epochs:
         check_space(out, checkpoint_size + state_bytes(model))  # a new checkpoint lands before the old goes; then model/
@@ -87,7 +92,8 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
                                             processes)
     select_dl = selection_loader(source.select, cfg.train.batch_size, cfg.data.num_workers, accelerator)
     objective = Objective(cfg.train.label_smoothing, cfg.data, len(source.classes), normalization)
-    trainer = Trainer(model, optimizer, accelerator, objective, cfg.optim.grad_clip, cfg.train.frozen_bn == "train")
+    trainer = Trainer(model, optimizer, accelerator, objective, cfg.optim.grad_clip, cfg.train.frozen_bn == "train",
+                      accel.compiled_step(accelerator, optimizer) if compiled_step else None)
     ema = None if cfg.train.ema_decay is None else WeightAverage(trainer.module, cfg.train.ema_decay,
                                                                   accelerator.num_processes)
     return Setup(train_ds, val_ds, source, skipped, trainer, train_dl, val_dl, cached, checkpoint_size,

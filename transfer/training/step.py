@@ -3,6 +3,7 @@ test in lr_find.py, so that the test trains exactly as the run will)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -25,6 +26,7 @@ class Trainer:
     objective: Objective
     grad_clip: float | None
     train_bn: bool = False  # train.frozen_bn=train: batch norm trains on while the backbone is frozen
+    optimizer_step: Callable[[], object] | None = None  # the optimizer's step compiled (accel.compiles_optimizer)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -49,7 +51,10 @@ class Trainer:
             accelerator.backward(loss)
             if accelerator.sync_gradients and self.grad_clip is not None:
                 accelerator.clip_grad_value_(self.model.parameters(), self.grad_clip)  # unscales fp16 first
-            self.optimizer.step()
+            if self.optimizer_step is None:
+                self.optimizer.step()
+            elif accelerator.sync_gradients:  # (as accelerate's wrapper, which it stands in for, steps)
+                self.optimizer_step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss
 
