@@ -153,17 +153,20 @@ def test_a_cpu_run_on_a_gpu_host_pins_nothing_and_sees_no_gpu(image_folder, tmp_
     assert seen == [""]  # hidden before the run asked torch anything
 
 
-def test_evaluate_is_imported_without_transformers_pipelines_which_stay_importable():
+def test_evaluate_is_imported_without_its_evaluators_imports_which_stay_importable():
     import subprocess
     import sys
 
     check = ("import importlib.util, sys, numpy as np\n"
              "from transfer.training.metrics import accuracy\n"
              "assert accuracy(np.array([1, 2, 3]), np.array([1, 2, 0])) == 2 / 3\n"
-             "assert 'evaluate' in sys.modules and 'transformers.pipelines' not in sys.modules\n"
+             "assert 'evaluate' in sys.modules\n"
+             "assert not {'transformers', 'transformers.pipelines', 'scipy.stats'} & set(sys.modules)\n"
+             "assert not sys.modules['evaluate.evaluator.base'].SCIPY_AVAILABLE\n"
+             "import scipy.stats  # importable again: nothing stays hidden\n"
              "if importlib.util.find_spec('transformers') is not None:\n"
-             "    assert not sys.modules['evaluate.evaluator'].TRANSFORMERS_AVAILABLE\n"
-             "    import transformers.pipelines  # importable again: nothing stays hidden\n"
+             "    assert not sys.modules['evaluate.evaluator.base'].TRANSFORMERS_AVAILABLE\n"
+             "    import transformers.pipelines\n"
              "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

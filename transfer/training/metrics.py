@@ -3,10 +3,11 @@
 `evaluate.load("accuracy")` fetches a script from the Hugging Face Hub, which fails offline
 (tests, clusters without internet). The same metric, defined here, needs no network.
 
-`evaluate` is imported on first use, not with this module: with `transformers` installed it
-pulls in its pipelines (about 2 s on 2 cores), which the scripts that only read results
-(predict.py, compare, --print-config) need not pay. (Importing it in a background thread during
-start-up is not safe: `datasets` inspects a half-imported `transformers` and fails.)
+`evaluate` is imported on first use, not with this module, and without its task evaluators'
+imports (transformers, scipy.stats: see `_evaluator_imports_hidden`): the scripts that only read
+results (predict.py, compare, --print-config) need not pay even its 0.1 s. (Importing it in a
+background thread during start-up is not safe: `datasets` inspects a half-imported `transformers`
+and fails.)
 """
 from __future__ import annotations
 
@@ -32,30 +33,38 @@ class Evaluation:
     squared_probabilities: np.ndarray  # the sum of the squared probabilities (Brier: 1 - 2 p_true + this)
 
 
+# what evaluate's task evaluators import inside `try: ... except ImportError` (evaluate/evaluator/
+# base.py: transformers and its pipelines, scipy.stats for their bootstrap); no metric needs them
+EVALUATOR_ONLY = ("transformers", "transformers.pipelines", "scipy.stats")
+
+
 @contextlib.contextmanager
-def _transformers_pipelines_hidden():
-    """`import evaluate` imports its task evaluators, which import transformers' pipelines when
-    transformers is installed (1.9 s of a run's first evaluation on 2 cores, of 2.9 s for the whole
-    import); no metric needs them. While evaluate is imported they read as not installed
-    (evaluate.evaluator.TRANSFORMERS_AVAILABLE is False, so its evaluator API, which this project
-    never calls, is off); afterwards transformers.pipelines imports as ever."""
-    if "evaluate" in sys.modules or "transformers.pipelines" in sys.modules:
+def _evaluator_imports_hidden():
+    """`import evaluate` imports its task evaluators, which import transformers (and its
+    pipelines, 1.9 s) and scipy.stats (0.6 s) where installed: 2.9 s of a run's first evaluation
+    on 2 cores, for an API this project never calls. While evaluate is imported they read as not
+    installed (evaluate.evaluator.TRANSFORMERS_AVAILABLE and SCIPY_AVAILABLE are False); afterwards
+    they import as ever. A module already imported is left alone."""
+    if "evaluate" in sys.modules:
         yield
         return
-    sys.modules["transformers.pipelines"] = None  # an import of it raises ImportError, which evaluate catches
+    hidden = [name for name in EVALUATOR_ONLY if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # an import of it raises ImportError, which evaluate catches
     try:
         yield
     finally:
-        if "transformers.pipelines" in sys.modules and sys.modules["transformers.pipelines"] is None:
-            del sys.modules["transformers.pipelines"]
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 @functools.cache
 def _accuracy_metric():
     import datasets
 
-    with _transformers_pipelines_hidden():
-        import evaluate  # 1.0 s, at the first evaluation (docs/performance.md)
+    with _evaluator_imports_hidden():
+        import evaluate  # 0.1 s, at the first evaluation (docs/performance.md)
 
     class Accuracy(evaluate.Metric):
         def _info(self):
