@@ -268,6 +268,18 @@ def report(opts) -> str:
             single = single or wall / n
             rows.append((f"{n} run(s) at once on one GPU: wall s; training images/s, all runs together; against "
                          f"one at a time", f"{wall:.1f}; {images / wall:,.0f}; {single * n / wall:.2f}x"))
+    graphed, eager = (sorted(out.glob(f"seeds_{mode}_*/metrics.json")) for mode in ("graphed", "eager"))
+    if graphed and eager:
+        from transfer.experiments.intervals import paired_gain, span
+        from transfer.records import load_run
+
+        runs = [[load_run(m.parent) for m in found] for found in (graphed, eager)]
+        accs = [", ".join(f"{r.metrics.final_val_acc:.3f}" for r in arm) for arm in runs]
+        gain = paired_gain(*runs)
+        rows.append((f"final val_acc, graphed (reduce-overhead) / eager, {len(runs[0])} / {len(runs[1])} seeds",
+                     f"{accs[0]} / {accs[1]}"))
+        rows.append(("graphed - eager, points (95% interval, seeds crossed with images)",
+                     f"{gain.final_val_acc_points:+.1f} ({span(gain.final_val_acc_ci95)})"))
     b = read("benchmark.json")
     if b:
         rows += [(f"benchmark: {k}", f"{v:.2f}x") for k, v in b["ratios"].items()]
