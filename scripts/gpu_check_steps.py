@@ -203,6 +203,14 @@ def cpu_run(opts) -> dict:
     return {"exit": code, "device": metrics.get("device"), "cuda_initialized": torch.cuda.is_initialized()}
 
 
+def gpu_memory_mb(path: Path) -> float | None:
+    """The memory of nvidia-smi's "name, memory.total, driver" line ("NVIDIA H100 80GB HBM3, 81559 MiB, 570.1")."""
+    try:
+        return float(path.read_text().splitlines()[0].split(",")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def report(opts) -> str:
     out = opts.out
 
@@ -260,14 +268,21 @@ def report(opts) -> str:
                          f"its phases", f"{m['startup_seconds']:.1f}; {phases}"))
     if (out / "per_gpu.txt").is_file():
         single = None
+        total_mb = gpu_memory_mb(out / "gpu.txt")
         for line in (out / "per_gpu.txt").read_text().splitlines():
             n, start, end = line.split()
             n, wall = int(n), float(end) - float(start)
             runs = [read(f"per_gpu_{n}/scratch/seed{s}/metrics.json") for s in range(n)]
             images = sum(m["train_samples"] * len(m["history"]) for m in runs if m)
             single = single or wall / n
+            peaks = [m["peak_device_memory_mb"] for m in runs if m and m.get("peak_device_memory_mb")]
+            peak = f"{max(peaks):,.0f}" if peaks else "-"
             rows.append((f"{n} run(s) at once on one GPU: wall s; training images/s, all runs together; against "
-                         f"one at a time", f"{wall:.1f}; {images / wall:,.0f}; {single * n / wall:.2f}x"))
+                         f"one at a time; peak GPU memory a run, MB",
+                         f"{wall:.1f}; {images / wall:,.0f}; {single * n / wall:.2f}x; {peak}"))
+            if n == 1 and peaks and total_mb:  # what RUNS_PER_GPU's default would be, from memory alone
+                rows.append(("runs of this size that fit the GPU's memory (90% of it / one run's peak)",
+                             f"{int(0.9 * total_mb // max(peaks))} of {total_mb:,.0f} MB"))
     graphed, eager = (sorted(out.glob(f"seeds_{mode}_*/metrics.json")) for mode in ("graphed", "eager"))
     if graphed and eager:
         from transfer.experiments.intervals import paired_gain, span

@@ -51,3 +51,24 @@ def test_the_weight_average_cost_is_measured_for_both_averages(tmp_path, capsys)
     costs = json.loads((tmp_path / "e.json").read_text())["ms_per_update"]
     assert len(costs) == 2 and all(c["whole"] > 0 and c["python"] > 0 for c in costs.values())
     assert "| transfer WeightAverage |" in capsys.readouterr().out
+
+
+def test_gpu_check_reports_each_runs_peak_memory_and_how_many_fit_the_gpu(tmp_path):
+    # the per_gpu step's table, from the files a GPU run leaves (RUNS_PER_GPU's default, from memory)
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_steps", "scripts/gpu_check_steps.py")
+    steps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steps)
+    (tmp_path / "gpu.txt").write_text("NVIDIA H100 80GB HBM3, 81559 MiB, 570.124.06\n")
+    (tmp_path / "per_gpu.txt").write_text("1 0.0 30.0\n2 100.0 140.0\n")
+    for n, peak in ((1, 9000.0), (2, 9500.0)):
+        for seed in range(n):
+            folder = tmp_path / f"per_gpu_{n}" / "scratch" / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"train_samples": 900, "history": [{}],
+                                                             "peak_device_memory_mb": peak}))
+    table = steps.report(argparse.Namespace(out=tmp_path, model="resnet50", size=160, batch=64))
+    assert "| 30.0; 30; 1.00x; 9,000 |" in table and "| 40.0; 45; 1.50x; 9,500 |" in table
+    assert "| 8 of 81,559 MB |" in table  # 0.9 x 81,559 // 9,000

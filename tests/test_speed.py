@@ -40,6 +40,7 @@ def test_phase_seconds_cpu_settings_and_checkpoint_every_in_a_finished_run(image
     assert metrics.speed_settings == {"cudnn_benchmark": False, "tf32_matmul": False, "fused_optimizer": False,
                                       "compiled_optimizer": False}
     assert torch.backends.cudnn.benchmark is False and torch.get_float32_matmul_precision() == "highest"
+    assert metrics.peak_device_memory_mb is None  # a GPU's allocator peak; none on a CPU
 
 
 def test_gpu_speed_settings_are_chosen_for_cuda_only():

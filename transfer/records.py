@@ -132,6 +132,9 @@ class RunMetrics:
     num_processes: int = 1
     device: str = "cpu"
     device_name: str | None = None  # the GPU's model ("NVIDIA H100 80GB HBM3"), or the device type (cpu)
+    # a GPU run's peak memory held by torch's allocator (the main process's): what another run on the same
+    # GPU cannot have (RUNS_PER_GPU); None on a CPU
+    peak_device_memory_mb: float | None = None
     mixed_precision: str = "no"  # as resolved from `auto`
     steps_per_epoch: int = 0  # optimizer steps per epoch, per process
     optimizer_steps: int = 0

@@ -21,7 +21,7 @@ from .records import LrFindRecord, RunMetrics, is_finished, read_metrics, write_
 from .results import outputs
 from .results.drawer import Drawer
 from .training import checkpoint, rundir
-from .training.accel import device_name, make_accelerator, resolve_precision
+from .training.accel import device_name, make_accelerator, peak_memory_mb, resolve_precision
 from .training.checkpoint import TrainerState
 from .training.loop import evaluate, train_epochs
 from .training.metrics import Evaluation, brier_score, calibration_error, log_loss, per_class_accuracy
@@ -98,7 +98,8 @@ def record(setup: Setup, state: TrainerState, loop: Loop, final: Evaluation, pea
         per_class_val_acc=dict(zip(classes, per_class_accuracy(final.predictions, final.references, len(classes)))),
         val_subsets=outputs.subset_scores(samples(setup.val_ds)[0], final),
         num_processes=accelerator.num_processes, device=str(accelerator.device),
-        device_name=device_name(accelerator.device), mixed_precision=precision,
+        device_name=device_name(accelerator.device), peak_device_memory_mb=peak_memory_mb(accelerator.device),
+        mixed_precision=precision,
         steps_per_epoch=setup.steps_per_epoch, optimizer_steps=loop.scheduler.steps,
         startup_seconds=startup_seconds, decoded_cache=setup.cached, stopped_by_time_budget=stop == "budget",
         skipped_images=sum(setup.skipped.values()), train_samples=len(setup.train_ds), resumes=state.resumes,

@@ -80,6 +80,14 @@ def make_accelerator(cfg: Config, out: Path | None, precision: str) -> Accelerat
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True))
 
 
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The most GPU memory torch's allocator held in this process (reserved, not only allocated:
+    the cached blocks are as unavailable to another run on the GPU); None off a GPU."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+
+
 def on_every_process(flag: bool, accelerator: Accelerator) -> bool:
     """True where every process says so (decisions each process makes from its own view, such as
     its free memory, that must come out the same everywhere)."""
