@@ -94,14 +94,21 @@ def test_cached_run_trains_exactly_like_the_loader_run(image_folder, tmp_path, c
 
 
 @pytest.mark.slow
-def test_compiled_model_trains_and_saves_a_plain_model(image_folder, tmp_path):
+def test_compiled_model_trains_and_saves_a_plain_model(image_folder, tmp_path, monkeypatch):
     # reduce-overhead: CUDA graphs on a GPU; here (a CPU) it compiles as the default mode does. The
     # compiled run comes second in this process: it must not inherit the eager run's accelerate settings
     from transfer.training.model import load_saved_model
 
+    from accelerate.utils import is_compiled_module
+
+    from transfer.training import loop
+
+    evaluated, evaluate = [], loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda model, *a, **k: evaluated.append(model) or evaluate(model, *a, **k))
     eager = run(tiny_config(image_folder, tmp_path / "eager", "train.epochs=1"))
     metrics = run(tiny_config(image_folder, tmp_path / "compiled", "train.epochs=1", "train.compile=true",
                               "train.compile_mode=reduce-overhead"))
+    assert len(evaluated) == 2 and not any(is_compiled_module(m) for m in evaluated)  # evaluation stays eager
     model, config = load_saved_model(tmp_path / "compiled" / "model")
     assert metrics.val_samples == 18 and config["num_classes"] == 3
     # the optimizer's step compiled too, its rates in tensors (no recompile as they move)

@@ -194,7 +194,8 @@ def evaluate_all(loop: Loop, setup: Setup) -> tuple[Evaluation, Evaluation | Non
     """The epoch's evaluations: validation, the selection split's, the weight average's; None when
     a stop signal came during them."""
     trainer = loop.trainer
-    wanted = ((trainer.model, setup.val_dl), (trainer.model, setup.select_dl),
+    model = trainer.evaluation_model
+    wanted = ((model, setup.val_dl), (model, setup.select_dl),
               (None if loop.ema is None else loop.ema.module, setup.val_dl))
     found = []
     for model, loader in wanted:

@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import is_compiled_module
 
 from .accel import fit_ddp
 from .model import set_backbone_frozen, train_mode
@@ -35,6 +36,15 @@ class Trainer:
         compiled wrapper in place of its DDP (so several processes would train without DDP's
         gradient sync, and fail at the second step)."""
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    @property
+    def evaluation_model(self) -> torch.nn.Module:
+        """The model as evaluation runs it: eager, without torch.compile's wrapper (a compiled
+        evaluation would compile an inference graph of its own, and again for the last batch's
+        smaller shape, at the first evaluation of each phase: compile time that a few eager
+        passes over the validation set do not repay in a short run). DDP's wrapper is kept: its
+        forward broadcasts the batch-norm statistics, so every process scores the same model."""
+        return self.model._orig_mod if is_compiled_module(self.model) else self.model
 
     def set_phase(self, frozen: bool) -> None:
         """Backbone frozen (weights and batch-norm statistics) or not; training mode set."""
