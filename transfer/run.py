@@ -48,8 +48,7 @@ def run(cfg: Config, phases: Phases | None = None) -> RunMetrics:
         setup = build(cfg, accelerator, phases, out, resume_from)
         peak_lr = learning_rate(cfg, setup, state, phases)
         scheduler = OneCycle(setup.trainer.optimizer.optimizer, peak_lr or 0.0,  # None: evaluate-only, nothing found
-                             cfg.train.epochs * setup.steps_per_epoch, cfg.train.time_budget_s,
-                             in_tensors=setup.trainer.optimizer_step is not None)
+                             cfg.train.epochs * setup.steps_per_epoch, cfg.train.time_budget_s)
         # the weight average too: a resume continues it exactly
         saved = checkpoint.Checkpointed(setup.trainer, tuple(o for o in (scheduler, setup.ema) if o is not None))
         saved.register()

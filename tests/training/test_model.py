@@ -194,7 +194,7 @@ def test_the_schedule_in_tensors_equals_the_floats_exactly_and_trains_the_same_w
         optimizer = build_optimizer(cfg, parameter_groups(model, cfg), fused=True)  # fused: exact for both kinds
         if in_tensors:
             hold_in_tensors(optimizer)
-        schedule = OneCycle(optimizer, 1e-3, total_steps=12, time_budget_s=6.0, in_tensors=in_tensors)
+        schedule = OneCycle(optimizer, 1e-3, total_steps=12, time_budget_s=6.0)
         seen = []
         for step in range(10):
             if step == 5:  # a checkpoint with float rates (an eager run's) is loaded
@@ -337,7 +337,7 @@ def test_a_compiled_optimizer_step_compiles_once_while_the_schedule_moves_its_ra
         optimizer = build_optimizer(OptimConfig(lr=1e-3), model.parameters())
         if kind == "tensors":
             hold_in_tensors(optimizer)
-        schedule = OneCycle(optimizer, 1e-3, total_steps=4, in_tensors=kind == "tensors")
+        schedule = OneCycle(optimizer, 1e-3, total_steps=4)
         counter = CompileCounter()
         step = optimizer.step if kind == "eager" else torch.compile(optimizer.step, backend=counter)
         losses[kind] = []

@@ -136,6 +136,11 @@ def apply_backend_settings(settings: dict[str, bool]) -> None:
         torch.set_float32_matmul_precision("high")
 
 
+def uncompiled(model):
+    """The model under torch.compile's wrapper, if any (a DDP wrapper stays)."""
+    return model._orig_mod if is_compiled_module(model) else model
+
+
 def fit_ddp(accelerator: Accelerator, model, frozen: bool):
     """DDP syncs the parameters that required a gradient when it was built. The first epochs may
     freeze the backbone: build it for the phase at hand (a parameter broadcast) instead of one
@@ -146,7 +151,7 @@ def fit_ddp(accelerator: Accelerator, model, frozen: bool):
     wrapping: the DDP sits inside the compiled module, and is rebuilt there and compiled again
     (once per phase change)."""
     compiled = is_compiled_module(model)
-    ddp = model._orig_mod if compiled else model
+    ddp = uncompiled(model)
     if not isinstance(ddp, torch.nn.parallel.DistributedDataParallel) or getattr(ddp, "built_frozen", False) == frozen:
         return model  # accelerate's wrapper is built before anything is frozen
     kwargs = accelerator.ddp_handler.to_kwargs() if accelerator.ddp_handler is not None else {}

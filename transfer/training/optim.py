@@ -51,8 +51,13 @@ def hold_in_tensors(optimizer) -> None:
     on a float's exact value, so a rate that changes every step as a float would recompile every
     step; as a tensor it is an input of the compiled step (under reduce-overhead, of its CUDA
     graph), written in place by `set_rate`. float64: they hold the schedule's values exactly.
-    Idempotent; called again after anything that replaces the groups' values (a checkpoint's
-    optimizer state brings its own, floats or tensors on the CPU)."""
+    A load of the optimizer's state (a checkpoint's, the LR range test's restore) brings the saved
+    values, floats or tensors on the CPU: a post-hook holds them in tensors again."""
+    _hold(optimizer)
+    optimizer.register_load_state_dict_post_hook(_hold)
+
+
+def _hold(optimizer) -> None:
     for group in optimizer.param_groups:
         device = group["params"][0].device
         group["lr"] = _tensor(group["lr"], device)
@@ -118,10 +123,8 @@ class OneCycle:
     step. `finished` says the step at the final value has been taken: the run stops there.
     """
 
-    def __init__(self, optimizer, max_lr: float, total_steps: int, time_budget_s: float | None = None,
-                 in_tensors: bool = False):
+    def __init__(self, optimizer, max_lr: float, total_steps: int, time_budget_s: float | None = None):
         self.optimizer, self.max_lr = optimizer, max_lr
-        self.in_tensors = in_tensors  # the optimizer's step is compiled: its rates live in tensors (hold_in_tensors)
         self.total_steps = max(2, total_steps)
         self.time_budget_s = time_budget_s
         self.steps, self.elapsed = 0, 0.0
@@ -145,8 +148,6 @@ class OneCycle:
     def _apply(self) -> None:
         lr, momentum = one_cycle(self.next_position, self.total_steps, self.max_lr)
         self.last_lr = lr  # the schedule's own value: the head's rate
-        if self.in_tensors:  # (after a checkpoint's load the groups hold the checkpoint's values)
-            hold_in_tensors(self.optimizer)
         for group in self.optimizer.param_groups:
             set_rate(group, lr * group.get("lr_scale", 1.0), momentum)  # the head's (scale 1) is the schedule's
 

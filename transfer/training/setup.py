@@ -76,12 +76,12 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
         accelerator.print(why)
     settings = accel.backend_settings(accelerator.device.type == "cuda")
     accel.apply_backend_settings(settings)
-    compiled_step = accel.compiles_optimizer(accelerator, cfg.optim.name)
-    settings["fused_optimizer"] = not compiled_step and accel.fuse_optimizer(settings, cfg.optim.name,
+    compile_optimizer = accel.compiles_optimizer(accelerator, cfg.optim.name)
+    settings["fused_optimizer"] = not compile_optimizer and accel.fuse_optimizer(settings, cfg.optim.name,
                                                                              accelerator.mixed_precision)
-    settings["compiled_optimizer"] = compiled_step  # (metrics.json: speed_settings)
+    settings["compiled_optimizer"] = compile_optimizer  # (metrics.json: speed_settings)
     optimizer = build_optimizer(cfg.optim, parameter_groups(model, cfg.optim), fused=settings["fused_optimizer"])
-    if compiled_step:
+    if compile_optimizer:
         hold_in_tensors(optimizer)
     checkpoint_size = checkpoint.checkpoint_bytes(model, cfg.optim.name)
     if out is not None and accelerator.is_main_process and cfg.train.epochs:
@@ -93,7 +93,7 @@ def build(cfg: Config, accelerator: Accelerator, phases: Phases, out: Path | Non
     select_dl = selection_loader(source.select, cfg.train.batch_size, cfg.data.num_workers, accelerator)
     objective = Objective(cfg.train.label_smoothing, cfg.data, len(source.classes), normalization)
     trainer = Trainer(model, optimizer, accelerator, objective, cfg.optim.grad_clip, cfg.train.frozen_bn == "train",
-                      accel.compiled_step(accelerator, optimizer) if compiled_step else None)
+                      accel.compiled_step(accelerator, optimizer) if compile_optimizer else None)
     ema = None if cfg.train.ema_decay is None else WeightAverage(trainer.module, cfg.train.ema_decay,
                                                                   accelerator.num_processes)
     return Setup(train_ds, val_ds, source, skipped, trainer, train_dl, val_dl, cached, checkpoint_size,

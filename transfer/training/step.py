@@ -7,9 +7,8 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import is_compiled_module
 
-from .accel import fit_ddp
+from .accel import fit_ddp, uncompiled
 from .model import set_backbone_frozen, train_mode
 from .objective import Objective
 from .optim import OneCycle
@@ -44,7 +43,7 @@ class Trainer:
         smaller shape, at the first evaluation of each phase: compile time that a few eager
         passes over the validation set do not repay in a short run). DDP's wrapper is kept: its
         forward broadcasts the batch-norm statistics, so every process scores the same model."""
-        return self.model._orig_mod if is_compiled_module(self.model) else self.model
+        return uncompiled(self.model)
 
     def set_phase(self, frozen: bool) -> None:
         """Backbone frozen (weights and batch-norm statistics) or not; training mode set."""
